@@ -1,0 +1,45 @@
+/* memslotd native shim: the cdef fed to cffi (API mode).
+ *
+ * One msd_<verb>_<object>() per syscall. Each returns the new fd, a value, or 0
+ * on success, and -errno on failure: nothing raises in C, nothing keeps state
+ * beyond the process-wide SIGBUS guard. Every fd created here is close-on-exec.
+ */
+
+#define MSD_SHIM_VERSION ...
+
+/* /dev/kvm and capabilities */
+int msd_open_kvm(void);
+int msd_get_api_version(int);
+long msd_check_extension(int, unsigned long);
+int msd_get_vcpu_mmap_size(int);
+
+/* VM */
+int msd_create_vm(int, unsigned long);
+int msd_create_guest_memfd(int, uint64_t, uint64_t);
+int msd_set_user_memory_region2(int, uint32_t, uint32_t, uint64_t, uint64_t,
+                                uint64_t, uint64_t, uint32_t);
+int msd_set_memory_attributes(int, uint64_t, uint64_t, uint64_t);
+
+/* files and mappings */
+int msd_fallocate(int, int, int64_t, int64_t);
+int msd_memfd_create(const char *, unsigned int);
+int msd_ftruncate(int, int64_t);
+int msd_fstat_size(int, int64_t *);
+int msd_mmap(int, uint64_t, int, int, int64_t, uint64_t *);
+int msd_munmap(uint64_t, uint64_t);
+int msd_madvise(uint64_t, uint64_t, int);
+int msd_close(int);
+
+/* guarded guest-memory access: a SIGBUS while copying becomes -EFAULT */
+int msd_guarded_copy(uint64_t, uint64_t, uint64_t);
+
+/* vCPU */
+int msd_create_vcpu(int, unsigned long);
+int msd_vcpu_enter_long_mode(int, uint64_t);
+int msd_vcpu_set_regs(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
+int msd_vcpu_run(int, int);
+
+/* UAPI sizes, for tests that compare them with the kernel's documented layout */
+int msd_sizeof_region2(void);
+int msd_sizeof_create_guest_memfd(void);
+int msd_sizeof_memory_attributes(void);

@@ -1,0 +1,15 @@
+"""Kernel objects: one class per fd kind, each owning exactly one fd or mapping."""
+
+from .errors import FdClosedError, KVMError
+from .mapping import Mapping
+from .memory import GMEM_FLAG_INIT_SHARED, GMEM_FLAG_MMAP, GuestMemfd, SharedMemory, open_fd_count
+from .system import VM_TYPES, Cap, HostCapabilities, KVMSystem
+from .vcpu import VCPUExit, VCPUFd
+from .vm import MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES, MEM_READONLY, MEMORY_ATTRIBUTE_PRIVATE, VMFd
+
+__all__ = [
+    "Cap", "FdClosedError", "GMEM_FLAG_INIT_SHARED", "GMEM_FLAG_MMAP", "GuestMemfd", "HostCapabilities",
+    "KVMError", "KVMSystem", "MEM_GUEST_MEMFD", "MEM_LOG_DIRTY_PAGES", "MEM_READONLY",
+    "MEMORY_ATTRIBUTE_PRIVATE", "Mapping", "SharedMemory", "VCPUExit", "VCPUFd", "VMFd", "VM_TYPES",
+    "open_fd_count",
+]

@@ -1,0 +1,105 @@
+"""``/dev/kvm``: the system fd, capability probing, VM creation."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import platform
+
+from ._lib import check, lib
+from .errors import KVMError
+from .fd import OwnedFd
+from .vm import VMFd
+
+__all__ = ["Cap", "KVMSystem", "HostCapabilities", "VM_TYPES"]
+
+
+class Cap(enum.IntEnum):
+    """``KVM_CHECK_EXTENSION`` numbers used by memslotd (never beyond 244, see §2.2)."""
+
+    NR_MEMSLOTS = 10
+    MAX_VCPUS = 66
+    EXIT_HYPERCALL = 201
+    USER_MEMORY2 = 231
+    MEMORY_FAULT_INFO = 232
+    MEMORY_ATTRIBUTES = 233
+    GUEST_MEMFD = 234
+    VM_TYPES = 235
+    PRE_FAULT_MEMORY = 236
+    GUEST_MEMFD_FLAGS = 244
+
+
+#: x86 VM types (arch/x86/include/uapi/asm/kvm.h), name -> KVM_CREATE_VM argument.
+VM_TYPES = {"default": 0, "sw_protected": 1, "sev": 2, "sev_es": 3, "snp": 4, "tdx": 5}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostCapabilities:
+    """What this host's KVM offers, as probed on a default VM."""
+
+    api_version: int
+    kernel_release: str
+    arch: str
+    page_size: int
+    vm_types: tuple[str, ...]
+    max_memslots: int
+    user_memory2: bool
+    guest_memfd: bool
+    guest_memfd_flags: int
+    memory_attributes: int
+    memory_attributes_ioctl: bool
+    memory_fault_info: bool
+    pre_fault_memory: bool
+
+
+class KVMSystem(OwnedFd):
+    """The ``/dev/kvm`` fd. Creates VMs; probes capabilities."""
+
+    kind = "kvm"
+
+    @classmethod
+    def open(cls) -> "KVMSystem":
+        return cls(check(lib.msd_open_kvm(), "open(/dev/kvm)"))
+
+    def api_version(self) -> int:
+        return check(lib.msd_get_api_version(self._fd_or_raise("KVM_GET_API_VERSION")), "KVM_GET_API_VERSION")
+
+    def check_extension(self, cap: int) -> int:
+        fd = self._fd_or_raise("KVM_CHECK_EXTENSION")
+        return check(lib.msd_check_extension(fd, cap), "KVM_CHECK_EXTENSION", cap=cap)
+
+    def vcpu_mmap_size(self) -> int:
+        fd = self._fd_or_raise("KVM_GET_VCPU_MMAP_SIZE")
+        return check(lib.msd_get_vcpu_mmap_size(fd), "KVM_GET_VCPU_MMAP_SIZE")
+
+    def create_vm(self, vm_type: int = 0) -> VMFd:
+        fd = self._fd_or_raise("KVM_CREATE_VM")
+        return VMFd(check(lib.msd_create_vm(fd, vm_type), "KVM_CREATE_VM", type=vm_type), self, vm_type)
+
+    def probe(self) -> HostCapabilities:
+        """Ask a throw-away default VM (per-VM answers are the ones that count)."""
+        types_mask = self.check_extension(Cap.VM_TYPES) or 1
+        with self.create_vm(0) as vm:
+            attrs = vm.check_extension(Cap.MEMORY_ATTRIBUTES)
+            try:
+                # attributes=0 on an empty range is a no-op where the ioctl exists
+                vm.set_memory_attributes(0, os.sysconf("SC_PAGE_SIZE"), 0)
+                attrs_ioctl = True
+            except KVMError as exc:
+                attrs_ioctl = exc.errno != 25  # ENOTTY: compiled out
+            return HostCapabilities(
+                api_version=self.api_version(),
+                kernel_release=platform.release(),
+                arch=platform.machine(),
+                page_size=os.sysconf("SC_PAGE_SIZE"),
+                vm_types=tuple(n for n, v in VM_TYPES.items() if types_mask & (1 << v)),
+                max_memslots=vm.check_extension(Cap.NR_MEMSLOTS),
+                user_memory2=vm.check_extension(Cap.USER_MEMORY2) > 0,
+                guest_memfd=vm.check_extension(Cap.GUEST_MEMFD) > 0,
+                guest_memfd_flags=vm.check_extension(Cap.GUEST_MEMFD_FLAGS),
+                memory_attributes=attrs,
+                memory_attributes_ioctl=attrs_ioctl,
+                memory_fault_info=vm.check_extension(Cap.MEMORY_FAULT_INFO) > 0,
+                pre_fault_memory=vm.check_extension(Cap.PRE_FAULT_MEMORY) > 0,
+            )

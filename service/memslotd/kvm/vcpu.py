@@ -1,0 +1,78 @@
+"""A vCPU fd and its ``kvm_run`` page."""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+
+from ._lib import check, ffi, lib
+from .fd import OwnedFd
+
+__all__ = ["VCPUFd", "VCPUExit", "EXIT_REASONS"]
+
+EXIT_IO, EXIT_HLT, EXIT_MMIO, EXIT_SHUTDOWN = 2, 5, 6, 8
+EXIT_INTERNAL_ERROR, EXIT_MEMORY_FAULT = 17, 39
+EXIT_REASONS = {
+    0: "unknown", 1: "exception", 2: "io", 3: "hypercall", 4: "debug", 5: "hlt", 6: "mmio",
+    8: "shutdown", 9: "fail_entry", 17: "internal_error", 39: "memory_fault",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VCPUExit:
+    """Why ``KVM_RUN`` returned. ``errno`` is set when KVM_RUN failed (-1)."""
+
+    reason: str
+    errno: int = 0
+    gpa: int | None = None
+    size: int | None = None
+    flags: int | None = None
+    is_write: bool | None = None
+
+
+class VCPUFd(OwnedFd):
+    """``KVM_CREATE_VCPU``'s fd; owns the mmap of its ``kvm_run`` structure."""
+
+    kind = "vcpu"
+
+    def __init__(self, fd: int, vcpu_id: int):
+        super().__init__(fd)
+        self.vcpu_id = vcpu_id
+        self._run_addr = 0
+        self._run_size = 0
+
+    def map_run(self, size: int) -> None:
+        out = ffi.new("uint64_t *")
+        check(lib.msd_mmap(self._fd, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, 0, out), "mmap(kvm_run)")
+        self._run_addr, self._run_size = int(out[0]), size
+
+    def _release(self) -> None:
+        if self._run_addr:
+            lib.msd_munmap(self._run_addr, self._run_size)
+            self._run_addr = 0
+
+    def enter_long_mode(self, cr3: int) -> None:
+        check(lib.msd_vcpu_enter_long_mode(self._fd_or_raise("KVM_SET_SREGS"), cr3), "KVM_SET_SREGS")
+
+    def set_regs(self, rip: int, rsi: int = 0, rdi: int = 0, rcx: int = 0, rsp: int = 0) -> None:
+        check(lib.msd_vcpu_set_regs(self._fd_or_raise("KVM_SET_REGS"), rip, rsi, rdi, rcx, rsp), "KVM_SET_REGS")
+
+    def set_immediate_exit(self, value: bool) -> None:
+        ffi.cast("uint8_t *", self._run_addr)[1] = 1 if value else 0
+
+    def run(self, timeout_ms: int) -> VCPUExit:
+        """``KVM_RUN`` bounded by ``timeout_ms`` (a timeout is the exit ``"timeout"``)."""
+        rc = lib.msd_vcpu_run(self._fd_or_raise("KVM_RUN"), timeout_ms)
+        run = ffi.cast("uint8_t *", self._run_addr)
+        u64 = ffi.cast("uint64_t *", self._run_addr)
+        reason_code = ffi.cast("uint32_t *", self._run_addr)[2]
+        if rc == -4:  # EINTR: our timer fired
+            return VCPUExit("timeout", errno=4)
+        if rc < 0:
+            if reason_code == EXIT_MEMORY_FAULT:  # only valid with EFAULT/EHWPOISON
+                return VCPUExit("memory_fault", errno=-rc, flags=int(u64[4]), gpa=int(u64[5]), size=int(u64[6]))
+            check(rc, "KVM_RUN")
+        name = EXIT_REASONS.get(reason_code, f"exit_{reason_code}")
+        if reason_code == EXIT_MMIO:  # struct { u64 phys_addr; u8 data[8]; u32 len; u8 is_write; }
+            return VCPUExit(name, gpa=int(u64[4]), size=int(ffi.cast("uint32_t *", run + 48)[0]), is_write=bool(run[52]))
+        return VCPUExit(name)

@@ -1,0 +1,89 @@
+"""A VM fd: memslots, guest_memfds, memory attributes, vCPUs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lib import check, lib
+from .fd import OwnedFd
+from .memory import GuestMemfd
+
+if TYPE_CHECKING:
+    from .system import KVMSystem
+    from .vcpu import VCPUFd
+
+__all__ = ["VMFd", "MEM_LOG_DIRTY_PAGES", "MEM_READONLY", "MEM_GUEST_MEMFD", "MEMORY_ATTRIBUTE_PRIVATE"]
+
+MEM_LOG_DIRTY_PAGES = 1 << 0
+MEM_READONLY = 1 << 1
+MEM_GUEST_MEMFD = 1 << 2
+MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
+
+
+class VMFd(OwnedFd):
+    """``KVM_CREATE_VM``'s fd. Every ioctl must come from the creating process."""
+
+    kind = "vm"
+
+    def __init__(self, fd: int, system: "KVMSystem", vm_type: int):
+        super().__init__(fd)
+        self.system = system
+        self.vm_type = vm_type
+
+    def check_extension(self, cap: int) -> int:
+        fd = self._fd_or_raise("KVM_CHECK_EXTENSION")
+        return check(lib.msd_check_extension(fd, cap), "KVM_CHECK_EXTENSION", cap=cap)
+
+    def create_guest_memfd(self, size: int, flags: int = 0) -> GuestMemfd:
+        """``KVM_CREATE_GUEST_MEMFD``; the shim sets FD_CLOEXEC (the kernel does not)."""
+        fd = self._fd_or_raise("KVM_CREATE_GUEST_MEMFD")
+        new = check(lib.msd_create_guest_memfd(fd, size, flags), "KVM_CREATE_GUEST_MEMFD", size=size, flags=flags)
+        return GuestMemfd(new, size, flags)
+
+    def set_user_memory_region2(
+        self,
+        slot: int,
+        flags: int,
+        guest_phys_addr: int,
+        memory_size: int,
+        userspace_addr: int,
+        guest_memfd_offset: int = 0,
+        guest_memfd: int = 0,
+    ) -> None:
+        """``KVM_SET_USER_MEMORY_REGION2``; ``memory_size == 0`` deletes the slot."""
+        fd = self._fd_or_raise("KVM_SET_USER_MEMORY_REGION2")
+        check(
+            lib.msd_set_user_memory_region2(
+                fd, slot, flags, guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset, guest_memfd
+            ),
+            "KVM_SET_USER_MEMORY_REGION2",
+            slot=slot,
+            guest_phys_addr=guest_phys_addr,
+            memory_size=memory_size,
+        )
+
+    def delete_user_memory_region(self, slot: int) -> None:
+        self.set_user_memory_region2(slot, 0, 0, 0, 0)
+
+    def set_memory_attributes(self, address: int, size: int, attributes: int) -> None:
+        """``KVM_SET_MEMORY_ATTRIBUTES`` (ENOTTY where CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES is off)."""
+        fd = self._fd_or_raise("KVM_SET_MEMORY_ATTRIBUTES")
+        check(
+            lib.msd_set_memory_attributes(fd, address, size, attributes),
+            "KVM_SET_MEMORY_ATTRIBUTES",
+            address=address,
+            size=size,
+        )
+
+    def create_vcpu(self, vcpu_id: int) -> "VCPUFd":
+        from .vcpu import VCPUFd
+
+        fd = self._fd_or_raise("KVM_CREATE_VCPU")
+        new = check(lib.msd_create_vcpu(fd, vcpu_id), "KVM_CREATE_VCPU", id=vcpu_id)
+        vcpu = VCPUFd(new, vcpu_id)
+        try:
+            vcpu.map_run(self.system.vcpu_mmap_size())
+        except BaseException:
+            vcpu.close()
+            raise
+        return vcpu
