@@ -1,0 +1,45 @@
+"""``create_app``: the FastAPI application. Nothing opens at import; the lifespan owns the core."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..core import MemoryCore
+from ..settings import Settings
+from .middleware import LimitsAndHeaders
+from .problems import install_problem_handlers
+from .routes import host, memory_objects, memslots, vms
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """memslotd manages KVM guest memory: VMs, guest_memfds (the private part), shared memory
+(the `userspace_addr` part), memslots joining them, private/shared conversion, and a resumable
+event stream. Sizes, offsets and addresses are integers in bytes. Errors are RFC 9457
+`application/problem+json` with a stable `code`."""
+
+
+def create_app(settings: Settings, core_factory: Callable[[], MemoryCore]) -> FastAPI:
+    """``core_factory`` runs in the lifespan (it opens /dev/kvm); the core is closed at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        core = app.state.core = core_factory()
+        app.state.boot_header = (b"memslotd-boot-id", core.events.boot_id.encode())
+        try:
+            yield
+        finally:
+            await core.close()
+
+    app = FastAPI(title="memslotd", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
+    app.state.settings = settings
+    install_problem_handlers(app)
+    for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router, memslots.router):
+        app.include_router(router)
+    app.state.boot_header = (b"memslotd-boot-id", b"")
+    app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state)
+    return app

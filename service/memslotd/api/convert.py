@@ -1,0 +1,71 @@
+"""Domain values -> wire models (responses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.attributes import PRIVATE
+from ..core.ranges import Range
+from ..core.records import GmemRecord, ShmRecord, VMRecord
+from ..core.slots import Slot
+
+__all__ = ["vm_read", "gmem_read", "shm_read", "slot_read"]
+
+
+def vm_read(vm: VMRecord, enforcement: str) -> dict[str, Any]:
+    used = len(vm.slots)
+    slot_bytes = 0
+    for slot in vm.slots:
+        slot_bytes += slot.memory_size
+    private = sum(r.size for r, state in vm.attributes.runs(_everything()) if state == PRIVATE)
+    return {
+        "id": vm.id, "type": vm.type, "name": vm.name, "created_at": vm.created_at,
+        "memslots": {"used": used, "free": vm.slots.max_slots - used, "max": vm.slots.max_slots},
+        "guest_memfds": len(vm.gmems), "shared_memory_regions": len(vm.shms),
+        "guest_memfd_bytes": sum(g.size for g in vm.gmems.values()),
+        "shared_memory_bytes": sum(m.size for m in vm.shms.values()),
+        "slot_bytes": slot_bytes, "private_bytes": private, "conversion_enforcement": enforcement,
+    }
+
+
+def _everything() -> Range:
+    return Range(0, 1 << 64)
+
+
+def gmem_read(vm: VMRecord, gmem: GmemRecord) -> dict[str, Any]:
+    bindings = []
+    for slot_id, r in gmem.bindings:
+        slot = vm.slots.get(slot_id)
+        bindings.append({"slot": slot_id, "offset": r.start, "size": r.size,
+                         "guest_phys_addr": slot.guest_phys_addr if slot else 0})
+    return {"id": gmem.id, "size": gmem.size, "flags": list(gmem.flags), "created_at": gmem.created_at,
+            "bindings": bindings}
+
+
+def shm_read(shm: ShmRecord) -> dict[str, Any]:
+    return {"id": shm.id, "size": shm.size, "hugepages": shm.hugepages, "page_size": shm.page_size,
+            "created_at": shm.created_at, "used_by_slots": sorted(shm.users)}
+
+
+def guest_backing(vm: VMRecord, slot: Slot, kernel_attributes: bool) -> str:
+    if slot.private is not None:
+        gmem = vm.gmems.get(slot.private.object_id)
+        if gmem is not None and "mmap" in gmem.flags:
+            return "guest_memfd"  # KVM_MEMSLOT_GMEM_ONLY: every guest fault is served from the guest_memfd
+        if kernel_attributes:
+            return "per_attribute"
+    return "shared_memory" if slot.shared is not None else "none"
+
+
+def slot_read(vm: VMRecord, slot: Slot, kernel_attributes: bool) -> dict[str, Any]:
+    return {
+        "slot": slot.slot_id, "address_space": 0, "guest_phys_addr": slot.guest_phys_addr,
+        "memory_size": slot.memory_size, "flags": list(slot.flags),
+        "shared": {"shared_memory_id": slot.shared.object_id, "offset": slot.shared.offset} if slot.shared else None,
+        "private": {"guest_memfd_id": slot.private.object_id, "offset": slot.private.offset} if slot.private else None,
+        "guest_backing": guest_backing(vm, slot, kernel_attributes),
+        "userspace_addr_source": slot.userspace_addr_source, "immutable": slot.immutable,
+        "created_at": slot.created_at, "generation": slot.generation,
+    }
+
+

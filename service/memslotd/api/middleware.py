@@ -1,0 +1,69 @@
+"""Pure-ASGI middleware: body size limit and the ``Memslotd-Boot-Id`` header."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["LimitsAndHeaders"]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _problem(status: int, code: str, detail: str) -> bytes:
+    return json.dumps({"type": f"urn:memslotd:problem:{code.lower().replace('_', '-')}", "title": detail,
+                       "status": status, "detail": detail, "code": code}).encode()
+
+
+class LimitsAndHeaders:
+    """Rejects bodies above ``max_body_bytes`` with 413 (declared or streamed) and stamps
+    every response with the daemon's boot id, so a client can tell a restart."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, state: Any):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.state = state  # app.state; the lifespan sets ``boot_header`` once the core exists
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                await self._reject(send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def stamped_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), self.state.boot_header]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, stamped_send)
+        except BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = _problem(413, "BODY_TOO_LARGE", f"request body exceeds {self.max_body_bytes} bytes")
+        headers: list[Any] = [(b"content-type", b"application/problem+json"),
+                              (b"content-length", str(len(body)).encode()), self.state.boot_header]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

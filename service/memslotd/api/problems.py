@@ -1,0 +1,104 @@
+"""RFC 9457 problem+json: the single ``code`` -> status table and the exception handlers.
+
+Status policy: 400 malformed JSON; 422 a request that parses but breaks a rule
+(field validation and kernel rules alike); 404 unknown id; 409 conflict with
+existing state; 413 body too large; 429 queue full or count quota; 501 missing
+capability; 503 host resources exhausted; 507 byte quota; 500 bugs only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..core.errors import (
+    CapabilityMissing, Conflict, DomainError, HostResourcesExhausted, InvalidRequest, KernelError, NotFound,
+    QuotaExceeded, VMBusy,
+)
+
+__all__ = ["install_problem_handlers", "problem_response", "STATUS_BY_CLASS", "PROBLEM_MEDIA_TYPE"]
+
+log = logging.getLogger("memslotd.api")
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+STATUS_BY_CLASS: list[tuple[type[DomainError], int]] = [
+    (InvalidRequest, 422), (NotFound, 404), (Conflict, 409), (CapabilityMissing, 501), (VMBusy, 429),
+    (HostResourcesExhausted, 503), (KernelError, 500),
+]
+STATUS_BY_CODE = {"RANGE_NOT_ALIGNED": 422}
+
+
+def status_of(exc: DomainError) -> int:
+    if isinstance(exc, QuotaExceeded):
+        return 507 if exc.bytes_quota else 429
+    for cls, status in STATUS_BY_CLASS:
+        if isinstance(exc, cls):
+            return STATUS_BY_CODE.get(exc.code, status)
+    return 500
+
+
+def problem_response(status: int, code: str, title: str, detail: str, request: Request | None = None,
+                     **fields: Any) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:memslotd:problem:{code.lower().replace('_', '-')}",
+        "title": title, "status": status, "detail": detail, "code": code,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+    for key in ("errno", "errno_name", "ioctl", "errors"):
+        if fields.get(key) is not None:
+            body[key] = fields.pop(key)
+    extra = {k: v for k, v in fields.items() if v is not None}
+    if extra:
+        body["extra"] = extra
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    status = status_of(exc)
+    if status >= 500 and status not in (501, 503, 507):
+        log.error("kernel error on %s: %s", request.url.path, exc.detail)
+    return problem_response(status, exc.code, exc.title, exc.detail, request, **exc.extra)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
+               "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+    content_type = request.headers.get("content-type", "")
+    if errors and errors[0]["loc"] == ["body"] and "json" not in content_type and request.method in ("POST", "PUT"):
+        return problem_response(415, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type",
+                                f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r})",
+                                request)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem_response(400, "MALFORMED_JSON", "Malformed JSON", "the request body is not valid JSON",
+                                request, errors=errors[:32])
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:4])
+    return problem_response(422, "VALIDATION_FAILED", "Invalid request", detail, request, errors=errors[:32])
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "ROUTE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE", 401: "UNAUTHORIZED",
+             403: "FORBIDDEN"}
+    code = codes.get(exc.status_code, f"HTTP_{exc.status_code}")
+    return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail), request)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("bug: unhandled error on %s", request.url.path)
+    return problem_response(500, "INTERNAL_ERROR", "Internal error", f"{type(exc).__name__}: this is a bug", request)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,46 @@
+"""Host endpoints: capabilities, health, version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from ... import __version__
+from ...core.memslots import GPA_LIMIT, RESERVED_GPA
+from ..deps import CoreDep, SettingsDep
+from ..schemas import Capabilities, Health, Version
+
+router = APIRouter(prefix="/v1", tags=["host"])
+
+
+@router.get("/capabilities", response_model=Capabilities)
+async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
+    """What this host's KVM offers, reported truthfully (probed at start on a default VM)."""
+    host = core.host
+    gmem_flags = [n for n, b in (("mmap", 1), ("init_shared", 2)) if host.guest_memfd_flags & b]
+    return {
+        "api_version": host.api_version, "kernel_release": host.kernel_release, "arch": host.arch,
+        "page_size": host.page_size, "vm_types": list(host.vm_types), "max_memslots": host.max_memslots,
+        "user_memory2": host.user_memory2, "guest_memfd": host.guest_memfd, "guest_memfd_flags": gmem_flags,
+        "memory_attributes": ["private"] if host.memory_attributes & (1 << 3) else [],
+        "memory_attributes_ioctl": host.memory_attributes_ioctl, "memory_fault_info": host.memory_fault_info,
+        "pre_fault_memory": host.pre_fault_memory, "conversion_enforcement": core.registry.enforcement,
+        "memory_error_injection": settings.enable_memory_error_injection,
+        "reserved_gpa_ranges": [{"guest_phys_addr": RESERVED_GPA.start, "size": RESERVED_GPA.size,
+                                 "purpose": "guest probe window (code and page tables)"}],
+        "max_guest_phys_addr": GPA_LIMIT, "max_probe_ops": core.limits.max_probe_ops,
+        "max_probe_bytes": 64 << 10,
+    }
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz(core: CoreDep) -> Any:
+    return {"status": "ok", "boot_id": core.events.boot_id, "vms": len(core.registry.vms)}
+
+
+@router.get("/version", response_model=Version)
+async def version(core: CoreDep) -> Any:
+    from ...kvm._lib import SHIM_VERSION  # the version pin is the only thing the API reads from kvm
+
+    return {"version": __version__, "api": "v1", "boot_id": core.events.boot_id, "shim_version": SHIM_VERSION}

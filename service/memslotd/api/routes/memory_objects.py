@@ -1,0 +1,80 @@
+"""guest_memfds (the private part) and shared-memory regions (the shared part)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from ..convert import gmem_read, shm_read
+from ..deps import CoreDep
+from ..schemas import (
+    FileRange, GuestMemfdCreate, GuestMemfdList, GuestMemfdRead, Invalidation, SharedMemoryCreate, SharedMemoryList,
+    SharedMemoryRead,
+)
+from ._common import ObjectIdPath, VMId, problems
+
+gmem_router = APIRouter(prefix="/v1/vms/{vm_id}/guest-memfds", tags=["guest_memfd"])
+shm_router = APIRouter(prefix="/v1/vms/{vm_id}/shared-memory", tags=["shared_memory"])
+
+
+@gmem_router.post("", status_code=201, response_model=GuestMemfdRead, responses=problems(400, 404, 422, 429, 501, 503, 507))
+async def create_gmem(vm_id: VMId, body: GuestMemfdCreate, core: CoreDep, response: Response) -> Any:
+    """KVM_CREATE_GUEST_MEMFD (the fd is owned by the daemon, close-on-exec)."""
+    gmem = await core.registry.create_gmem(vm_id, body.size, list(body.flags))
+    response.headers["Location"] = f"/v1/vms/{vm_id}/guest-memfds/{gmem.id}"
+    return gmem_read(core.registry.vm(vm_id), gmem)
+
+
+@gmem_router.get("", response_model=GuestMemfdList, responses=problems(404))
+async def list_gmems(vm_id: VMId, core: CoreDep) -> Any:
+    vm = core.registry.vm(vm_id)
+    return {"items": [gmem_read(vm, g) for g in vm.gmems.values()]}
+
+
+@gmem_router.get("/{gmem_id}", response_model=GuestMemfdRead, responses=problems(404))
+async def get_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep) -> Any:
+    vm = core.registry.vm(vm_id)
+    return gmem_read(vm, core.registry.gmem(vm, gmem_id))
+
+
+@gmem_router.delete("/{gmem_id}", status_code=204, responses=problems(404, 409, 429))
+async def delete_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep) -> None:
+    """Close the guest_memfd (409 while a slot is bound to it)."""
+    await core.registry.delete_gmem(vm_id, gmem_id)
+
+
+@gmem_router.post("/{gmem_id}/allocate", status_code=204, responses=problems(400, 404, 422, 429, 503))
+async def allocate_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep) -> None:
+    """fallocate(KEEP_SIZE): back the range with memory now."""
+    await core.registry.allocate_gmem(vm_id, gmem_id, body.offset, body.length)
+
+
+@gmem_router.post("/{gmem_id}/punch-hole", response_model=Invalidation, responses=problems(400, 404, 422, 429))
+async def punch_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep) -> Any:
+    """fallocate(PUNCH_HOLE|KEEP_SIZE), bracketed by invalidate events; returns the invalidated ranges."""
+    return await core.registry.punch_gmem(vm_id, gmem_id, body.offset, body.length)
+
+
+@shm_router.post("", status_code=201, response_model=SharedMemoryRead, responses=problems(400, 404, 422, 429, 503, 507))
+async def create_shm(vm_id: VMId, body: SharedMemoryCreate, core: CoreDep, response: Response) -> Any:
+    """A memfd owned and mapped by the daemon (the ``userspace_addr`` side of slots)."""
+    shm = await core.registry.create_shm(vm_id, body.size, body.hugepages)
+    response.headers["Location"] = f"/v1/vms/{vm_id}/shared-memory/{shm.id}"
+    return shm_read(shm)
+
+
+@shm_router.get("", response_model=SharedMemoryList, responses=problems(404))
+async def list_shms(vm_id: VMId, core: CoreDep) -> Any:
+    return {"items": [shm_read(m) for m in core.registry.vm(vm_id).shms.values()]}
+
+
+@shm_router.get("/{shm_id}", response_model=SharedMemoryRead, responses=problems(404))
+async def get_shm(vm_id: VMId, shm_id: ObjectIdPath, core: CoreDep) -> Any:
+    return shm_read(core.registry.shm(core.registry.vm(vm_id), shm_id))
+
+
+@shm_router.delete("/{shm_id}", status_code=204, responses=problems(404, 409, 429))
+async def delete_shm(vm_id: VMId, shm_id: ObjectIdPath, core: CoreDep) -> None:
+    """Unmap and close (409 while a slot uses it)."""
+    await core.registry.delete_shm(vm_id, shm_id)

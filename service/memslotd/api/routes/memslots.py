@@ -1,0 +1,79 @@
+"""Memslots: the seed's extended memslot (shared part + private part)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from ...core.memslots import SlotRequest
+from ...core.ranges import Range
+from ...core.slots import Backing
+from ..convert import slot_read
+from ..deps import CoreDep
+from ..schemas import MemslotCreate, MemslotList, MemslotRead
+from ._common import SlotId, VMId, problems
+
+router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
+
+ERRORS = problems(400, 404, 409, 422, 429, 503)
+
+
+def _request(body: MemslotCreate) -> SlotRequest:
+    return SlotRequest(
+        guest_phys_addr=body.guest_phys_addr, memory_size=body.memory_size,
+        flags=tuple(sorted(set(body.flags))), address_space=body.address_space,
+        shared=Backing(body.shared.shared_memory_id, body.shared.offset) if body.shared else None,
+        private=Backing(body.private.guest_memfd_id, body.private.offset) if body.private else None,
+    )
+
+
+@router.put("/{slot}", status_code=201, response_model=MemslotRead, responses={200: {"model": MemslotRead,
+            "description": "An identical slot exists (idempotent), or a shared-only slot was moved"}, **ERRORS})
+async def put_memslot(vm_id: VMId, slot: SlotId, body: MemslotCreate, core: CoreDep, response: Response) -> Any:
+    """Create slot ``slot`` (201), or no-op on an identical slot (200).
+
+    A shared-only slot may be moved (new ``guest_phys_addr``) or have ``log_dirty_pages``
+    toggled (200). A slot with a private part can only be deleted (409 ``SLOT_IMMUTABLE``).
+    """
+    created_slot, created = await core.memslots.put(vm_id, slot, _request(body))
+    if not created:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/vms/{vm_id}/memslots/{created_slot.slot_id}"
+    return slot_read(core.registry.vm(vm_id), created_slot, core.registry.kernel_attributes)
+
+
+@router.post("", status_code=201, response_model=MemslotRead, responses=ERRORS)
+async def post_memslot(vm_id: VMId, body: MemslotCreate, core: CoreDep, response: Response) -> Any:
+    """Create a slot with the lowest free slot id."""
+    created_slot, _ = await core.memslots.put(vm_id, None, _request(body))
+    response.headers["Location"] = f"/v1/vms/{vm_id}/memslots/{created_slot.slot_id}"
+    return slot_read(core.registry.vm(vm_id), created_slot, core.registry.kernel_attributes)
+
+
+@router.get("", response_model=MemslotList, responses=problems(404, 422))
+async def list_memslots(
+    vm_id: VMId, core: CoreDep,
+    gpa_start: Annotated[int, Query(ge=0, le=(1 << 53) - 1, description="only slots ending after this GPA")] = 0,
+    gpa_end: Annotated[int, Query(ge=1, le=1 << 53, description="only slots starting before this GPA")] = 1 << 53,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9a-f]{1,16}$", description="next_cursor of the previous page")] = None,
+) -> Any:
+    """Slots in GPA order, a page at a time (O(log n + limit))."""
+    vm = core.registry.vm(vm_id)
+    after = int(cursor, 16) if cursor else None
+    items, last = vm.slots.page(Range(gpa_start, max(gpa_end, gpa_start + 1)), after, limit)
+    return {"items": [slot_read(vm, s, core.registry.kernel_attributes) for s in items],
+            "next_cursor": f"{last:x}" if last is not None else None, "total": len(vm.slots)}
+
+
+@router.get("/{slot}", response_model=MemslotRead, responses=problems(404))
+async def get_memslot(vm_id: VMId, slot: SlotId, core: CoreDep) -> Any:
+    vm = core.registry.vm(vm_id)
+    return slot_read(vm, core.memslots.get(vm, slot), core.registry.kernel_attributes)
+
+
+@router.delete("/{slot}", status_code=204, responses=problems(404, 429))
+async def delete_memslot(vm_id: VMId, slot: SlotId, core: CoreDep) -> None:
+    """KVM_SET_USER_MEMORY_REGION2 with size 0, bracketed by invalidate events."""
+    await core.memslots.delete(vm_id, slot)

@@ -1,0 +1,231 @@
+"""Wire models (pydantic v2): strict types, unknown fields rejected, bytes everywhere.
+
+Families: ``<Thing>Create`` (request), ``<Thing>Read`` (response), ``<Thing>List``.
+Every size, offset and address is an integer number of bytes in [0, 2^53-1].
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+U53 = Annotated[int, Field(ge=0, le=(1 << 53) - 1)]
+Size = Annotated[int, Field(gt=0, le=(1 << 53) - 1)]
+ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z]+-[0-9a-f]{1,32}$")]
+VMType = Literal["default", "sw_protected", "sev", "sev_es", "snp", "tdx"]
+GmemFlag = Literal["mmap", "init_shared"]
+SlotFlag = Literal["log_dirty_pages", "readonly"]
+State = Literal["private", "shared"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors -----------------------------------------------------------------------------
+class FieldError(Response):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(Response):
+    """RFC 9457 problem details plus a stable ``code`` (and ``errno`` for kernel errors)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    errno: int | None = None
+    errno_name: str | None = None
+    ioctl: str | None = None
+    errors: list[FieldError] | None = None
+    extra: dict[str, Any] | None = None
+
+
+# -- host -------------------------------------------------------------------------------
+class ReservedRange(Response):
+    guest_phys_addr: int
+    size: int
+    purpose: str
+
+
+class Capabilities(Response):
+    api_version: int = Field(description="KVM_GET_API_VERSION")
+    kernel_release: str
+    arch: str
+    page_size: int
+    vm_types: list[str]
+    max_memslots: int = Field(description="KVM_CAP_NR_MEMSLOTS: user slot ids are 0..max_memslots-1")
+    user_memory2: bool
+    guest_memfd: bool
+    guest_memfd_flags: list[GmemFlag]
+    memory_attributes: list[Literal["private"]] = Field(description="KVM_CAP_MEMORY_ATTRIBUTES, decoded")
+    memory_attributes_ioctl: bool = Field(description="KVM_SET_MEMORY_ATTRIBUTES exists (ENOTTY when compiled out)")
+    memory_fault_info: bool
+    pre_fault_memory: bool
+    conversion_enforcement: Literal["kernel", "daemon"] = Field(
+        description="'kernel': KVM enforces private/shared; 'daemon': only memslotd's attribute map does")
+    memory_error_injection: bool = Field(description="the test-rig memory-error endpoint is enabled")
+    reserved_gpa_ranges: list[ReservedRange]
+    max_guest_phys_addr: int = Field(description="exclusive upper bound for memslot GPAs")
+    max_probe_ops: int
+    max_probe_bytes: int
+
+
+class Health(Response):
+    status: Literal["ok"]
+    boot_id: str
+    vms: int
+
+
+class Version(Response):
+    version: str
+    api: str
+    boot_id: str
+    shim_version: int
+
+
+# -- VMs --------------------------------------------------------------------------------
+class VMCreate(Strict):
+    type: VMType = "default"
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+
+
+class SlotBudget(Response):
+    used: int
+    free: int
+    max: int
+
+
+class VMRead(Response):
+    id: str
+    type: VMType
+    name: str | None
+    created_at: float
+    memslots: SlotBudget
+    guest_memfds: int
+    shared_memory_regions: int
+    guest_memfd_bytes: int
+    shared_memory_bytes: int
+    slot_bytes: int
+    private_bytes: int
+    conversion_enforcement: Literal["kernel", "daemon"]
+
+
+class VMList(Response):
+    items: list[VMRead]
+
+
+# -- guest_memfd ------------------------------------------------------------------------
+class GuestMemfdCreate(Strict):
+    size: Size
+    flags: Annotated[list[GmemFlag], Field(max_length=2)] = []
+
+
+class Binding(Response):
+    slot: int
+    offset: int
+    size: int
+    guest_phys_addr: int
+
+
+class GuestMemfdRead(Response):
+    id: str
+    size: int
+    flags: list[GmemFlag]
+    created_at: float
+    bindings: list[Binding]
+
+
+class GuestMemfdList(Response):
+    items: list[GuestMemfdRead]
+
+
+class FileRange(Strict):
+    offset: U53
+    length: Size
+
+
+class GPARangeRead(Response):
+    slot: int
+    guest_phys_addr: int
+    size: int
+
+
+class Invalidation(Response):
+    """A discard: the guest_memfd file range and the GPA range of every slot bound to it."""
+
+    reason: str
+    guest_memfd_id: str
+    offset: int
+    length: int
+    gpa_ranges: list[GPARangeRead]
+
+
+# -- shared memory ----------------------------------------------------------------------
+class SharedMemoryCreate(Strict):
+    size: Size
+    hugepages: Literal["2M", "1G"] | None = None
+
+
+class SharedMemoryRead(Response):
+    id: str
+    size: int
+    hugepages: Literal["2M", "1G"] | None
+    page_size: int
+    created_at: float
+    used_by_slots: list[int]
+
+
+class SharedMemoryList(Response):
+    items: list[SharedMemoryRead]
+
+
+# -- memslots ---------------------------------------------------------------------------
+class SharedPart(Strict):
+    shared_memory_id: ObjectId
+    offset: U53 = 0
+
+
+class PrivatePart(Strict):
+    guest_memfd_id: ObjectId
+    offset: U53 = 0
+
+
+class MemslotCreate(Strict):
+    address_space: Annotated[int, Field(ge=0, le=1)] = 0
+    guest_phys_addr: U53
+    memory_size: Size
+    flags: Annotated[list[SlotFlag], Field(max_length=2)] = []
+    shared: SharedPart | None = None
+    private: PrivatePart | None = None
+
+
+class MemslotRead(Response):
+    slot: int
+    address_space: int
+    guest_phys_addr: int
+    memory_size: int
+    flags: list[SlotFlag]
+    shared: SharedPart | None
+    private: PrivatePart | None
+    guest_backing: Literal["shared_memory", "guest_memfd", "per_attribute", "none"] = Field(
+        description="what the guest's accesses reach on this host (an mmap-able guest_memfd makes the slot guest_memfd-only)")
+    userspace_addr_source: Literal["shared_memory", "guest_memfd_mmap", "none"]
+    immutable: bool
+    created_at: float
+    generation: int
+
+
+class MemslotList(Response):
+    items: list[MemslotRead]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+    total: int

@@ -1,0 +1,9 @@
+"""Domain core: slot table, attribute map, event log and the use cases. No FastAPI, no cffi."""
+
+from .errors import DomainError
+from .events import EventLog
+from .facade import MemoryCore
+from .limits import Limits
+from .ranges import Range
+
+__all__ = ["DomainError", "EventLog", "Limits", "MemoryCore", "Range"]

@@ -1,0 +1,110 @@
+"""The private/shared attribute map of one VM: run-length intervals over GPAs.
+
+No per-page objects: one SortedDict entry per maximal run, the value packing
+``end << 1 | private``. Lookups and updates cost O(log n + k) for k runs touched.
+Adjacent runs with the same state are always merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sortedcontainers import SortedDict
+
+from .ranges import Range
+
+__all__ = ["AttributeMap", "PRIVATE", "SHARED"]
+
+PRIVATE = "private"
+SHARED = "shared"
+
+
+def _pack(end: int, state: str) -> int:
+    return end << 1 | (state == PRIVATE)
+
+
+def _unpack(value: int) -> tuple[int, str]:
+    return value >> 1, PRIVATE if value & 1 else SHARED
+
+
+class AttributeMap:
+    def __init__(self) -> None:
+        self._runs: SortedDict = SortedDict()  # start -> packed(end, state)
+
+    def __len__(self) -> int:
+        """Number of runs (fragments)."""
+        return len(self._runs)
+
+    def _split_at(self, pos: int) -> None:
+        i = self._runs.bisect_right(pos) - 1
+        if i < 0:
+            return
+        start = self._runs.keys()[i]
+        end, state = _unpack(self._runs.values()[i])
+        if start < pos < end:
+            self._runs[start] = _pack(pos, state)
+            self._runs[pos] = _pack(end, state)
+
+    def _pieces(self, r: Range) -> list[tuple[int, int, str]]:
+        """Runs inside ``r`` after splitting at its ends."""
+        return [(s, *_unpack(self._runs[s])) for s in self._runs.irange(r.start, r.end, inclusive=(True, False))]
+
+    def _merge_around(self, r: Range) -> None:
+        """Merge equal-state neighbours from the run before ``r`` to the run after it."""
+        i = max(self._runs.bisect_right(r.start) - 2, 0)
+        keys = list(self._runs.irange(self._runs.keys()[i] if self._runs else 0, r.end))
+        after = self._runs.bisect_right(r.end)
+        if after < len(self._runs):
+            keys.append(self._runs.keys()[after])
+        prev: tuple[int, int, str] | None = None
+        for start in keys:
+            end, state = _unpack(self._runs[start])
+            if prev is not None and prev[1] == start and prev[2] == state:
+                del self._runs[start]
+                self._runs[prev[0]] = _pack(end, state)
+                prev = (prev[0], end, state)
+            else:
+                prev = (start, end, state)
+
+    def add(self, r: Range, state: str) -> None:
+        """Cover a new (uncovered) range, e.g. a new slot."""
+        self._runs[r.start] = _pack(r.end, state)
+        self._merge_around(r)
+
+    def remove(self, r: Range) -> None:
+        """Forget a range, e.g. a deleted slot."""
+        self._split_at(r.start)
+        self._split_at(r.end)
+        for start, _, _ in self._pieces(r):
+            del self._runs[start]
+
+    def assign(self, r: Range, state: str) -> list[tuple[Range, str]]:
+        """Set the covered parts of ``r`` to ``state``; return the pieces that changed with their old state."""
+        self._split_at(r.start)
+        self._split_at(r.end)
+        changed: list[tuple[Range, str]] = []
+        for start, end, old in self._pieces(r):
+            if old != state:
+                self._runs[start] = _pack(end, state)
+                if changed and changed[-1][0].end == start and changed[-1][1] == old:
+                    changed[-1] = (Range(changed[-1][0].start, end), old)
+                else:
+                    changed.append((Range(start, end), old))
+        self._merge_around(r)
+        return changed
+
+    def runs(self, r: Range) -> Iterator[tuple[Range, str]]:
+        """Runs intersecting ``r``, clipped to it, in address order."""
+        i = max(self._runs.bisect_right(r.start) - 1, 0)
+        for start in self._runs.islice(i):
+            if start >= r.end:
+                return
+            end, state = _unpack(self._runs[start])
+            piece = Range(start, end).intersection(r)
+            if piece is not None:
+                yield piece, state
+
+    def state_at(self, gpa: int) -> str | None:
+        for _, state in self.runs(Range(gpa, gpa + 1)):
+            return state
+        return None

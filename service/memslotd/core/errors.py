@@ -1,0 +1,109 @@
+"""Domain errors: one class per condition, each with a stable ``code``.
+
+::
+
+    DomainError (code, detail, extra)
+     ├── InvalidRequest        the request breaks a rule (422)
+     │    ├── RangeNotAligned, RangeEmpty, RangeOverflow, RangeOutsideBacking
+     │    ├── SlotIdOutOfRange, FlagsIncompatible, SlotNoBacking, ProbeOutOfBounds
+     ├── NotFound              unknown VM, guest_memfd, shared memory, slot (404)
+     ├── Conflict              clashes with existing state (409)
+     │    ├── SlotOverlap, SlotExists, SlotImmutable, GmemRangeBound, ResourceBusy,
+     │    ├── GPAReserved, RangeNotCovered, NoPrivatePart, SlotBudgetExhausted
+     ├── CapabilityMissing     this host cannot do it (501)
+     ├── QuotaExceeded         a configured limit (429 for counts/rates, 507 for bytes)
+     ├── VMBusy                the VM's mutation queue is full (429)
+     ├── HostResourcesExhausted ENOMEM/EMFILE/ENOSPC from the kernel (503)
+     └── KernelError           any other errno the kernel returned (500 unless mapped)
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Any
+
+__all__ = [
+    "DomainError", "InvalidRequest", "NotFound", "Conflict", "CapabilityMissing", "QuotaExceeded",
+    "VMBusy", "HostResourcesExhausted", "KernelError", "kernel_error",
+]
+
+
+class DomainError(Exception):
+    code = "DOMAIN_ERROR"
+    title = "Request failed"
+
+    def __init__(self, detail: str, *, code: str | None = None, **extra: Any):
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+
+class InvalidRequest(DomainError):
+    code = "INVALID_REQUEST"
+    title = "Invalid request"
+
+
+class NotFound(DomainError):
+    code = "NOT_FOUND"
+    title = "Not found"
+
+
+class Conflict(DomainError):
+    code = "CONFLICT"
+    title = "Conflict with existing state"
+
+
+class CapabilityMissing(DomainError):
+    code = "CAPABILITY_MISSING"
+    title = "Capability missing on this host"
+
+
+class QuotaExceeded(DomainError):
+    code = "QUOTA_EXCEEDED"
+    title = "Quota exceeded"
+
+    def __init__(self, detail: str, *, bytes_quota: bool = False, **extra: Any):
+        super().__init__(detail, **extra)
+        self.bytes_quota = bytes_quota
+
+
+class VMBusy(DomainError):
+    code = "VM_BUSY"
+    title = "Too many pending operations on this VM"
+
+
+class HostResourcesExhausted(DomainError):
+    code = "HOST_RESOURCES_EXHAUSTED"
+    title = "Host resources exhausted"
+
+
+class KernelError(DomainError):
+    code = "KERNEL_ERROR"
+    title = "The kernel refused the operation"
+
+
+_EXHAUSTION = {_errno.ENOMEM, _errno.EMFILE, _errno.ENFILE, _errno.ENOSPC}
+
+
+def kernel_error(exc: OSError, what: str) -> DomainError:
+    """Translate a kernel failure (``OSError`` with errno, maybe ``ioctl``) once, here.
+
+    The daemon validates first, so reaching here with EINVAL/EEXIST means the
+    kernel knows a rule we do not mirror; the errno still travels exactly.
+    """
+    code = exc.errno or 0
+    ioctl = getattr(exc, "ioctl", None)
+    name = _errno.errorcode.get(code, str(code))
+    detail = f"{what}: {ioctl or 'syscall'} failed with {name} ({exc.strerror or ''})".rstrip(" ()")
+    extra: dict[str, Any] = {"errno": code, "errno_name": name, "ioctl": ioctl}
+    if code in _EXHAUSTION:
+        return HostResourcesExhausted(detail, **extra)
+    if code == _errno.EEXIST:
+        return Conflict(detail, code="SLOT_OVERLAP", **extra)
+    if code in (_errno.ENOTTY, _errno.EOPNOTSUPP, _errno.ENODEV):
+        return CapabilityMissing(detail, **extra)
+    if code == _errno.EINVAL:
+        return InvalidRequest(detail, code="KERNEL_REJECTED", **extra)
+    return KernelError(detail, **extra)

@@ -1,0 +1,165 @@
+"""The event log: monotonic ``seq``, a bounded retained window, bounded subscribers.
+
+Everything here runs on the event loop thread: ``append`` and ``subscribe`` never
+await, so a subscriber that registers and reads the backlog in one step sees every
+event exactly once (no gap, no duplicate at the seam).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Event", "EventLog", "Subscriber", "CursorGone", "EVENT_TYPES"]
+
+EVENT_TYPES = (
+    "vm.created", "vm.deleted",
+    "guest_memfd.created", "guest_memfd.deleted",
+    "shared_memory.created", "shared_memory.deleted",
+    "memslot.created", "memslot.updated", "memslot.deleted",
+    "memory.invalidate_start", "memory.invalidate_end",
+    "memory.converted", "memory.allocated", "memory.error", "memory.fault",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    boot_id: str
+    time: float
+    type: str
+    vm_id: str | None
+    data: dict[str, Any]
+    encoded: bytes = b""
+
+    def envelope(self) -> dict[str, Any]:
+        return {"seq": self.seq, "boot_id": self.boot_id, "time": self.time, "type": self.type,
+                "vm_id": self.vm_id, "data": self.data}
+
+
+class CursorGone(Exception):
+    """The cursor is older than the retained window or from another boot."""
+
+    def __init__(self, reason: str, oldest_seq: int, current_seq: int):
+        super().__init__(reason)
+        self.reason = reason
+        self.oldest_seq = oldest_seq
+        self.current_seq = current_seq
+
+
+def _default_encode(envelope: dict[str, Any]) -> bytes:
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+class Subscriber:
+    """A bounded queue of events for one consumer. Overflow ends it, never silently."""
+
+    def __init__(self, log: "EventLog", capacity: int, accept: Callable[[Event], bool]):
+        self._log = log
+        self._queue: collections.deque[Event] = collections.deque()
+        self._capacity = capacity
+        self._accept = accept
+        self._wakeup = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+
+    def offer(self, event: Event) -> None:
+        if self.overflowed or self.closed or not self._accept(event):
+            return
+        if len(self._queue) >= self._capacity:
+            self.overflowed = True
+            self._queue.clear()  # the consumer is told "gone"; keeping the backlog would only cost memory
+        else:
+            self._queue.append(event)
+        self._wakeup.set()
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def next_batch(self, timeout: float | None) -> list[Event]:
+        """Wait up to ``timeout`` seconds for events; [] on timeout; raises on overflow."""
+        if not self._queue and not self.overflowed:
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                return []
+        if self.overflowed:
+            raise OverflowError("subscriber fell behind")
+        batch = list(self._queue)
+        self._queue.clear()
+        return batch
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._log._subscribers.discard(self)
+            self._wakeup.set()
+
+
+class EventLog:
+    def __init__(self, *, max_events: int = 100_000, max_bytes: int = 64 << 20,
+                 encode: Callable[[dict[str, Any]], bytes] = _default_encode):
+        self.boot_id = uuid.uuid4().hex
+        self.seq = 0
+        self._retained: collections.deque[Event] = collections.deque()
+        self._bytes = 0
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.encode = encode
+        self._subscribers: set[Subscriber] = set()
+        self.dropped_subscribers = 0
+
+    @property
+    def oldest_seq(self) -> int:
+        """Lowest seq still retained (``seq + 1`` when nothing is retained)."""
+        return self._retained[0].seq if self._retained else self.seq + 1
+
+    def append(self, type_: str, vm_id: str | None, data: dict[str, Any]) -> Event:
+        self.seq += 1
+        now = time.time()
+        envelope = {"seq": self.seq, "boot_id": self.boot_id, "time": now, "type": type_, "vm_id": vm_id, "data": data}
+        event = Event(self.seq, self.boot_id, now, type_, vm_id, data, self.encode(envelope))
+        self._retained.append(event)
+        self._bytes += len(event.encoded)
+        while self._retained and (len(self._retained) > self.max_events or self._bytes > self.max_bytes):
+            self._bytes -= len(self._retained.popleft().encoded)
+        for sub in list(self._subscribers):
+            sub.offer(event)
+            if sub.overflowed:
+                self.dropped_subscribers += 1
+                self._subscribers.discard(sub)
+        return event
+
+    def since(self, since_seq: int, boot_id: str | None = None) -> list[Event]:
+        """Retained events with ``seq > since_seq``; raises :class:`CursorGone` on a gap."""
+        if boot_id is not None and boot_id != self.boot_id:
+            raise CursorGone("boot_id_mismatch", self.oldest_seq, self.seq)
+        if since_seq > self.seq:
+            raise CursorGone("cursor_in_future", self.oldest_seq, self.seq)
+        if since_seq < self.oldest_seq - 1:
+            raise CursorGone("expired", self.oldest_seq, self.seq)
+        if not self._retained:
+            return []
+        first = self._retained[0].seq
+        return list(itertools.islice(self._retained, max(since_seq + 1 - first, 0), None))
+
+    def subscribe(self, capacity: int, accept: Callable[[Event], bool] = lambda e: True) -> Subscriber:
+        sub = Subscriber(self, capacity, accept)
+        self._subscribers.add(sub)
+        return sub
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    @property
+    def retained_bytes(self) -> int:
+        return self._bytes

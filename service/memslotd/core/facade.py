@@ -1,0 +1,31 @@
+"""``MemoryCore``: the domain's single entry point, composed of its use-case services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .events import EventLog
+from .limits import Limits
+from .memslots import MemslotService
+from .ports import KernelPort
+from .registry import Registry
+
+__all__ = ["MemoryCore"]
+
+
+class MemoryCore:
+    def __init__(self, kernel: KernelPort, *, limits: Limits | None = None, events: EventLog | None = None):
+        self.limits = limits or Limits()
+        self.events = events or EventLog()
+        self.registry = Registry(kernel, self.events, self.limits)
+        self.memslots = MemslotService(self.registry)
+        self.on_close: list[Callable[[], None]] = []  # e.g. closing /dev/kvm after every VM
+
+    @property
+    def host(self):  # type: ignore[no-untyped-def]
+        return self.registry.host
+
+    async def close(self) -> None:
+        await self.registry.close_all()
+        for hook in self.on_close:
+            hook()

@@ -1,0 +1,230 @@
+"""Memslot use cases: create (PUT by id / POST auto id), modify, delete, list.
+
+Every rule of KVM_SET_USER_MEMORY_REGION2 (kernel-semantics §3.2) is checked
+here first, in the kernel's order, so the first failing rule names the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from .attributes import PRIVATE, SHARED
+from .errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, kernel_error
+from .records import VMRecord
+from .ranges import Range, check_aligned_range
+from .registry import Registry
+from .slots import Backing, Slot
+
+__all__ = ["SlotRequest", "MemslotService", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
+
+SLOT_FLAG_BITS = {"log_dirty_pages": 1 << 0, "readonly": 1 << 1}
+MEM_GUEST_MEMFD = 1 << 2
+MAX_SLOT_PAGES = (1 << 31) - 1  # KVM_MEM_MAX_NR_PAGES (M10)
+GPA_LIMIT = 1 << 52  # shadow paging: kvm_mmu_max_gfn() covers 52 bits (X1)
+#: The probe's window (see memslotd.kvm.guest): no user slot may overlap it.
+RESERVED_GPA = Range(0xFFE0_0000, 0x1_0000_0000)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotRequest:
+    guest_phys_addr: int
+    memory_size: int
+    flags: tuple[str, ...] = ()
+    shared: Backing | None = None
+    private: Backing | None = None
+    address_space: int = 0
+
+
+def default_state(private: bool, init_shared: bool) -> str:
+    """Slots with a private part start private, as CoCo VMMs create them (QEMU marks all
+    guest_memfd-backed RAM private at creation); a guest_memfd created INIT_SHARED
+    says its memory starts shared, so those slots start shared. No private part: shared."""
+    if not private or init_shared:
+        return SHARED
+    return PRIVATE
+
+
+class MemslotService:
+    def __init__(self, registry: Registry):
+        self.reg = registry
+
+    # -- validation -----------------------------------------------------------------
+    def _validate(self, vm: VMRecord, slot_id: int, req: SlotRequest) -> tuple[Slot, int]:
+        """Return the slot as it would stand and the kernel flags; raise on the first broken rule."""
+        reg, page = self.reg, self.reg.page_size
+        if not 0 <= slot_id < reg.max_slots:  # M2
+            raise InvalidRequest(f"slot id {slot_id} outside 0..{reg.max_slots - 1}", code="SLOT_ID_OUT_OF_RANGE")
+        if req.address_space != 0:  # M8 (x86 SMM address space 1 is not offered)
+            raise InvalidRequest("only address space 0 is supported", code="ADDRESS_SPACE_UNSUPPORTED")
+        flags = 0
+        for name in req.flags:
+            flags |= SLOT_FLAG_BITS[name]
+        if req.private is not None:  # M3
+            if req.flags:
+                raise InvalidRequest(f"flags {list(req.flags)} cannot be combined with a private (guest_memfd) part",
+                                     code="FLAGS_INCOMPATIBLE")
+            flags |= MEM_GUEST_MEMFD
+        gpa = check_aligned_range(req.guest_phys_addr, req.memory_size, page, what="memslot", limit=GPA_LIMIT)  # M4 M5 M9 X1
+        if req.memory_size // page > MAX_SLOT_PAGES:  # M10
+            raise InvalidRequest(f"a slot holds at most {MAX_SLOT_PAGES} pages", code="SLOT_TOO_LARGE")
+        if req.shared is None and req.private is None:
+            raise InvalidRequest("a memslot needs a shared part, a private part, or both", code="SLOT_NO_BACKING")
+        uaddr, source = 0, "none"
+        if req.shared is not None:
+            shm = self.reg.shm(vm, req.shared.object_id)
+            self._check_backing_range(req.shared.offset, req.memory_size, shm.size, shm.page_size, "shared memory")
+            uaddr, source = shm.port.address + req.shared.offset, "shared_memory"
+        if req.private is not None:
+            gmem = self.reg.gmem(vm, req.private.object_id)
+            r = self._check_backing_range(req.private.offset, req.memory_size, gmem.size, page, "guest_memfd")  # M7 B4
+            bound = gmem.bindings.overlapping(r, ignore=slot_id)
+            if bound is not None:  # B5 (the kernel says EINVAL; it is a conflict)
+                raise Conflict(f"guest_memfd {gmem.id} range [{r.start:#x}, {r.end:#x}) overlaps the range bound to slot {bound[0]}",
+                               code="GMEM_RANGE_BOUND", slot=bound[0])
+            if req.shared is None and gmem.port.mappable:
+                source = "guest_memfd_mmap"  # shadow paging reads guest memory through userspace_addr
+        slot = Slot(slot_id, req.guest_phys_addr, req.memory_size, req.flags, req.shared, req.private, uaddr, source,
+                    time.time())
+        self._check_gpa_free(vm, slot_id, gpa)
+        return slot, flags
+
+    @staticmethod
+    def _check_backing_range(offset: int, size: int, backing_size: int, page: int, what: str) -> Range:
+        if offset % page:
+            raise InvalidRequest(f"{what} offset {offset:#x} is not aligned to {page:#x}", code="RANGE_NOT_ALIGNED")
+        if offset + size > backing_size:
+            raise InvalidRequest(f"{what} range [{offset:#x}, {offset + size:#x}) exceeds its size {backing_size:#x}",
+                                 code="RANGE_OUTSIDE_BACKING")
+        return Range.of(offset, size)
+
+    @staticmethod
+    def _check_gpa_free(vm: VMRecord, slot_id: int, gpa: Range) -> None:
+        if gpa.overlaps(RESERVED_GPA):
+            raise Conflict(f"[{RESERVED_GPA.start:#x}, {RESERVED_GPA.end:#x}) is reserved for the guest probe",
+                           code="GPA_RESERVED")
+        other = vm.slots.first_overlap(gpa, ignore=slot_id)  # O1
+        if other is not None:
+            raise Conflict(f"GPA range [{gpa.start:#x}, {gpa.end:#x}) overlaps slot {other.slot_id}",
+                           code="SLOT_OVERLAP", slot=other.slot_id)
+
+    # -- create / modify --------------------------------------------------------------
+    async def put(self, vm_id: str, slot_id: int | None, req: SlotRequest) -> tuple[Slot, bool]:
+        """Create (True) or return the identical existing slot / apply a move or flags change (False)."""
+        vm = self.reg.vm(vm_id)
+        async with vm.mutation():
+            if slot_id is None:
+                slot_id = vm.slots.lowest_free_id()
+                if slot_id is None:
+                    raise QuotaExceeded(f"VM {vm.id} has no free slot id", code="SLOT_BUDGET_EXHAUSTED")
+            existing = vm.slots.get(slot_id)
+            slot, flags = self._validate(vm, slot_id, req) if existing is None else self._validate_modify(vm, existing, req)
+            if existing is not None and existing.same_request(slot):
+                return existing, False
+            if existing is None and len(vm.slots) >= self.reg.limits.max_slots_per_vm:
+                raise QuotaExceeded(f"VM {vm.id} already has {len(vm.slots)} memslots", code="SLOT_QUOTA",
+                                    limit=self.reg.limits.max_slots_per_vm)
+            gmem = self.reg.gmem(vm, req.private.object_id) if req.private else None
+            try:
+                if slot.userspace_addr_source == "guest_memfd_mmap" and gmem is not None:
+                    mapping = await self.reg.blocking(gmem.port.map)
+                    slot = dataclasses.replace(slot, userspace_addr=mapping.address + req.private.offset)  # type: ignore[union-attr]
+                await self.reg.blocking(
+                    vm.port.set_user_memory_region2, slot.slot_id, flags, slot.guest_phys_addr, slot.memory_size,
+                    slot.userspace_addr, req.private.offset if req.private else 0, gmem.port.fd if gmem else 0)
+            except OSError as exc:
+                raise kernel_error(exc, f"set memslot {slot.slot_id}") from exc
+            if existing is None:
+                self._commit_create(vm, slot)
+                self.reg.emit("memslot.created", vm.id, **slot_event(slot))
+                return slot, True
+            self._commit_modify(vm, existing, slot)
+            self.reg.emit("memslot.updated", vm.id, **slot_event(slot), previous_guest_phys_addr=existing.guest_phys_addr)
+            return slot, False
+
+    def _validate_modify(self, vm: VMRecord, existing: Slot, req: SlotRequest) -> tuple[Slot, int]:
+        """Only a shared-only slot may move or toggle log_dirty_pages (M11, M12).
+
+        A slot with a private part is refused here even where the kernel would take
+        the change: 6.18.y before 9935df5333aa lets a live slot drop its guest_memfd flag (UAF).
+        """
+        slot, flags = self._validate(vm, existing.slot_id, req)
+        if existing.same_request(slot):
+            return existing, flags
+        if existing.immutable or req.private is not None:
+            raise Conflict(f"slot {existing.slot_id} has a private part: it can only be deleted", code="SLOT_IMMUTABLE",
+                           slot=existing.slot_id)
+        if (slot.memory_size, slot.shared) != (existing.memory_size, existing.shared) or \
+                ("readonly" in slot.flags) != ("readonly" in existing.flags):
+            raise Conflict(f"slot {existing.slot_id} exists; only its guest_phys_addr and log_dirty_pages may change",
+                           code="SLOT_EXISTS", slot=existing.slot_id)
+        return dataclasses.replace(slot, created_at=existing.created_at, generation=existing.generation + 1), flags
+
+    def _commit_create(self, vm: VMRecord, slot: Slot) -> None:
+        vm.slots.add(slot)
+        init_shared = False
+        if slot.private is not None:
+            gmem = vm.gmems[slot.private.object_id]
+            gmem.bindings.bind(Range.of(slot.private.offset, slot.memory_size), slot.slot_id)
+            init_shared = "init_shared" in gmem.flags
+        if slot.shared is not None:
+            vm.shms[slot.shared.object_id].users.add(slot.slot_id)
+        vm.attributes.add(slot.gpa_range, default_state(slot.private is not None, init_shared))
+
+    @staticmethod
+    def _commit_modify(vm: VMRecord, old: Slot, new: Slot) -> None:
+        vm.slots.replace(new)
+        if old.guest_phys_addr != new.guest_phys_addr:
+            vm.attributes.remove(old.gpa_range)
+            vm.attributes.add(new.gpa_range, SHARED)  # only shared-only slots can move
+
+    # -- delete -------------------------------------------------------------------------
+    async def delete(self, vm_id: str, slot_id: int) -> Slot:
+        vm = self.reg.vm(vm_id)
+        async with vm.mutation():
+            slot = self.get(vm, slot_id)
+            info = self._invalidation(vm, slot)
+            self.reg.emit("memory.invalidate_start", vm.id, **info)
+            try:
+                await self.reg.blocking(vm.port.delete_user_memory_region, slot.slot_id)
+            except OSError as exc:
+                self.reg.emit("memory.invalidate_end", vm.id, **info, error=exc.errno)
+                raise kernel_error(exc, f"delete memslot {slot_id}") from exc
+            vm.slots.remove(slot.slot_id)
+            vm.attributes.remove(slot.gpa_range)
+            if slot.private is not None:
+                vm.gmems[slot.private.object_id].bindings.unbind(slot.private.offset)
+            if slot.shared is not None:
+                vm.shms[slot.shared.object_id].users.discard(slot.slot_id)
+            self.reg.emit("memory.invalidate_end", vm.id, **info)
+            self.reg.emit("memslot.deleted", vm.id, **slot_event(slot))
+            return slot
+
+    @staticmethod
+    def _invalidation(vm: VMRecord, slot: Slot) -> dict[str, Any]:
+        gpa = {"slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "size": slot.memory_size}
+        info: dict[str, Any] = {"reason": "slot_delete", "gpa_ranges": [gpa]}
+        if slot.private is not None:
+            info.update(guest_memfd_id=slot.private.object_id, offset=slot.private.offset, length=slot.memory_size)
+        if slot.shared is not None:
+            info.update(shared_memory_id=slot.shared.object_id, shared_offset=slot.shared.offset)
+        return info
+
+    # -- reads --------------------------------------------------------------------------
+    @staticmethod
+    def get(vm: VMRecord, slot_id: int) -> Slot:
+        slot = vm.slots.get(slot_id)
+        if slot is None:
+            raise NotFound(f"no slot {slot_id} in VM {vm.id}", code="SLOT_NOT_FOUND", slot=slot_id)
+        return slot
+
+
+def slot_event(slot: Slot) -> dict[str, Any]:
+    return {
+        "slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "memory_size": slot.memory_size,
+        "flags": list(slot.flags),
+        "shared": {"shared_memory_id": slot.shared.object_id, "offset": slot.shared.offset} if slot.shared else None,
+        "private": {"guest_memfd_id": slot.private.object_id, "offset": slot.private.offset} if slot.private else None,
+    }
+

@@ -1,0 +1,84 @@
+"""Daemon-side state of a VM and the kernel objects it owns."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from .attributes import AttributeMap
+from .errors import VMBusy
+from .ports import GuestMemfdPort, GuestRunnerPort, SharedMemoryPort, VMPort
+from .slots import GmemBindings, MemslotTable
+
+__all__ = ["VMRecord", "GmemRecord", "ShmRecord", "new_id"]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+@dataclasses.dataclass(eq=False)
+class GmemRecord:
+    id: str
+    size: int
+    flags: tuple[str, ...]
+    port: GuestMemfdPort
+    created_at: float = dataclasses.field(default_factory=time.time)
+    bindings: GmemBindings = dataclasses.field(default_factory=GmemBindings)
+
+
+@dataclasses.dataclass(eq=False)
+class ShmRecord:
+    id: str
+    size: int
+    hugepages: str | None
+    page_size: int
+    port: SharedMemoryPort
+    created_at: float = dataclasses.field(default_factory=time.time)
+    users: set[int] = dataclasses.field(default_factory=set)  # slot ids
+
+
+@dataclasses.dataclass(eq=False)
+class VMRecord:
+    id: str
+    type: str
+    name: str | None
+    port: VMPort
+    slots: MemslotTable
+    max_pending: int
+    created_at: float = dataclasses.field(default_factory=time.time)
+    gmems: dict[str, GmemRecord] = dataclasses.field(default_factory=dict)
+    shms: dict[str, ShmRecord] = dataclasses.field(default_factory=dict)
+    attributes: AttributeMap = dataclasses.field(default_factory=AttributeMap)
+    runner: GuestRunnerPort | None = None
+    deleted: bool = False
+    _lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    _pending: int = 0
+
+    @property
+    def backing_bytes(self) -> int:
+        return sum(g.size for g in self.gmems.values()) + sum(s.size for s in self.shms.values())
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @contextlib.asynccontextmanager
+    async def mutation(self) -> AsyncIterator[None]:
+        """Serialize mutations of this VM; refuse (429) past ``max_pending`` waiters."""
+        if self._pending >= self.max_pending:
+            raise VMBusy(f"VM {self.id} already has {self._pending} operations queued", vm_id=self.id)
+        self._pending += 1
+        try:
+            async with self._lock:
+                if self.deleted:
+                    from .errors import NotFound
+
+                    raise NotFound(f"VM {self.id} was deleted", code="VM_NOT_FOUND", vm_id=self.id)
+                yield
+        finally:
+            self._pending -= 1

@@ -1,0 +1,71 @@
+"""Configuration: embedded defaults < TOML file < environment (MEMSLOTD_*) < command line.
+
+``memslotd --help`` lists every option with its description.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+__all__ = ["Settings", "default_socket_path"]
+
+
+def default_socket_path() -> Path:
+    """``/run/memslotd/memslotd.sock`` for root, ``$XDG_RUNTIME_DIR/memslotd/memslotd.sock`` otherwise."""
+    if os.geteuid() == 0:
+        return Path("/run/memslotd/memslotd.sock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/memslotd-{os.geteuid()}"
+    return Path(runtime) / "memslotd" / "memslotd.sock"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEMSLOTD_", extra="forbid", validate_default=True,
+                                      cli_kebab_case=True, cli_implicit_flags=True)
+
+    config: Path | None = Field(None, description="TOML file with any of these options (env: MEMSLOTD_CONFIG)")
+    socket: Path = Field(default_factory=default_socket_path, description="Unix socket path for the API")
+    socket_mode: int = Field(0o660, ge=0, le=0o777, description="permission bits of the API socket")
+    socket_group: str | None = Field(None, description="group owning the socket (default: the daemon's)")
+    readonly_socket: Path | None = Field(None, description="optional second socket: GETs and event subscriptions only")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    max_body_bytes: int = Field(64 << 10, ge=1024, le=16 << 20, description="request body limit in bytes")
+    max_vms: int = Field(64, ge=1, le=4096, description="VMs per daemon")
+    max_slots_per_vm: int = Field(32764, ge=1, le=32764, description="memslots per VM (never above KVM's)")
+    max_bytes_per_vm: int = Field(1 << 50, ge=4096, description="guest_memfd + shared-memory bytes per VM")
+    max_bytes_total: int = Field(1 << 51, ge=4096, description="guest_memfd + shared-memory bytes per daemon")
+    max_pending_per_vm: int = Field(64, ge=1, le=100_000, description="queued mutations per VM before 429")
+    max_probe_ops: int = Field(64, ge=1, le=1024, description="guest accesses per probe request")
+    probe_timeout_ms: int = Field(1000, ge=10, le=60_000, description="KVM_RUN timeout per probe access")
+    event_retention_count: int = Field(100_000, ge=16, description="events kept for resume (count)")
+    event_retention_bytes: int = Field(64 << 20, ge=4096, description="events kept for resume (bytes)")
+    event_subscriber_queue: int = Field(10_000, ge=16, description="events queued per subscriber before it is cut off")
+    event_bookmark_interval_s: float = Field(10.0, gt=0, description="seconds between bookmark events")
+    enable_memory_error_injection: bool = Field(False, description="enable the test-rig memory-error endpoint")
+
+    @field_validator("socket", "readonly_socket")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        return v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_from_init(init_settings) or os.environ.get("MEMSLOTD_CONFIG")
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def _config_from_init(init: PydanticBaseSettingsSource) -> str | None:
+    data: Any = init()
+    value = data.get("config") if isinstance(data, dict) else None
+    return str(value) if value else None
