@@ -207,7 +207,9 @@ int msd_close(int fd)
  * access to guest memory goes through here: the SIGBUS handler jumps back to
  * the copying thread, which returns -EFAULT. Other SIGBUSes are passed on. */
 
-static __thread sigjmp_buf *guard_jmp;
+/* volatile + barriers: without them the compiler drops the store before memcpy
+ * (memcpy does not read it), and the handler finds no guard. */
+static __thread sigjmp_buf *volatile guard_jmp;
 static struct sigaction previous_sigbus;
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
 
@@ -246,7 +248,9 @@ int msd_guarded_copy(uint64_t dst, uint64_t src, uint64_t len)
         return -EFAULT;
     }
     guard_jmp = &jmp;
+    __asm__ __volatile__("" ::: "memory");
     memcpy((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, len);
+    __asm__ __volatile__("" ::: "memory");
     guard_jmp = NULL;
     return 0;
 }

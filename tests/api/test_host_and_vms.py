@@ -1,0 +1,81 @@
+"""Host endpoints and VM lifecycle."""
+
+from __future__ import annotations
+
+from tests.helpers import fd_count, guest_memory_mappings
+
+from .conftest import MiB
+
+
+def test_capabilities_are_truthful(client):
+    caps = client.get("/v1/capabilities").json()
+    assert caps["max_memslots"] == 32764
+    assert caps["guest_memfd_flags"] == ["mmap", "init_shared"]
+    assert caps["memory_attributes"] == [] and caps["memory_attributes_ioctl"] is False
+    assert caps["conversion_enforcement"] == "daemon"
+    assert caps["user_memory2"] and caps["guest_memfd"] and caps["memory_fault_info"]
+    assert caps["page_size"] == 4096 and caps["vm_types"] == ["default"]
+    assert caps["reserved_gpa_ranges"][0] == {"guest_phys_addr": 0xFFE00000, "size": 2 * MiB,
+                                              "purpose": "guest probe window (code and page tables)"}
+
+
+def test_health_version_and_boot_id_header(client):
+    h = client.get("/v1/healthz")
+    assert h.json()["status"] == "ok"
+    assert h.headers["memslotd-boot-id"] == h.json()["boot_id"]
+    assert client.get("/v1/version").json()["api"] == "v1"
+
+
+def test_vm_lifecycle(client):
+    r = client.post("/v1/vms", json={"name": "guest-1"})
+    assert r.status_code == 201
+    vm = r.json()
+    assert r.headers["location"] == f"/v1/vms/{vm['id']}"
+    assert vm["memslots"] == {"used": 0, "free": 32764, "max": 32764}
+    assert vm["type"] == "default" and vm["name"] == "guest-1"
+    assert [v["id"] for v in client.get("/v1/vms").json()["items"]] == [vm["id"]]
+    assert client.get(f"/v1/vms/{vm['id']}").json()["id"] == vm["id"]
+    assert client.delete(f"/v1/vms/{vm['id']}").status_code == 204
+    missing = client.get(f"/v1/vms/{vm['id']}")
+    assert missing.status_code == 404 and missing.json()["code"] == "VM_NOT_FOUND"
+    assert missing.headers["content-type"] == "application/problem+json"
+
+
+def test_unsupported_vm_type_is_501(client):
+    r = client.post("/v1/vms", json={"type": "snp"})
+    assert r.status_code == 501 and r.json()["code"] == "CAPABILITY_MISSING"
+
+
+def test_bad_bodies(client):
+    assert client.post("/v1/vms", json={"bogus": 1}).json()["code"] == "VALIDATION_FAILED"
+    assert client.post("/v1/vms", json={"name": "white space"}).status_code == 422
+    r = client.post("/v1/vms", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "MALFORMED_JSON"
+    r = client.post("/v1/vms", content=b"{}", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    r = client.post("/v1/vms", content=b"{" + b" " * (70 << 10) + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "BODY_TOO_LARGE"
+    assert client.get("/v1/nope").json()["code"] == "ROUTE_NOT_FOUND"
+
+
+def test_deleting_a_vm_releases_every_fd_and_mapping(client, vm):
+    base = fd_count()
+    maps_before = guest_memory_mappings()
+    gmem = vm.gmem(4 * MiB)
+    shm = vm.shm(4 * MiB)
+    assert vm.put_slot(0, 1 << 32, 4 * MiB, gmem=gmem).status_code == 201
+    assert vm.put_slot(1, 1 << 33, 4 * MiB, shm=shm).status_code == 201
+    assert fd_count() == base + 2
+    assert guest_memory_mappings() == maps_before + 2  # the shared memfd and the gmem's userspace_addr mapping
+    assert client.delete(vm.base).status_code == 204
+    assert fd_count() == base - 1  # the VM fd itself is gone too
+    assert guest_memory_mappings() == maps_before
+
+
+def test_vm_quota(client):
+    from .conftest import make_client
+
+    with make_client(max_vms=1) as c:
+        assert c.post("/v1/vms", json={}).status_code == 201
+        r = c.post("/v1/vms", json={})
+        assert r.status_code == 429 and r.json()["code"] == "VM_QUOTA"

@@ -1,0 +1,65 @@
+"""Shared fixtures. Kernel tests need a working /dev/kvm; without it they skip and say why."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Daemon, start_daemon
+
+
+def _kvm_unavailable_reason() -> str | None:
+    if not os.path.exists("/dev/kvm"):
+        return "/dev/kvm is missing on this machine"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not readable and writable by this user"
+    return None
+
+
+KVM_SKIP_REASON = _kvm_unavailable_reason()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(part in ("kvm", "api", "e2e") for part in Path(str(item.fspath)).parts[-3:-1]):
+            item.add_marker(pytest.mark.kvm)
+        if KVM_SKIP_REASON and item.get_closest_marker("kvm"):
+            item.add_marker(pytest.mark.skip(reason=f"needs KVM: {KVM_SKIP_REASON}"))
+
+
+@pytest.fixture
+def no_fd_leak() -> Iterator[None]:
+    """Fails the test if it leaves this process with more fds than it started with."""
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    after = set(os.listdir("/proc/self/fd"))
+    leaked = {fd: _fd_target(fd) for fd in after - before}
+    leaked = {fd: t for fd, t in leaked.items() if t is not None}
+    assert not leaked, f"leaked fds: {leaked}"
+
+
+def _fd_target(fd: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        return None
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory (Unix socket paths are limited to 108 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="msd-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(short_tmp: Path) -> Iterator[Daemon]:
+    d = start_daemon(short_tmp)
+    yield d
+    d.stop()

@@ -1,0 +1,78 @@
+"""The daemon as users run it: a subprocess serving a Unix socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+from tests.helpers import fd_count, guest_memory_mappings, start_daemon
+
+MiB, GiB = 1 << 20, 1 << 30
+
+
+def test_socket_permissions(daemon):
+    assert stat.S_IMODE(daemon.socket_path.stat().st_mode) == 0o660
+    assert stat.S_ISSOCK(daemon.socket_path.stat().st_mode)
+    assert stat.S_IMODE(daemon.socket_path.parent.stat().st_mode) == 0o750
+
+
+def test_walkthrough_and_vm_delete_releases_fds(daemon):
+    pid = daemon.proc.pid
+    with daemon.client() as c:
+        c.get("/v1/healthz")  # open the keep-alive connection before counting
+        idle_fds, idle_maps = fd_count(pid), guest_memory_mappings(pid)
+        vm = c.post("/v1/vms", json={"name": "walk"}).json()["id"]
+        g = c.post(f"/v1/vms/{vm}/guest-memfds", json={"size": 64 * MiB, "flags": ["mmap", "init_shared"]}).json()["id"]
+        s = c.post(f"/v1/vms/{vm}/shared-memory", json={"size": 16 * MiB}).json()["id"]
+        r = c.put(f"/v1/vms/{vm}/memslots/0", json={"guest_phys_addr": 4 * GiB, "memory_size": 64 * MiB,
+                                                     "private": {"guest_memfd_id": g, "offset": 0}})
+        assert r.status_code == 201, r.text
+        r = c.post(f"/v1/vms/{vm}/memslots", json={"guest_phys_addr": 0, "memory_size": 16 * MiB,
+                                                   "shared": {"shared_memory_id": s, "offset": 0}})
+        assert r.status_code == 201 and r.json()["slot"] == 1
+        assert [i["slot"] for i in c.get(f"/v1/vms/{vm}/memslots").json()["items"]] == [1, 0]
+        assert fd_count(pid) == idle_fds + 3  # VM, guest_memfd, memfd
+        assert c.delete(f"/v1/vms/{vm}").status_code == 204
+        assert fd_count(pid) == idle_fds
+        assert guest_memory_mappings(pid) == idle_maps
+
+
+def test_sigterm_closes_everything_and_removes_the_socket(short_tmp):
+    d = start_daemon(short_tmp)
+    with d.client() as c:
+        vm = c.post("/v1/vms", json={}).json()["id"]
+        c.post(f"/v1/vms/{vm}/guest-memfds", json={"size": 2 * MiB})
+    assert d.stop(signal.SIGTERM) == 0
+    assert not d.socket_path.exists()
+    assert "socket removed" in d.log()
+
+
+def test_socket_path_from_environment(short_tmp):
+    path = short_tmp / "env" / "api.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon"], env={**os.environ, "MEMSLOTD_SOCKET": str(path)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(500):
+            if path.exists():
+                break
+            proc.wait(0.02) if proc.poll() is not None else __import__("time").sleep(0.02)
+        assert path.exists()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert not path.exists()
+
+
+def test_invalid_configuration_fails_at_start(short_tmp):
+    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", "relative.sock"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "invalid configuration" in r.stderr
+
+
+def test_second_daemon_on_a_live_socket_refuses(daemon):
+    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(daemon.socket_path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "another daemon is listening" in r.stderr

@@ -1,0 +1,75 @@
+"""Test helpers shared by the layers: fd counting and the daemon subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def fd_count(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Daemon:
+    """memslotd as a subprocess on a temporary Unix socket."""
+
+    def __init__(self, socket_path: Path, proc: subprocess.Popen[bytes], log_path: Path):
+        self.socket_path = socket_path
+        self.proc = proc
+        self.log_path = log_path
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket_path)), base_url="http://memslotd",
+                            timeout=30, **kw)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_daemon(tmp: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
+    socket_path = tmp / "run" / "memslotd.sock"
+    log_path = tmp / "daemon.log"
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("MEMSLOTD_SOCKET", None)
+    with log_path.open("wb") as log_file:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon", "--socket", str(socket_path), *args],
+                                stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+    daemon = Daemon(socket_path, proc, log_path)
+    if wait:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {proc.returncode}:\n{daemon.log()}")
+            if socket_path.exists():
+                try:
+                    with daemon.client() as c:
+                        if c.get("/v1/healthz").status_code == 200:
+                            return daemon
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.02)
+        daemon.stop(signal.SIGKILL)
+        raise RuntimeError(f"daemon did not start:\n{daemon.log()}")
+    return daemon
+
+
+def guest_memory_mappings(pid: int | str = "self") -> int:
+    """Mappings of daemon memfds and guest_memfds in a process (for leak checks)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return sum(1 for line in maps.splitlines() if "memfd:memslotd" in line or "kvm-gmem" in line or "guest_memfd" in line)

@@ -1,0 +1,190 @@
+"""The native shim and the kernel-object layer against the real /dev/kvm: sizes, success and errno paths."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+import pytest
+
+from memslotd.kvm import (
+    GMEM_FLAG_INIT_SHARED, GMEM_FLAG_MMAP, MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES, Cap, FdClosedError, KVMError,
+    KVMSystem, SharedMemory,
+)
+from memslotd.kvm._lib import lib
+
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+MiB = 1 << 20
+
+
+@pytest.fixture
+def system():
+    with KVMSystem.open() as s:
+        yield s
+
+
+@pytest.fixture
+def vm(system):
+    with system.create_vm(0) as v:
+        yield v
+
+
+def test_uapi_struct_sizes_match_the_kernel_layout():
+    assert lib.msd_sizeof_region2() == 160
+    assert lib.msd_sizeof_create_guest_memfd() == 64
+    assert lib.msd_sizeof_memory_attributes() == 32
+
+
+def test_api_version_and_capabilities(system, vm):
+    assert system.api_version() == 12
+    assert vm.check_extension(Cap.NR_MEMSLOTS) == 32764
+    assert vm.check_extension(Cap.USER_MEMORY2) == 1
+    assert vm.check_extension(Cap.GUEST_MEMFD) == 1
+    assert vm.check_extension(Cap.GUEST_MEMFD_FLAGS) & (GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED)
+
+
+def test_probe_reports_this_host_truthfully(system):
+    caps = system.probe()
+    assert caps.max_memslots == 32764 and caps.user_memory2 and caps.guest_memfd
+    assert caps.guest_memfd_flags == GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED
+    assert caps.memory_attributes == 0 and not caps.memory_attributes_ioctl
+    assert "default" in caps.vm_types
+
+
+def test_every_fd_is_close_on_exec(system, vm):
+    with vm.create_guest_memfd(MiB, 0) as gmem, SharedMemory.create("t", MiB) as shm:
+        for fd in (system.fd, vm.fd, gmem.fd, shm.fd):
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC, fd
+
+
+def test_guest_memfd_rules_return_the_kernel_errno(vm):
+    with pytest.raises(KVMError) as e:
+        vm.create_guest_memfd(MiB + 1, 0)  # GC2: not page aligned
+    assert e.value.errno == errno.EINVAL and e.value.ioctl == "KVM_CREATE_GUEST_MEMFD"
+    with pytest.raises(KVMError) as e:
+        vm.create_guest_memfd(MiB, 1 << 5)  # GC1: unknown flag
+    assert e.value.errno == errno.EINVAL
+
+
+def test_fallocate_needs_keep_size_and_alignment(vm):
+    with vm.create_guest_memfd(MiB, 0) as gmem:
+        gmem.allocate(0, MiB)
+        gmem.punch_hole(0, MiB)
+        gmem.punch_hole(MiB, MiB)  # beyond EOF: a no-op for the kernel
+        with pytest.raises(KVMError) as e:
+            gmem.allocate(0, 2 * MiB)  # allocation beyond EOF
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(KVMError) as e:
+            gmem.punch_hole(1, 4096)
+        assert e.value.errno == errno.EINVAL
+        assert lib.msd_fallocate(gmem.fd, 0, 0, 4096) == -errno.EOPNOTSUPP
+
+
+def test_region2_create_overlap_delete_and_errnos(vm):
+    with vm.create_guest_memfd(4 * MiB, 0) as gmem, SharedMemory.create("t", 4 * MiB) as shm:
+        vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, gmem.fd)
+        with pytest.raises(KVMError) as e:  # O1: GPA overlap
+            vm.set_user_memory_region2(1, 0, (1 << 32) + MiB, 2 * MiB, shm.address)
+        assert e.value.errno == errno.EEXIST
+        with pytest.raises(KVMError) as e:  # B5: gmem range overlap is EINVAL
+            vm.set_user_memory_region2(2, MEM_GUEST_MEMFD, 1 << 33, 2 * MiB, shm.address, MiB, gmem.fd)
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(KVMError) as e:  # M3: log_dirty_pages with guest_memfd
+            vm.set_user_memory_region2(3, MEM_GUEST_MEMFD | MEM_LOG_DIRTY_PAGES, 1 << 34, 2 * MiB, shm.address, 2 * MiB, gmem.fd)
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(KVMError) as e:  # M2: slot id out of range
+            vm.set_user_memory_region2(32764, 0, 1 << 35, 2 * MiB, shm.address)
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(KVMError) as e:  # M11: a guest_memfd slot is immutable
+            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 36, 2 * MiB, shm.address, 0, gmem.fd)
+        assert e.value.errno == errno.EINVAL
+        vm.delete_user_memory_region(0)
+        with pytest.raises(KVMError) as e:  # D1: deleting an empty slot
+            vm.delete_user_memory_region(0)
+        assert e.value.errno == errno.EINVAL
+
+
+def test_region2_bad_guest_memfd_fd(vm):
+    with SharedMemory.create("t", 2 * MiB) as shm:
+        with pytest.raises(KVMError) as e:  # B1: not an open fd
+            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, 1000)
+        assert e.value.errno == errno.EBADF
+        with pytest.raises(KVMError) as e:  # B2: an fd that is not a guest_memfd
+            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, shm.fd)
+        assert e.value.errno == errno.EINVAL
+
+
+def test_guest_memfd_of_another_vm_is_refused(system, vm):
+    with system.create_vm(0) as other, other.create_guest_memfd(2 * MiB, 0) as foreign, \
+            SharedMemory.create("t", 2 * MiB) as shm:
+        with pytest.raises(KVMError) as e:  # B3
+            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, foreign.fd)
+        assert e.value.errno == errno.EINVAL
+
+
+def test_memory_attributes_are_not_built_here(vm):
+    with pytest.raises(KVMError) as e:
+        vm.set_memory_attributes(0, 4096, 0)
+    assert e.value.errno == errno.ENOTTY
+
+
+def test_use_after_close_raises_ebadf(system):
+    vm = system.create_vm(0)
+    gmem = vm.create_guest_memfd(MiB, 0)
+    gmem.close()
+    vm.close()
+    vm.close()  # idempotent
+    for call in (lambda: vm.check_extension(Cap.NR_MEMSLOTS), lambda: vm.create_guest_memfd(MiB, 0),
+                 lambda: vm.delete_user_memory_region(0), lambda: vm.set_memory_attributes(0, 4096, 0),
+                 lambda: gmem.punch_hole(0, 4096), lambda: gmem.allocate(0, 4096), lambda: gmem.map()):
+        with pytest.raises(FdClosedError) as e:
+            call()
+        assert e.value.errno == errno.EBADF
+
+
+def test_guarded_access_turns_sigbus_into_efault(vm):
+    """mmap of a guest_memfd without INIT_SHARED succeeds, but touching it SIGBUSes;
+    the shim's guard must turn that into EFAULT instead of killing the interpreter."""
+    with vm.create_guest_memfd(MiB, GMEM_FLAG_MMAP) as gmem:
+        mapping = gmem.map()
+        with pytest.raises(KVMError) as e:
+            mapping.read(0, 8)
+        assert e.value.errno == errno.EFAULT
+        with pytest.raises(KVMError):
+            mapping.write(0, b"x")
+
+
+def test_mappable_guest_memfd_roundtrip_and_punch(vm):
+    with vm.create_guest_memfd(MiB, GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED) as gmem:
+        m = gmem.map()
+        m.write(4096, b"pattern")
+        assert m.read(4096, 7) == b"pattern"
+        gmem.punch_hole(4096, 4096)
+        assert m.read(4096, 7) == bytes(7)
+
+
+def test_mmap_without_mmap_flag_is_enodev(vm):
+    with vm.create_guest_memfd(MiB, 0) as gmem:
+        with pytest.raises(KVMError) as e:
+            gmem.map()
+        assert e.value.errno == errno.ENODEV
+
+
+def test_shared_memory_is_mapped_and_punchable():
+    with SharedMemory.create("t", MiB) as shm:
+        assert shm.mapping is not None
+        shm.mapping.write(0, b"abc")
+        shm.punch_hole(0, 4096)
+        assert shm.mapping.read(0, 3) == bytes(3)
+
+
+def test_ioctls_from_another_process_get_eio(vm):
+    """Kernel gate G1: the reason memslotd never forks workers."""
+    with SharedMemory.create("t", 2 * MiB) as shm:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            rc = lib.msd_set_user_memory_region2(vm.fd, 0, 0, 1 << 32, 2 * MiB, shm.address, 0, 0)
+            os._exit(0 if rc == -errno.EIO else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0

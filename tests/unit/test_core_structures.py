@@ -1,0 +1,167 @@
+"""The core's data structures, without a kernel."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memslotd.core.attributes import PRIVATE, SHARED, AttributeMap
+from memslotd.core.errors import CapabilityMissing, Conflict, HostResourcesExhausted, InvalidRequest, KernelError, kernel_error
+from memslotd.core.events import CursorGone, EventLog
+from memslotd.core.ranges import Range, check_aligned_range
+from memslotd.core.slots import Backing, GmemBindings, MemslotTable, Slot
+
+
+def slot(i: int, start: int, size: int) -> Slot:
+    return Slot(i, start, size, (), Backing("shm-1", 0), None, 0, "shared_memory", 0.0)
+
+
+def test_range_checks():
+    assert check_aligned_range(4096, 8192, 4096, what="x") == Range(4096, 12288)
+    for start, size, code in ((0, 0, "RANGE_EMPTY"), (1, 4096, "RANGE_NOT_ALIGNED"), ((1 << 53) - 4096, 8192, "RANGE_OVERFLOW")):
+        with pytest.raises(InvalidRequest) as e:
+            check_aligned_range(start, size, 4096, what="x")
+        assert e.value.code == code
+
+
+def test_slot_table_overlap_ids_and_pages():
+    t = MemslotTable(8)
+    t.add(slot(0, 0, 100))
+    t.add(slot(1, 200, 100))
+    t.add(slot(3, 400, 100))
+    assert t.lowest_free_id() == 2
+    assert t.first_overlap(Range(50, 60)).slot_id == 0
+    assert t.first_overlap(Range(100, 200)) is None
+    assert t.first_overlap(Range(150, 250)).slot_id == 1
+    assert t.first_overlap(Range(0, 1000)).slot_id == 0
+    assert t.first_overlap(Range(250, 260), ignore=1) is None
+    assert [s.slot_id for s in t.overlapping(Range(99, 401))] == [0, 1, 3]
+    items, nxt = t.page(Range(0, 1000), None, 2)
+    assert [s.slot_id for s in items] == [0, 1] and nxt == 200
+    items, nxt = t.page(Range(0, 1000), nxt, 2)
+    assert [s.slot_id for s in items] == [3] and nxt is None
+    t.remove(0)
+    assert t.lowest_free_id() == 0 and len(t) == 2
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(1, 10)), max_size=40), st.integers(0, 60), st.integers(1, 15))
+def test_first_overlap_matches_brute_force(spans, qstart, qsize):
+    t = MemslotTable(64)
+    placed: list[Range] = []
+    for i, (start, size) in enumerate(spans):
+        r = Range.of(start, size)
+        if t.first_overlap(r) is None:
+            assert not any(p.overlaps(r) for p in placed)
+            t.add(slot(i, start, size))
+            placed.append(r)
+        else:
+            assert any(p.overlaps(r) for p in placed)
+    q = Range.of(qstart, qsize)
+    assert (t.first_overlap(q) is not None) == any(p.overlaps(q) for p in placed)
+
+
+def test_gmem_bindings():
+    b = GmemBindings()
+    b.bind(Range(0, 10), 1)
+    b.bind(Range(20, 30), 2)
+    assert b.overlapping(Range(5, 6)) == (1, Range(0, 10))
+    assert b.overlapping(Range(10, 20)) is None
+    assert b.overlapping(Range(25, 40), ignore=2) is None
+    b.unbind(0)
+    assert b.overlapping(Range(0, 10)) is None
+
+
+class PageModel:
+    """The obviously-correct model: one state per page."""
+
+    def __init__(self) -> None:
+        self.pages: dict[int, str] = {}
+
+    def runs(self) -> list[tuple[int, int, str]]:
+        out: list[tuple[int, int, str]] = []
+        for p in sorted(self.pages):
+            if out and out[-1][1] == p and out[-1][2] == self.pages[p]:
+                out[-1] = (out[-1][0], p + 1, out[-1][2])
+            else:
+                out.append((p, p + 1, self.pages[p]))
+        return out
+
+
+ops = st.lists(st.tuples(st.sampled_from(["add", "remove", "assign"]), st.integers(0, 60), st.integers(1, 12),
+                         st.sampled_from([PRIVATE, SHARED])), max_size=60)
+
+
+@settings(max_examples=300)
+@given(ops)
+def test_attribute_map_equals_a_per_page_model(operations):
+    amap, model = AttributeMap(), PageModel()
+    for op, start, size, state in operations:
+        r = Range.of(start, size)
+        if op == "add":
+            if any(p in model.pages for p in range(r.start, r.end)):
+                continue  # add only covers new ground (slots never overlap)
+            amap.add(r, state)
+            model.pages.update({p: state for p in range(r.start, r.end)})
+        elif op == "remove":
+            amap.remove(r)
+            for p in range(r.start, r.end):
+                model.pages.pop(p, None)
+        else:
+            changed = amap.assign(r, state)
+            expected = {p for p in range(r.start, r.end) if model.pages.get(p, state) != state}
+            assert {p for c, _ in changed for p in range(c.start, c.end)} == expected
+            for c, old in changed:
+                assert all(model.pages[p] == old for p in range(c.start, c.end))
+            model.pages.update({p: state for p in range(r.start, r.end) if p in model.pages})
+        got = [(r.start, r.end, s) for r, s in amap.runs(Range(0, 1000))]
+        assert got == model.runs()
+        assert len(amap) == len(model.runs())  # runs are always maximal
+
+
+def test_attribute_runs_are_clipped():
+    amap = AttributeMap()
+    amap.add(Range(0, 100), PRIVATE)
+    amap.assign(Range(40, 60), SHARED)
+    assert [(r.start, r.end, s) for r, s in amap.runs(Range(50, 70))] == [(50, 60, SHARED), (60, 70, PRIVATE)]
+    assert amap.state_at(45) == SHARED and amap.state_at(100) is None
+
+
+def test_event_log_resume_and_gone():
+    log = EventLog(max_events=3)
+    for i in range(5):
+        log.append("vm.created", f"vm-{i}", {})
+    assert [e.seq for e in log.since(2)] == [3, 4, 5]
+    assert log.since(5) == []
+    with pytest.raises(CursorGone) as gone:
+        log.since(1)
+    assert gone.value.reason == "expired" and gone.value.oldest_seq == 3
+    with pytest.raises(CursorGone):
+        log.since(2, boot_id="another-boot")
+    with pytest.raises(CursorGone):
+        log.since(99)
+
+
+def test_event_log_byte_bound():
+    log = EventLog(max_events=1000, max_bytes=500)
+    for _ in range(50):
+        log.append("memory.converted", "vm-1", {"pad": "x" * 50})
+    assert log.retained_bytes <= 500 and log.oldest_seq > 1
+
+
+def test_kernel_errno_mapping_is_exact():
+    def err(code: int) -> OSError:
+        e = OSError(code, "x")
+        e.ioctl = "KVM_SET_USER_MEMORY_REGION2"  # type: ignore[attr-defined]
+        return e
+
+    assert isinstance(kernel_error(err(errno.ENOMEM), "x"), HostResourcesExhausted)
+    assert isinstance(kernel_error(err(errno.EMFILE), "x"), HostResourcesExhausted)
+    eexist = kernel_error(err(errno.EEXIST), "x")
+    assert isinstance(eexist, Conflict) and eexist.extra["errno"] == errno.EEXIST
+    assert isinstance(kernel_error(err(errno.ENOTTY), "x"), CapabilityMissing)
+    assert isinstance(kernel_error(err(errno.EINVAL), "x"), InvalidRequest)
+    eio = kernel_error(err(errno.EIO), "x")
+    assert isinstance(eio, KernelError) and eio.extra["ioctl"] == "KVM_SET_USER_MEMORY_REGION2"
