@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -285,6 +286,35 @@ int msd_vcpu_enter_long_mode(int vcpu_fd, uint64_t cr3)
     s.cr4 = 0x20;       /* PAE */
     s.efer = 0x500;     /* LME | LMA */
     return ioctl(vcpu_fd, KVM_SET_SREGS, &s) < 0 ? neg_errno() : 0;
+}
+
+/* Give the vCPU the CPUID KVM supports (KVM_GET_SUPPORTED_CPUID -> KVM_SET_CPUID2).
+ * Without it the guest's MAXPHYADDR is 36 bits and page tables pointing above
+ * 64 GiB fault with reserved bits set. Returns the guest's MAXPHYADDR. */
+int msd_vcpu_set_supported_cpuid(int kvm_fd, int vcpu_fd)
+{
+    enum { MAX_ENTRIES = 256 };
+    size_t bytes = sizeof(struct kvm_cpuid2) + MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2);
+    struct kvm_cpuid2 *cpuid = calloc(1, bytes);
+    int r;
+    if (!cpuid)
+        return -ENOMEM;
+    cpuid->nent = MAX_ENTRIES;
+    r = ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid);
+    if (r == 0)
+        r = ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid);
+    if (r < 0) {
+        r = neg_errno();
+    } else {
+        /* return the guest's MAXPHYADDR (leaf 0x80000008, EAX[7:0]); 36 if absent */
+        uint32_t i;
+        r = 36;
+        for (i = 0; i < cpuid->nent; i++)
+            if (cpuid->entries[i].function == 0x80000008)
+                r = (int)(cpuid->entries[i].eax & 0xff);
+    }
+    free(cpuid);
+    return r;
 }
 
 int msd_vcpu_set_regs(int vcpu_fd, uint64_t rip, uint64_t rsi, uint64_t rdi, uint64_t rcx,

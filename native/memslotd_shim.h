@@ -36,6 +36,7 @@ int msd_guarded_copy(uint64_t, uint64_t, uint64_t);
 /* vCPU */
 int msd_create_vcpu(int, unsigned long);
 int msd_vcpu_enter_long_mode(int, uint64_t);
+int msd_vcpu_set_supported_cpuid(int, int);
 int msd_vcpu_set_regs(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 int msd_vcpu_run(int, int);
 

@@ -12,7 +12,7 @@ from ..core import MemoryCore
 from ..settings import Settings
 from .middleware import LimitsAndHeaders
 from .problems import install_problem_handlers
-from .routes import host, memory_objects, memslots, vms
+from .routes import host, memory, memory_objects, memslots, vms
 
 __all__ = ["create_app"]
 
@@ -38,7 +38,8 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore]) -> Fa
                   openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
     app.state.settings = settings
     install_problem_handlers(app)
-    for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router, memslots.router):
+    for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router, memslots.router,
+                   memory.router):
         app.include_router(router)
     app.state.boot_header = (b"memslotd-boot-id", b"")
     app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state)

@@ -51,7 +51,10 @@ def guest_backing(vm: VMRecord, slot: Slot, kernel_attributes: bool) -> str:
     if slot.private is not None:
         gmem = vm.gmems.get(slot.private.object_id)
         if gmem is not None and "mmap" in gmem.flags:
-            return "guest_memfd"  # KVM_MEMSLOT_GMEM_ONLY: every guest fault is served from the guest_memfd
+            # KVM_MEMSLOT_GMEM_ONLY: guest faults are served from the guest_memfd, but shadow
+            # paging (PVM) reaches guest memory through userspace_addr, which needs init_shared
+            # (the probe shows an MMIO exit otherwise).
+            return "guest_memfd" if slot.userspace_addr_source == "guest_memfd_mmap" else "none"
         if kernel_attributes:
             return "per_attribute"
     return "shared_memory" if slot.shared is not None else "none"

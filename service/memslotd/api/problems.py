@@ -34,6 +34,8 @@ STATUS_BY_CODE = {"RANGE_NOT_ALIGNED": 422}
 
 
 def status_of(exc: DomainError) -> int:
+    if exc.status is not None:
+        return exc.status
     if isinstance(exc, QuotaExceeded):
         return 507 if exc.bytes_quota else 429
     for cls, status in STATUS_BY_CLASS:

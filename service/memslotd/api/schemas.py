@@ -229,3 +229,93 @@ class MemslotList(Response):
     items: list[MemslotRead]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
     total: int
+
+
+# -- conversion and attributes ------------------------------------------------------------
+class ConvertRequest(Strict):
+    guest_phys_addr: U53
+    size: Size
+    to: State
+    discard: bool = Field(True, description="discard the stale side (punch the guest_memfd or the shared memfd)")
+
+
+class GPARange(Response):
+    guest_phys_addr: int
+    size: int
+
+
+class ChangedRange(Response):
+    guest_phys_addr: int
+    size: int
+    slot: int
+    from_: State = Field(alias="from")
+    to: State
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class DiscardedRange(Response):
+    guest_phys_addr: int
+    size: int
+    reason: str
+    offset: int = Field(description="offset in the discarded file (guest_memfd or shared memfd)")
+    length: int
+    guest_memfd_id: str | None = None
+    shared_memory_id: str | None = None
+
+
+class ConvertResult(Response):
+    changed: list[ChangedRange]
+    unchanged: list[GPARange]
+    discarded: list[DiscardedRange]
+    enforcement: Literal["kernel", "daemon"] = Field(
+        description="'daemon': this host has no KVM_SET_MEMORY_ATTRIBUTES, only memslotd's map records the state")
+
+
+class AttributeRange(Response):
+    guest_phys_addr: int
+    size: int
+    state: State
+
+
+class AttributeList(Response):
+    ranges: list[AttributeRange]
+    enforcement: Literal["kernel", "daemon"]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+# -- probe ------------------------------------------------------------------------------
+class ProbeOpRequest(Strict):
+    op: Literal["read", "write"]
+    guest_phys_addr: U53
+    length: Annotated[int, Field(gt=0, le=64 << 10)]
+    data_hex: Annotated[str, Field(max_length=128 << 10, pattern=r"^([0-9a-fA-F]{2})*$")] | None = None
+
+
+class ProbeRequest(Strict):
+    ops: Annotated[list[ProbeOpRequest], Field(min_length=1, max_length=1024)]
+
+
+class ProbeExit(Response):
+    reason: str = Field(description="hlt is success; mmio = no memslot there; memory_fault = KVM_EXIT_MEMORY_FAULT")
+    gpa: int | None
+    size: int | None
+    flags: int | None
+    is_write: bool | None
+    errno: int | None
+    errno_name: str | None
+
+
+class ProbeResult(Response):
+    op: Literal["read", "write"]
+    guest_phys_addr: int
+    length: int
+    ok: bool
+    state: State | None = Field(description="the attribute map's state at guest_phys_addr (null outside memslots)")
+    data_hex: str | None = None
+    exit: ProbeExit | None = None
+
+
+class ProbeResponse(Response):
+    results: list[ProbeResult]
+    enforcement: Literal["kernel", "daemon"]

@@ -31,6 +31,7 @@ __all__ = [
 class DomainError(Exception):
     code = "DOMAIN_ERROR"
     title = "Request failed"
+    status: int | None = None  # set where the condition alone does not decide it (e.g. a partial failure)
 
     def __init__(self, detail: str, *, code: str | None = None, **extra: Any):
         super().__init__(detail)

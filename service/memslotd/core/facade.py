@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 from .events import EventLog
 from .limits import Limits
+from .conversion import ConversionService
 from .memslots import MemslotService
+from .probe import ProbeService
 from .ports import KernelPort
 from .registry import Registry
 
@@ -19,6 +21,8 @@ class MemoryCore:
         self.events = events or EventLog()
         self.registry = Registry(kernel, self.events, self.limits)
         self.memslots = MemslotService(self.registry)
+        self.conversion = ConversionService(self.registry)
+        self.probe = ProbeService(self.registry)
         self.on_close: list[Callable[[], None]] = []  # e.g. closing /dev/kvm after every VM
 
     @property

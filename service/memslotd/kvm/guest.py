@@ -30,13 +30,19 @@ __all__ = ["GuestRunner", "ProbeAccess", "WINDOW_GPA", "WINDOW_SIZE", "MAX_OP_BY
 WINDOW_GPA = 0xFFE0_0000  # top 2 MiB below 4 GiB: the x86 firmware/flash hole, never RAM
 WINDOW_SIZE = 2 << 20
 MAX_OP_BYTES = 64 << 10
-MAX_GPA = 1 << 48  # four-level paging reaches 256 TiB
+MAX_GPA = 1 << 48  # four-level paging and this host's guest MAXPHYADDR (48 bits)
 
 _CODE, _PML4, _BUFFER, _POOL = 0x0, 0x1000, 0x40000, 0x80000
 _GUEST_CODE = bytes([0xF3, 0xA4, 0xF4])  # rep movsb; hlt
 _TABLE_FLAGS = 0x3  # present | writable
 _LARGE_PAGE_FLAGS = 0x83  # present | writable | PS (2 MiB)
 _PAGE = 4096
+
+
+def _canonical(gpa: int) -> int:
+    """The virtual address the identity map gives ``gpa``: bits 63..48 copy bit 47, so
+    physical addresses in [2^47, 2^48) are reached through the canonical upper half."""
+    return gpa | 0xFFFF_0000_0000_0000 if gpa & (1 << 47) else gpa
 
 
 class GuestTablesExhausted(Exception):
@@ -115,7 +121,7 @@ class GuestRunner:
     def _copy(self, src: int, dst: int, length: int) -> VCPUExit:
         vcpu = self._ensure_vcpu()
         vcpu.enter_long_mode(WINDOW_GPA + _PML4)
-        vcpu.set_regs(rip=WINDOW_GPA + _CODE, rsi=src, rdi=dst, rcx=length)
+        vcpu.set_regs(rip=WINDOW_GPA + _CODE, rsi=_canonical(src), rdi=_canonical(dst), rcx=length)
         result = vcpu.run(self._timeout_ms)
         if result.reason == "mmio":
             self._complete_pending_io(vcpu, budget=2 * length + 16)

@@ -40,6 +40,7 @@ class VCPUFd(OwnedFd):
         self.vcpu_id = vcpu_id
         self._run_addr = 0
         self._run_size = 0
+        self.phys_bits = 36
 
     def map_run(self, size: int) -> None:
         out = ffi.new("uint64_t *")
@@ -50,6 +51,11 @@ class VCPUFd(OwnedFd):
         if self._run_addr:
             lib.msd_munmap(self._run_addr, self._run_size)
             self._run_addr = 0
+
+    def set_supported_cpuid(self, kvm_fd: int) -> int:
+        """KVM_GET_SUPPORTED_CPUID then KVM_SET_CPUID2; returns the guest's MAXPHYADDR in bits."""
+        self.phys_bits = check(lib.msd_vcpu_set_supported_cpuid(kvm_fd, self._fd_or_raise("KVM_SET_CPUID2")), "KVM_SET_CPUID2")
+        return self.phys_bits
 
     def enter_long_mode(self, cr3: int) -> None:
         check(lib.msd_vcpu_enter_long_mode(self._fd_or_raise("KVM_SET_SREGS"), cr3), "KVM_SET_SREGS")

@@ -83,6 +83,7 @@ class VMFd(OwnedFd):
         vcpu = VCPUFd(new, vcpu_id)
         try:
             vcpu.map_run(self.system.vcpu_mmap_size())
+            vcpu.set_supported_cpuid(self.system.fd)
         except BaseException:
             vcpu.close()
             raise

@@ -1,0 +1,97 @@
+"""The guest probe: a real vCPU reads and writes guest-physical memory and reports what it saw.
+
+The probe's code and page tables live in the reserved window (``RESERVED_GPA``), which
+is installed as a temporary memslot (the highest free slot id) for the duration of
+one request and removed afterwards: the probe never holds a slot between requests
+and touches user memory only at the requested bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno as _errno
+from typing import Any
+
+from .errors import InvalidRequest, QuotaExceeded, kernel_error
+from .memslots import RESERVED_GPA
+from .ranges import Range
+from .records import VMRecord
+from .registry import Registry
+
+__all__ = ["ProbeOp", "ProbeService", "MAX_PROBE_BYTES", "MAX_PROBE_GPA"]
+
+MAX_PROBE_BYTES = 64 << 10
+MAX_PROBE_GPA = 1 << 48  # the guest's MAXPHYADDR on x86-64 with four-level paging
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProbeOp:
+    op: str  # "read" | "write"
+    guest_phys_addr: int
+    length: int
+    data: bytes | None = None
+
+
+class ProbeService:
+    def __init__(self, registry: Registry):
+        self.reg = registry
+
+    def _validate(self, ops: list[ProbeOp]) -> None:
+        if not ops:
+            raise InvalidRequest("a probe needs at least one op", code="PROBE_EMPTY")
+        if len(ops) > self.reg.limits.max_probe_ops:
+            raise InvalidRequest(f"at most {self.reg.limits.max_probe_ops} ops per probe", code="PROBE_TOO_MANY_OPS")
+        for i, op in enumerate(ops):
+            r = Range.of(op.guest_phys_addr, op.length)
+            if not 0 < op.length <= MAX_PROBE_BYTES:
+                raise InvalidRequest(f"op {i}: length must be 1..{MAX_PROBE_BYTES}", code="PROBE_OUT_OF_BOUNDS", index=i)
+            if r.end > MAX_PROBE_GPA:
+                raise InvalidRequest(f"op {i}: the probe reaches GPAs below {MAX_PROBE_GPA:#x}", code="PROBE_OUT_OF_BOUNDS",
+                                     index=i)
+            if r.overlaps(RESERVED_GPA):
+                raise InvalidRequest(f"op {i}: the probe window [{RESERVED_GPA.start:#x}, {RESERVED_GPA.end:#x}) "
+                                     "is not guest memory", code="PROBE_OUT_OF_BOUNDS", index=i)
+            if op.op == "write" and (op.data is None or len(op.data) != op.length):
+                raise InvalidRequest(f"op {i}: a write needs data_hex of exactly length bytes", code="PROBE_DATA_LENGTH",
+                                     index=i)
+
+    async def probe(self, vm_id: str, ops: list[ProbeOp]) -> list[dict[str, Any]]:
+        self._validate(ops)
+        vm = self.reg.vm(vm_id)
+        async with vm.mutation():
+            window_slot = vm.slots.highest_free_id()
+            if window_slot is None:
+                raise QuotaExceeded(f"VM {vm.id} uses all memslots; the probe needs one for its window",
+                                    code="SLOT_BUDGET_EXHAUSTED")
+            try:
+                raw = await self.reg.blocking(self._run, vm, window_slot, ops)
+            except OSError as exc:
+                raise kernel_error(exc, "probe") from exc
+            return [self._report(vm, op, outcome) for op, outcome in zip(ops, raw)]
+
+    def _run(self, vm: VMRecord, window_slot: int, ops: list[ProbeOp]) -> list[Any]:
+        """Worker thread: install the window, run every op, always remove the window."""
+        if vm.runner is None:
+            vm.runner = self.reg.kernel.create_guest_runner(vm.port)
+        runner = vm.runner
+        runner.install(window_slot)
+        try:
+            return [runner.read(op.guest_phys_addr, op.length) if op.op == "read"
+                    else runner.write(op.guest_phys_addr, op.data or b"") for op in ops]
+        finally:
+            runner.uninstall(window_slot)
+
+    def _report(self, vm: VMRecord, op: ProbeOp, outcome: Any) -> dict[str, Any]:
+        result: dict[str, Any] = {"op": op.op, "guest_phys_addr": op.guest_phys_addr, "length": op.length,
+                                  "ok": bool(outcome.ok), "state": vm.attributes.state_at(op.guest_phys_addr)}
+        if outcome.ok and op.op == "read":
+            result["data_hex"] = outcome.data.hex()
+        if outcome.exit is not None:
+            ex = outcome.exit
+            result["exit"] = {"reason": ex.reason, "gpa": ex.gpa, "size": ex.size, "flags": ex.flags,
+                              "is_write": ex.is_write, "errno": ex.errno or None,
+                              "errno_name": _errno.errorcode.get(ex.errno) if ex.errno else None}
+            if ex.reason == "memory_fault":
+                self.reg.emit("memory.fault", vm.id, gpa=ex.gpa, size=ex.size, flags=ex.flags, errno=ex.errno,
+                              errno_name=_errno.errorcode.get(ex.errno), source="probe")
+        return result

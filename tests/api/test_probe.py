@@ -1,0 +1,64 @@
+"""The guest probe endpoint: a real vCPU, bounded requests, honest exits."""
+
+from __future__ import annotations
+
+from tests.helpers import fd_count
+
+from .conftest import GiB, MiB
+
+BASE = 4 * GiB
+
+
+def probe(vm, *ops):
+    return vm.c.post(f"{vm.base}/probe", json={"ops": list(ops)})
+
+
+def test_probe_reads_and_writes_a_shared_slot(client, vm):
+    s = vm.shm(2 * MiB)
+    vm.put_slot(0, 0x100000, 2 * MiB, shm=s)
+    host = client.app.state.core.registry.vms[vm.id].shms[s].port.mapping
+    host.write(0x10, b"hello")
+    r = probe(vm, {"op": "read", "guest_phys_addr": 0x100010, "length": 5},
+              {"op": "write", "guest_phys_addr": 0x100020, "length": 2, "data_hex": "abcd"})
+    results = r.json()["results"]
+    assert results[0]["data_hex"] == b"hello".hex() and results[0]["state"] == "shared"
+    assert results[1]["ok"] and host.read(0x20, 2) == b"\xab\xcd"
+    assert host.read(0x1f, 1) == b"\x00" and host.read(0x22, 1) == b"\x00"  # exactly the requested bytes
+
+
+def test_probe_reports_mmio_for_unmapped_gpa_and_keeps_working(vm):
+    vm.put_slot(0, BASE, 2 * MiB, gmem=vm.gmem(2 * MiB))
+    results = probe(vm, {"op": "read", "guest_phys_addr": 64 * GiB, "length": 8},
+                    {"op": "read", "guest_phys_addr": BASE, "length": 8}).json()["results"]
+    assert results[0]["ok"] is False and results[0]["exit"]["reason"] == "mmio" and results[0]["exit"]["gpa"] == 64 * GiB
+    assert results[0]["state"] is None
+    assert results[1]["ok"] and results[1]["data_hex"] == "00" * 8
+
+
+def test_probe_reaches_high_guest_physical_addresses(vm):
+    high = (1 << 47) + 2 * MiB  # above the canonical split of the identity map
+    vm.put_slot(0, high, 2 * MiB, shm=vm.shm(2 * MiB))
+    assert probe(vm, {"op": "write", "guest_phys_addr": high, "length": 3, "data_hex": "010203"},
+                 {"op": "read", "guest_phys_addr": high, "length": 3}).json()["results"][1]["data_hex"] == "010203"
+
+
+def test_probe_window_is_temporary_and_leaks_nothing(client, vm):
+    vm.put_slot(0, BASE, 2 * MiB, gmem=vm.gmem(2 * MiB))
+    probe(vm, {"op": "read", "guest_phys_addr": BASE, "length": 8})  # creates the vCPU and window once
+    before = fd_count()
+    for _ in range(5):
+        assert probe(vm, {"op": "read", "guest_phys_addr": BASE, "length": 8}).status_code == 200
+    assert fd_count() == before
+    listing = client.get(f"{vm.base}/memslots").json()
+    assert [i["slot"] for i in listing["items"]] == [0]  # the window's slot is gone again
+
+
+def test_probe_bounds(vm):
+    read = {"op": "read", "guest_phys_addr": BASE, "length": 8}
+    assert probe(vm).status_code == 422
+    assert probe(vm, *[read] * 65).json()["code"] == "PROBE_TOO_MANY_OPS"
+    assert probe(vm, {**read, "length": (64 << 10) + 1}).status_code == 422
+    assert probe(vm, {**read, "guest_phys_addr": 0xFFE00000}).json()["code"] == "PROBE_OUT_OF_BOUNDS"
+    assert probe(vm, {**read, "guest_phys_addr": 1 << 48}).json()["code"] == "PROBE_OUT_OF_BOUNDS"
+    assert probe(vm, {"op": "write", "guest_phys_addr": BASE, "length": 2}).json()["code"] == "PROBE_DATA_LENGTH"
+    assert probe(vm, {"op": "write", "guest_phys_addr": BASE, "length": 2, "data_hex": "zz"}).status_code == 422
