@@ -165,3 +165,41 @@ def test_kernel_errno_mapping_is_exact():
     assert isinstance(kernel_error(err(errno.EINVAL), "x"), InvalidRequest)
     eio = kernel_error(err(errno.EIO), "x")
     assert isinstance(eio, KernelError) and eio.extra["ioctl"] == "KVM_SET_USER_MEMORY_REGION2"
+
+
+def test_vm_mutations_are_serialized_and_the_queue_is_bounded():
+    import asyncio
+
+    from memslotd.core.errors import NotFound, VMBusy
+    from memslotd.core.records import VMRecord
+
+    async def scenario() -> None:
+        vm = VMRecord("vm-1", "default", None, port=None, slots=MemslotTable(4), max_pending=2)  # type: ignore[arg-type]
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def first() -> None:
+            async with vm.mutation():
+                order.append("first")
+                await release.wait()
+
+        async def second() -> None:
+            async with vm.mutation():
+                order.append("second")
+
+        t1 = asyncio.create_task(first())
+        await asyncio.sleep(0)
+        t2 = asyncio.create_task(second())
+        await asyncio.sleep(0)
+        with pytest.raises(VMBusy):  # two already pending: the third is refused, not queued
+            async with vm.mutation():
+                pass
+        release.set()
+        await asyncio.gather(t1, t2)
+        assert order == ["first", "second"]
+        vm.deleted = True
+        with pytest.raises(NotFound):
+            async with vm.mutation():
+                pass
+
+    asyncio.run(scenario())

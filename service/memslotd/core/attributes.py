@@ -35,13 +35,17 @@ class AttributeMap:
         """Number of runs (fragments)."""
         return len(self._runs)
 
+    # Lookups use irange (bisect on sublist maxima) and never positional indexing:
+    # SortedList rebuilds its positional index after every insert or delete.
+    def _run_at_or_before(self, pos: int) -> int | None:
+        return next(self._runs.irange(maximum=pos, reverse=True), None)
+
     def _split_at(self, pos: int) -> None:
-        i = self._runs.bisect_right(pos) - 1
-        if i < 0:
+        start = self._run_at_or_before(pos)
+        if start is None or start == pos:
             return
-        start = self._runs.keys()[i]
-        end, state = _unpack(self._runs.values()[i])
-        if start < pos < end:
+        end, state = _unpack(self._runs[start])
+        if pos < end:
             self._runs[start] = _pack(pos, state)
             self._runs[pos] = _pack(end, state)
 
@@ -51,11 +55,12 @@ class AttributeMap:
 
     def _merge_around(self, r: Range) -> None:
         """Merge equal-state neighbours from the run before ``r`` to the run after it."""
-        i = max(self._runs.bisect_right(r.start) - 2, 0)
-        keys = list(self._runs.irange(self._runs.keys()[i] if self._runs else 0, r.end))
-        after = self._runs.bisect_right(r.end)
-        if after < len(self._runs):
-            keys.append(self._runs.keys()[after])
+        before = next(self._runs.irange(maximum=r.start, inclusive=(True, False), reverse=True), r.start)
+        keys = []
+        for start in self._runs.irange(minimum=before):
+            keys.append(start)
+            if start > r.end:
+                break
         prev: tuple[int, int, str] | None = None
         for start in keys:
             end, state = _unpack(self._runs[start])
@@ -95,8 +100,8 @@ class AttributeMap:
 
     def runs(self, r: Range) -> Iterator[tuple[Range, str]]:
         """Runs intersecting ``r``, clipped to it, in address order."""
-        i = max(self._runs.bisect_right(r.start) - 1, 0)
-        for start in self._runs.islice(i):
+        first = self._run_at_or_before(r.start)
+        for start in self._runs.irange(minimum=first if first is not None else r.start):
             if start >= r.end:
                 return
             end, state = _unpack(self._runs[start])

@@ -68,33 +68,30 @@ class MemslotTable:
     def highest_free_id(self) -> int | None:
         return self._free[-1] if self._free else None
 
+    # Lookups use irange (bisect on sublist maxima), never positional indexing, which
+    # SortedList rebuilds after every insert or delete.
     def first_overlap(self, gpa: Range, *, ignore: int | None = None) -> Slot | None:
         """The slot overlapping ``gpa`` with the lowest address, if any: O(log n)."""
-        keys = self._by_gpa
-        i = keys.bisect_right(gpa.start) - 1
-        for j in (i, i + 1, i + 2):
-            if 0 <= j < len(keys):
-                slot = self._by_id[keys.values()[j]]
-                if slot.slot_id != ignore and slot.gpa_range.overlaps(gpa):
-                    return slot
-                if keys.keys()[j] >= gpa.end:
-                    break
+        for slot in self.overlapping(gpa):
+            if slot.slot_id != ignore:
+                return slot
         return None
 
     def overlapping(self, gpa: Range) -> Iterator[Slot]:
         """Slots intersecting ``gpa`` in address order: O(log n + k)."""
-        keys = self._by_gpa
-        i = max(keys.bisect_right(gpa.start) - 1, 0)
-        for start in keys.islice(i):
+        first = next(self._by_gpa.irange(maximum=gpa.start, reverse=True), gpa.start)
+        for start in self._by_gpa.irange(minimum=first):
             if start >= gpa.end:
                 return
-            slot = self._by_id[keys[start]]
+            slot = self._by_id[self._by_gpa[start]]
             if slot.gpa_range.end > gpa.start:
                 yield slot
 
     def page(self, gpa: Range, after_gpa: int | None, limit: int) -> tuple[list[Slot], int | None]:
         """Up to ``limit`` slots intersecting ``gpa`` that start after ``after_gpa``; O(log n + limit)."""
         items: list[Slot] = []
+        if after_gpa is not None:
+            gpa = Range(max(gpa.start, after_gpa + 1), max(gpa.end, after_gpa + 1))
         for slot in self.overlapping(gpa):
             if after_gpa is not None and slot.guest_phys_addr <= after_gpa:
                 continue
@@ -135,14 +132,13 @@ class GmemBindings:
 
     def overlapping(self, r: Range, *, ignore: int | None = None) -> tuple[int, Range] | None:
         """A binding overlapping ``r`` (other than slot ``ignore``'s), in O(log n)."""
-        keys = self._by_offset
-        i = keys.bisect_right(r.start) - 1
-        for j in (i, i + 1, i + 2):
-            if 0 <= j < len(keys):
-                start = keys.keys()[j]
-                end, slot_id = keys.values()[j]
-                if slot_id != ignore and Range(start, end).overlaps(r):
-                    return slot_id, Range(start, end)
+        first = next(self._by_offset.irange(maximum=r.start, reverse=True), r.start)
+        for start in self._by_offset.irange(minimum=first):
+            if start >= r.end:
+                return None
+            end, slot_id = self._by_offset[start]
+            if slot_id != ignore and end > r.start:
+                return slot_id, Range(start, end)
         return None
 
     def bind(self, r: Range, slot_id: int) -> None:

@@ -1,0 +1,1 @@
+"""memslotd benchmarks: ``make bench`` (never part of ``make test``)."""
