@@ -12,7 +12,7 @@ from ..core import MemoryCore
 from ..settings import Settings
 from .middleware import LimitsAndHeaders
 from .problems import install_problem_handlers
-from .routes import host, memory, memory_objects, memslots, vms
+from .routes import events, host, memory, memory_objects, memslots, vms
 
 __all__ = ["create_app"]
 
@@ -39,7 +39,7 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore]) -> Fa
     app.state.settings = settings
     install_problem_handlers(app)
     for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router, memslots.router,
-                   memory.router):
+                   memory.router, events.router):
         app.include_router(router)
     app.state.boot_header = (b"memslotd-boot-id", b"")
     app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Event", "EventLog", "Subscriber", "CursorGone", "EVENT_TYPES"]
+__all__ = ["Event", "EventLog", "Subscriber", "CursorGone", "EVENT_TYPES", "STREAM_TYPES"]
 
 EVENT_TYPES = (
     "vm.created", "vm.deleted",
@@ -27,6 +28,8 @@ EVENT_TYPES = (
     "memory.invalidate_start", "memory.invalidate_end",
     "memory.converted", "memory.allocated", "memory.error", "memory.fault",
 )
+#: Only in streams: the state snapshot, cursor bookmarks, the greeting and the "gone" notice.
+STREAM_TYPES = ("memory.attributes", "bookmark", "hello", "gone")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class Subscriber:
         self._capacity = capacity
         self._accept = accept
         self._wakeup = asyncio.Event()
+        self.overflow_event = asyncio.Event()  # lets a watchdog cut off a consumer stuck in a send
         self.overflowed = False
         self.closed = False
 
@@ -75,6 +79,7 @@ class Subscriber:
             return
         if len(self._queue) >= self._capacity:
             self.overflowed = True
+            self.overflow_event.set()
             self._queue.clear()  # the consumer is told "gone"; keeping the backlog would only cost memory
         else:
             self._queue.append(event)
@@ -84,13 +89,19 @@ class Subscriber:
         return len(self._queue)
 
     async def next_batch(self, timeout: float | None) -> list[Event]:
-        """Wait up to ``timeout`` seconds for events; [] on timeout; raises on overflow."""
+        """Wait up to ``timeout`` seconds for events; [] on timeout; raises on overflow.
+
+        Returns without awaiting after the queue is drained, so a caller that reads
+        ``EventLog.seq`` right after an empty batch knows every event up to it was seen.
+        """
         if not self._queue and not self.overflowed:
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                return []
+        return self.drain()
+
+    def drain(self) -> list[Event]:
+        """Take what is queued, without waiting; raises on overflow."""
         if self.overflowed:
             raise OverflowError("subscriber fell behind")
         batch = list(self._queue)

@@ -14,7 +14,8 @@ SlotId = Annotated[int, Path(ge=0, le=65535, description="slot id (0 .. max_mems
 
 _DESCRIPTIONS = {
     400: "Malformed JSON", 404: "Unknown VM or object", 409: "Conflict with existing state",
-    413: "Request body too large", 415: "Body is not JSON", 422: "Request breaks a validation or kernel rule", 429: "Queue full or quota",
+    410: "Cursor gone (expired, other boot_id): re-list, then resubscribe", 413: "Request body too large",
+    415: "Body is not JSON", 422: "Request breaks a validation or kernel rule", 429: "Queue full or quota",
     501: "Capability missing on this host", 503: "Host resources exhausted (ENOMEM/EMFILE)", 507: "Byte quota exceeded",
 }
 

@@ -1,0 +1,227 @@
+"""The event stream: WebSocket ``GET /v1/events`` and its NDJSON long-poll twin.
+
+Resume contract: with ``since_seq`` every retained event after it is delivered exactly
+once, then live events, with no gap and no duplicate at the seam. A cursor older than the
+retained window, from another ``boot_id``, or a subscriber that fell behind gets ``gone``
+(WebSocket close 4410, HTTP 410) — never a silent skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import fnmatch
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request, WebSocket
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ... import __version__
+from ...core import MemoryCore
+from ...core.events import EVENT_TYPES, STREAM_TYPES, CursorGone, Event
+from ...core.snapshot import snapshot
+from ..problems import problem_response
+from ._common import problems
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+SUBPROTOCOL = "memslotd.v1"
+CLOSE_GONE = 4410
+CLOSE_BAD_REQUEST = 4400
+KNOWN_TYPES = set(EVENT_TYPES) | set(STREAM_TYPES)
+
+
+class StreamQuery(BaseModel):
+    """Query parameters shared by both transports."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    since_seq: Annotated[int, Field(ge=0, le=(1 << 63) - 1)] | None = None
+    boot_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
+    vm_id: Annotated[str, Field(pattern=r"^vm-[0-9a-f]{1,32}$")] | None = None
+    types: Annotated[str, Field(max_length=1024, description="comma list; '*' globs, e.g. memory.*")] | None = None
+    initial_state: bool = False
+
+    def type_patterns(self) -> list[str]:
+        patterns = [t.strip() for t in (self.types or "").split(",") if t.strip()]
+        for p in patterns:
+            if not any(fnmatch.fnmatchcase(t, p) for t in KNOWN_TYPES):
+                raise ValueError(f"types: {p!r} matches no event type")
+        return patterns
+
+    def matcher(self) -> Callable[[str, str | None], bool]:
+        patterns = self.type_patterns()
+
+        def accept(type_: str, vm_id: str | None) -> bool:
+            if self.vm_id is not None and vm_id != self.vm_id:
+                return False
+            return not patterns or any(fnmatch.fnmatchcase(type_, p) for p in patterns)
+
+        return accept
+
+
+def _gone(exc: CursorGone, last_seq: int | None = None) -> dict[str, Any]:
+    return {"type": "gone", "reason": exc.reason, "oldest_seq": exc.oldest_seq, "current_seq": exc.current_seq,
+            "last_seq": last_seq, "detail": "re-list the state over REST, then resubscribe (initial_state=true works)"}
+
+
+def _frame(core: MemoryCore, type_: str, **fields: Any) -> bytes:
+    return orjson.dumps({"type": type_, "boot_id": core.events.boot_id, "time": time.time(), **fields})
+
+
+class StreamState(enum.Enum):
+    REPLAYING = "replaying"
+    LIVE = "live"
+    CLOSING = "closing"
+
+
+class EventStream:
+    """One WebSocket subscriber: replay, then live events, bookmarks, and the watchdog."""
+
+    def __init__(self, ws: WebSocket, core: MemoryCore, query: StreamQuery, capacity: int, bookmark_s: float):
+        self.ws, self.core, self.query = ws, core, query
+        self.accept = query.matcher()
+        self.sub = core.events.subscribe(capacity, lambda e: self.accept(e.type, e.vm_id))
+        self.bookmark_s = bookmark_s
+        self.state = StreamState.REPLAYING
+        self.last_seq = query.since_seq or 0
+
+    async def send(self, data: bytes) -> None:
+        await self.ws.send_text(data.decode())
+
+    def start(self) -> tuple[list[bytes], CursorGone | None]:
+        """Everything to send before live events, computed without awaiting (atomic with subscribe)."""
+        log = self.core.events
+        out = [_frame(self.core, "hello", seq=log.seq, oldest_seq=log.oldest_seq, version=__version__,
+                      bookmark_interval_s=self.bookmark_s, enforcement=self.core.registry.enforcement)]
+        if self.query.since_seq is not None:
+            try:
+                backlog = log.since(self.query.since_seq, self.query.boot_id)
+            except CursorGone as exc:
+                return out + [orjson.dumps(_gone(exc))], exc
+            out += [e.encoded for e in backlog if self.accept(e.type, e.vm_id)]
+            self.last_seq = backlog[-1].seq if backlog else self.query.since_seq
+        if self.query.initial_state:
+            now = time.time()
+            for type_, vm_id, data in snapshot(self.core.registry, self.query.vm_id):
+                if self.accept(type_, vm_id):
+                    out.append(orjson.dumps({"seq": log.seq, "boot_id": log.boot_id, "time": now, "type": type_,
+                                             "vm_id": vm_id, "data": data, "initial": True}))
+            out.append(_frame(self.core, "bookmark", seq=log.seq, initial_state_end=True))
+            self.last_seq = log.seq
+        return out, None
+
+    async def pump(self, first: list[bytes]) -> None:
+        for frame in first:
+            await self.send(frame)
+        self.state = StreamState.LIVE
+        while True:
+            try:
+                batch = await self.sub.next_batch(self.bookmark_s)
+            except OverflowError:
+                return
+            if not batch:  # idle: everything up to now was delivered or filtered out
+                self.last_seq = self.core.events.seq
+                await self.send(_frame(self.core, "bookmark", seq=self.last_seq))
+            for event in batch:
+                await self.send(event.encoded)
+                self.last_seq = event.seq
+
+    async def drain_client(self) -> None:
+        while (await self.ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+    async def run(self) -> None:
+        first, gone = self.start()
+        try:
+            if gone is not None:
+                for frame in first:
+                    await self.send(frame)
+                await self.ws.close(CLOSE_GONE, gone.reason)
+                return
+            tasks = [asyncio.create_task(c) for c in (self.pump(first), self.drain_client(), self.sub.overflow_event.wait())]
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in pending:
+                t.cancel()
+            for t in pending:
+                with contextlib.suppress(BaseException):
+                    await t
+            for t in done:  # a send to a client that went away: nothing more to do
+                if not t.cancelled() and t.exception() is not None and tasks[1] not in done:
+                    raise t.exception()  # type: ignore[misc]
+            if self.sub.overflowed:
+                self.state = StreamState.CLOSING
+                exc = CursorGone("subscriber_overflow", self.core.events.oldest_seq, self.core.events.seq)
+                with contextlib.suppress(Exception):  # the client may be stalled: bounded effort
+                    await asyncio.wait_for(self.send(orjson.dumps(_gone(exc, self.last_seq))), 1.0)
+                    await asyncio.wait_for(self.ws.close(CLOSE_GONE, "subscriber_overflow"), 1.0)
+        finally:
+            self.sub.close()
+
+
+@router.websocket("/events")
+async def events_ws(websocket: WebSocket) -> None:
+    core: MemoryCore = websocket.app.state.core
+    settings = websocket.app.state.settings
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    try:
+        query = StreamQuery.model_validate(dict(websocket.query_params))
+        query.type_patterns()
+    except (ValidationError, ValueError) as exc:
+        await websocket.send_text(orjson.dumps({"type": "error", "code": "VALIDATION_FAILED", "detail": str(exc)}).decode())
+        await websocket.close(CLOSE_BAD_REQUEST, "bad query")
+        return
+    stream = EventStream(websocket, core, query, settings.event_subscriber_queue, settings.event_bookmark_interval_s)
+    await stream.run()
+
+
+@router.get("/events", responses={200: {"content": {"application/x-ndjson": {}},
+                                        "description": "one event envelope per line, then a bookmark line"},
+                                   **problems(410, 422)})
+async def events_longpoll(
+    request: Request,
+    since_seq: Annotated[int | None, Query(ge=0, le=(1 << 63) - 1, description="resume after this seq")] = None,
+    boot_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")] = None,
+    vm_id: Annotated[str | None, Query(pattern=r"^vm-[0-9a-f]{1,32}$")] = None,
+    types: Annotated[str | None, Query(max_length=1024)] = None,
+    wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait when nothing is pending")] = 25.0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> Response:
+    """NDJSON long-poll for curl and proxies that block WebSocket: same envelope, same gone
+    semantics (410). The last line is a ``bookmark`` whose ``seq`` is the next ``since_seq``."""
+    core: MemoryCore = request.app.state.core
+    log = core.events
+    query = StreamQuery(since_seq=since_seq, boot_id=boot_id, vm_id=vm_id, types=types)
+    try:
+        accept = query.matcher()
+        start = log.seq if since_seq is None else since_seq
+        backlog = log.since(start, boot_id)
+    except ValueError as exc:
+        return problem_response(422, "VALIDATION_FAILED", "Invalid request", str(exc), request)
+    except CursorGone as exc:
+        gone = _gone(exc)
+        return problem_response(410, "CURSOR_GONE", "Cursor gone", gone.pop("detail"), request,
+                                **{k: v for k, v in gone.items() if k != "type"})
+    sub = log.subscribe(limit + 1, lambda e: accept(e.type, e.vm_id))
+    try:
+        events: list[Event] = [e for e in backlog if accept(e.type, e.vm_id)]
+        if not events and wait > 0:
+            with contextlib.suppress(OverflowError):
+                events = await sub.next_batch(wait)
+        with contextlib.suppress(OverflowError):
+            events += sub.drain()  # whatever arrived meanwhile (no await: the bookmark skips nothing)
+        if len(events) > limit:
+            events = events[:limit]
+            bookmark = events[-1].seq
+        else:
+            bookmark = log.seq
+    finally:
+        sub.close()
+    lines = [e.encoded for e in events] + [_frame(core, "bookmark", seq=bookmark)]
+    return Response(b"\n".join(lines) + b"\n", media_type="application/x-ndjson")
