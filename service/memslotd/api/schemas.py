@@ -73,7 +73,8 @@ class Capabilities(Response):
     pre_fault_memory: bool
     conversion_enforcement: Literal["kernel", "daemon"] = Field(
         description="'kernel': KVM enforces private/shared; 'daemon': only memslotd's attribute map does")
-    memory_error_injection: bool = Field(description="the test-rig memory-error endpoint is enabled")
+    memory_failure: bool = Field(description="the kernel handles hardware memory errors (CONFIG_MEMORY_FAILURE)")
+    memory_error_injection: bool = Field(description="the test-rig memory-error endpoint is enabled (by configuration)")
     reserved_gpa_ranges: list[ReservedRange]
     max_guest_phys_addr: int = Field(description="exclusive upper bound for memslot GPAs")
     max_probe_ops: int
@@ -319,3 +320,19 @@ class ProbeResult(Response):
 class ProbeResponse(Response):
     results: list[ProbeResult]
     enforcement: Literal["kernel", "daemon"]
+
+
+class InjectErrorRequest(Strict):
+    offset: U53
+
+
+class MemoryErrorRead(Response):
+    reason: str
+    guest_memfd_id: str
+    offset: int
+    length: int
+    gpa_ranges: list[GPARangeRead]
+    kernel_errno: int | None = Field(description="EBUSY on 6.18 (MF_DELAYED is treated as failure), null when 0")
+    kernel_errno_name: str | None
+    injector: Literal["madvise", "sigbus"]
+    action: str

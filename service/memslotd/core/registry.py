@@ -8,6 +8,7 @@ half-made, (3) commit the daemon's state, (4) emit the event.
 from __future__ import annotations
 
 import asyncio
+import errno as _errno
 import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -197,6 +198,30 @@ class Registry:
             except OSError as exc:
                 raise kernel_error(exc, "allocate") from exc
             self.emit("memory.allocated", vm.id, guest_memfd_id=gmem.id, offset=r.start, length=r.size)
+
+    async def inject_memory_error(self, vm_id: str, gmem_id: str, offset: int) -> dict[str, Any]:
+        """Test rig: poison one page of a mappable guest_memfd for real, then announce it."""
+        vm = self.vm(vm_id)
+        async with vm.mutation():
+            gmem = self.gmem(vm, gmem_id)
+            r = self._file_range(gmem.size, offset, self.page_size)
+            if not gmem.port.mappable:
+                raise Conflict(f"guest_memfd {gmem.id} has no host mapping (needs mmap and init_shared)",
+                               code="GMEM_NOT_MAPPABLE")
+            try:
+                code, how = await self.blocking(gmem.port.inject_hwpoison, r.start)
+            except OSError as exc:
+                raise kernel_error(exc, "inject memory error") from exc
+            if code in (_errno.EINVAL, _errno.EPERM, _errno.ENOSYS):
+                raise CapabilityMissing(
+                    f"the kernel refused madvise(MADV_HWPOISON) with {_errno.errorcode[code]}: memory-failure "
+                    "injection needs CONFIG_MEMORY_FAILURE and CAP_SYS_ADMIN", errno=code,
+                    errno_name=_errno.errorcode[code], ioctl="madvise(MADV_HWPOISON)")
+            info = self.gmem_invalidation(vm, gmem, r, "memory_error")
+            info.update(kernel_errno=code or None, kernel_errno_name=_errno.errorcode.get(code), injector=how,
+                        action="page poisoned; guest access gets EHWPOISON; punch-hole recovers it")
+            self.emit("memory.error", vm.id, **info)
+            return info
 
     async def delete_gmem(self, vm_id: str, gmem_id: str) -> None:
         vm = self.vm(vm_id)

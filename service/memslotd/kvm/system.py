@@ -51,6 +51,7 @@ class HostCapabilities:
     memory_attributes_ioctl: bool
     memory_fault_info: bool
     pre_fault_memory: bool
+    memory_failure: bool  # CONFIG_MEMORY_FAILURE: hwpoison handling (and injection) exists
 
 
 class KVMSystem(OwnedFd):
@@ -102,4 +103,5 @@ class KVMSystem(OwnedFd):
                 memory_attributes_ioctl=attrs_ioctl,
                 memory_fault_info=vm.check_extension(Cap.MEMORY_FAULT_INFO) > 0,
                 pre_fault_memory=vm.check_extension(Cap.PRE_FAULT_MEMORY) > 0,
+                memory_failure=os.path.exists("/proc/sys/vm/memory_failure_recovery"),
             )

@@ -13,7 +13,7 @@ ObjectIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z]
 SlotId = Annotated[int, Path(ge=0, le=65535, description="slot id (0 .. max_memslots-1)")]
 
 _DESCRIPTIONS = {
-    400: "Malformed JSON", 404: "Unknown VM or object", 409: "Conflict with existing state",
+    400: "Malformed JSON", 403: "Forbidden (feature disabled or not permitted)", 404: "Unknown VM or object", 409: "Conflict with existing state",
     410: "Cursor gone (expired, other boot_id): re-list, then resubscribe", 413: "Request body too large",
     415: "Body is not JSON", 422: "Request breaks a validation or kernel rule", 429: "Queue full or quota",
     501: "Capability missing on this host", 503: "Host resources exhausted (ENOMEM/EMFILE)", 507: "Byte quota exceeded",

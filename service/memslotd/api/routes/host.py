@@ -26,7 +26,7 @@ async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
         "memory_attributes": ["private"] if host.memory_attributes & (1 << 3) else [],
         "memory_attributes_ioctl": host.memory_attributes_ioctl, "memory_fault_info": host.memory_fault_info,
         "pre_fault_memory": host.pre_fault_memory, "conversion_enforcement": core.registry.enforcement,
-        "memory_error_injection": settings.enable_memory_error_injection,
+        "memory_failure": host.memory_failure, "memory_error_injection": settings.enable_memory_error_injection,
         "reserved_gpa_ranges": [{"guest_phys_addr": RESERVED_GPA.start, "size": RESERVED_GPA.size,
                                  "purpose": "guest probe window (code and page tables)"}],
         "max_guest_phys_addr": GPA_LIMIT, "max_probe_ops": core.limits.max_probe_ops,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Response
 
 from ..convert import gmem_read, shm_read
-from ..deps import CoreDep
+from ..deps import CoreDep, SettingsDep
 from ..schemas import (
-    FileRange, GuestMemfdCreate, GuestMemfdList, GuestMemfdRead, Invalidation, SharedMemoryCreate, SharedMemoryList,
-    SharedMemoryRead,
+    FileRange, GuestMemfdCreate, GuestMemfdList, GuestMemfdRead, InjectErrorRequest, Invalidation, MemoryErrorRead,
+    SharedMemoryCreate, SharedMemoryList, SharedMemoryRead,
 )
 from ._common import ObjectIdPath, VMId, problems
 
@@ -54,6 +54,17 @@ async def allocate_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, cor
 async def punch_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep) -> Any:
     """fallocate(PUNCH_HOLE|KEEP_SIZE), bracketed by invalidate events; returns the invalidated ranges."""
     return await core.registry.punch_gmem(vm_id, gmem_id, body.offset, body.length)
+
+
+@gmem_router.post("/{gmem_id}/inject-error", response_model=MemoryErrorRead, responses=problems(403, 404, 409, 422, 501))
+async def inject_error(vm_id: VMId, gmem_id: ObjectIdPath, body: InjectErrorRequest, core: CoreDep,
+                       settings: SettingsDep) -> Any:
+    """Test rig (off by default: ``--enable-memory-error-injection``): poison one page for real
+    with madvise(MADV_HWPOISON) from a sacrificial child process, then emit ``memory.error``.
+    Hosts without CONFIG_MEMORY_FAILURE answer 501 with the kernel's errno."""
+    if not settings.enable_memory_error_injection:
+        raise HTTPException(403, "memory-error injection is disabled (start with --enable-memory-error-injection)")
+    return await core.registry.inject_memory_error(vm_id, gmem_id, body.offset)
 
 
 @shm_router.post("", status_code=201, response_model=SharedMemoryRead, responses=problems(400, 404, 422, 429, 503, 507))
