@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import conversion
+from . import conversion, events
 from ._harness import report
 
 
@@ -20,6 +20,10 @@ def main() -> None:
     cases = {
         "conversion.populated_vs_raw_punch": lambda: conversion.populated_convert_vs_raw_punch(args.convert_gib),
         "conversion.million_fragments": conversion.million_fragments,
+        "events.latency_1_subscriber": lambda: events.latency(1),
+        "events.latency_10_subscribers": lambda: events.latency(10),
+        "events.latency_50_subscribers": lambda: events.latency(50),
+        "events.stalled_subscriber_memory": events.stalled_subscriber_memory,
     }
     chosen = [c for c in cases if not args.only or any(o in c for o in args.only.split(","))]
     results = {}

@@ -9,5 +9,8 @@ import orjson
 __all__ = ["encode_event"]
 
 
-def encode_event(envelope: dict[str, Any]) -> bytes:
-    return orjson.dumps(envelope)
+def encode_event(envelope: dict[str, Any]) -> str:
+    # A str, not orjson's bytes: orjson leaves its ~2 KiB output buffer allocated behind a
+    # short bytes object, which would make every retained event cost ~2 KiB. Frames are
+    # WebSocket text anyway.
+    return orjson.dumps(envelope).decode()

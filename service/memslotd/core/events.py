@@ -34,17 +34,22 @@ STREAM_TYPES = ("memory.attributes", "bookmark", "hello", "gone")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
+    """A retained event: the JSON frame (encoded once for every subscriber) plus the fields
+    filters need. ``data`` is decoded on demand, so the window holds one string per event."""
+
     seq: int
-    boot_id: str
     time: float
     type: str
     vm_id: str | None
-    data: dict[str, Any]
-    encoded: bytes = b""
+    encoded: str
 
-    def envelope(self) -> dict[str, Any]:
-        return {"seq": self.seq, "boot_id": self.boot_id, "time": self.time, "type": self.type,
-                "vm_id": self.vm_id, "data": self.data}
+    @property
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.encoded)["data"]
+        return data
+
+    #: approximate memory per retained event beyond its frame (object, deque slot)
+    OVERHEAD = 96
 
 
 class CursorGone(Exception):
@@ -57,8 +62,8 @@ class CursorGone(Exception):
         self.current_seq = current_seq
 
 
-def _default_encode(envelope: dict[str, Any]) -> bytes:
-    return json.dumps(envelope, separators=(",", ":")).encode()
+def _default_encode(envelope: dict[str, Any]) -> str:
+    return json.dumps(envelope, separators=(",", ":"))
 
 
 class Subscriber:
@@ -117,7 +122,7 @@ class Subscriber:
 
 class EventLog:
     def __init__(self, *, max_events: int = 100_000, max_bytes: int = 64 << 20,
-                 encode: Callable[[dict[str, Any]], bytes] = _default_encode):
+                 encode: Callable[[dict[str, Any]], str] = _default_encode):
         self.boot_id = uuid.uuid4().hex
         self.seq = 0
         self._retained: collections.deque[Event] = collections.deque()
@@ -137,11 +142,11 @@ class EventLog:
         self.seq += 1
         now = time.time()
         envelope = {"seq": self.seq, "boot_id": self.boot_id, "time": now, "type": type_, "vm_id": vm_id, "data": data}
-        event = Event(self.seq, self.boot_id, now, type_, vm_id, data, self.encode(envelope))
+        event = Event(self.seq, now, type_, vm_id, self.encode(envelope))
         self._retained.append(event)
-        self._bytes += len(event.encoded)
+        self._bytes += len(event.encoded) + Event.OVERHEAD
         while self._retained and (len(self._retained) > self.max_events or self._bytes > self.max_bytes):
-            self._bytes -= len(self._retained.popleft().encoded)
+            self._bytes -= len(self._retained.popleft().encoded) + Event.OVERHEAD
         for sub in list(self._subscribers):
             sub.offer(event)
             if sub.overflowed:

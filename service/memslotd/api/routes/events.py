@@ -70,8 +70,12 @@ def _gone(exc: CursorGone, last_seq: int | None = None) -> dict[str, Any]:
             "last_seq": last_seq, "detail": "re-list the state over REST, then resubscribe (initial_state=true works)"}
 
 
-def _frame(core: MemoryCore, type_: str, **fields: Any) -> bytes:
-    return orjson.dumps({"type": type_, "boot_id": core.events.boot_id, "time": time.time(), **fields})
+def _json(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _frame(core: MemoryCore, type_: str, **fields: Any) -> str:
+    return _json({"type": type_, "boot_id": core.events.boot_id, "time": time.time(), **fields})
 
 
 class StreamState(enum.Enum):
@@ -91,10 +95,10 @@ class EventStream:
         self.state = StreamState.REPLAYING
         self.last_seq = query.since_seq or 0
 
-    async def send(self, data: bytes) -> None:
-        await self.ws.send_text(data.decode())
+    async def send(self, data: str) -> None:
+        await self.ws.send_text(data)
 
-    def start(self) -> tuple[list[bytes], CursorGone | None]:
+    def start(self) -> tuple[list[str], CursorGone | None]:
         """Everything to send before live events, computed without awaiting (atomic with subscribe)."""
         log = self.core.events
         out = [_frame(self.core, "hello", seq=log.seq, oldest_seq=log.oldest_seq, version=__version__,
@@ -103,20 +107,20 @@ class EventStream:
             try:
                 backlog = log.since(self.query.since_seq, self.query.boot_id)
             except CursorGone as exc:
-                return out + [orjson.dumps(_gone(exc))], exc
+                return out + [_json(_gone(exc))], exc
             out += [e.encoded for e in backlog if self.accept(e.type, e.vm_id)]
             self.last_seq = backlog[-1].seq if backlog else self.query.since_seq
         if self.query.initial_state:
             now = time.time()
             for type_, vm_id, data in snapshot(self.core.registry, self.query.vm_id):
                 if self.accept(type_, vm_id):
-                    out.append(orjson.dumps({"seq": log.seq, "boot_id": log.boot_id, "time": now, "type": type_,
+                    out.append(_json({"seq": log.seq, "boot_id": log.boot_id, "time": now, "type": type_,
                                              "vm_id": vm_id, "data": data, "initial": True}))
             out.append(_frame(self.core, "bookmark", seq=log.seq, initial_state_end=True))
             self.last_seq = log.seq
         return out, None
 
-    async def pump(self, first: list[bytes]) -> None:
+    async def pump(self, first: list[str]) -> None:
         for frame in first:
             await self.send(frame)
         self.state = StreamState.LIVE
@@ -158,7 +162,7 @@ class EventStream:
                 self.state = StreamState.CLOSING
                 exc = CursorGone("subscriber_overflow", self.core.events.oldest_seq, self.core.events.seq)
                 with contextlib.suppress(Exception):  # the client may be stalled: bounded effort
-                    await asyncio.wait_for(self.send(orjson.dumps(_gone(exc, self.last_seq))), 1.0)
+                    await asyncio.wait_for(self.send(_json(_gone(exc, self.last_seq))), 1.0)
                     await asyncio.wait_for(self.ws.close(CLOSE_GONE, "subscriber_overflow"), 1.0)
         finally:
             self.sub.close()
@@ -174,7 +178,7 @@ async def events_ws(websocket: WebSocket) -> None:
         query = StreamQuery.model_validate(dict(websocket.query_params))
         query.type_patterns()
     except (ValidationError, ValueError) as exc:
-        await websocket.send_text(orjson.dumps({"type": "error", "code": "VALIDATION_FAILED", "detail": str(exc)}).decode())
+        await websocket.send_text(_json({"type": "error", "code": "VALIDATION_FAILED", "detail": str(exc)}))
         await websocket.close(CLOSE_BAD_REQUEST, "bad query")
         return
     stream = EventStream(websocket, core, query, settings.event_subscriber_queue, settings.event_bookmark_interval_s)
@@ -224,4 +228,4 @@ async def events_longpoll(
     finally:
         sub.close()
     lines = [e.encoded for e in events] + [_frame(core, "bookmark", seq=bookmark)]
-    return Response(b"\n".join(lines) + b"\n", media_type="application/x-ndjson")
+    return Response("\n".join(lines) + "\n", media_type="application/x-ndjson")
