@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 __all__ = ["Settings", "default_socket_path"]
@@ -32,7 +32,16 @@ class Settings(BaseSettings):
     socket_mode: int = Field(0o660, ge=0, le=0o777, description="permission bits of the API socket")
     socket_group: str | None = Field(None, description="group owning the socket (default: the daemon's)")
     readonly_socket: Path | None = Field(None, description="optional second socket: GETs and event subscriptions only")
+    tcp: str | None = Field(None, pattern=r"^[^\s:]+:[0-9]{1,5}$|^\[[0-9a-fA-F:]+\]:[0-9]{1,5}$",
+                            description="opt-in TCP listener HOST:PORT (needs --token-file)")
+    token_file: Path | None = Field(None, description="TOML file of bearer tokens with scopes (mode 0600)")
+    tls_cert: Path | None = Field(None, description="TLS certificate (PEM) for the TCP listener")
+    tls_key: Path | None = Field(None, description="TLS private key (PEM) for the TCP listener")
+    tls_client_ca: Path | None = Field(None, description="CA bundle: require client certificates (mTLS) on TCP")
+    allowed_origins: list[str] = Field(default_factory=list,
+                                       description="browser Origins allowed on the TCP listener (WebSocket and HTTP)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["json", "text"] = Field("json", description="log line format")
     max_body_bytes: int = Field(64 << 10, ge=1024, le=16 << 20, description="request body limit in bytes")
     max_vms: int = Field(64, ge=1, le=4096, description="VMs per daemon")
     max_slots_per_vm: int = Field(32764, ge=1, le=32764, description="memslots per VM (never above KVM's)")
@@ -40,12 +49,23 @@ class Settings(BaseSettings):
     max_bytes_total: int = Field(1 << 51, ge=4096, description="guest_memfd + shared-memory bytes per daemon")
     max_pending_per_vm: int = Field(64, ge=1, le=100_000, description="queued mutations per VM before 429")
     max_probe_ops: int = Field(64, ge=1, le=1024, description="guest accesses per probe request")
+    max_probes_per_second: float = Field(50.0, gt=0, description="probe requests per second (daemon-wide) before 429")
     probe_timeout_ms: int = Field(1000, ge=10, le=60_000, description="KVM_RUN timeout per probe access")
     event_retention_count: int = Field(100_000, ge=16, description="events kept for resume (count)")
     event_retention_bytes: int = Field(64 << 20, ge=4096, description="events kept for resume (bytes)")
     event_subscriber_queue: int = Field(10_000, ge=16, description="events queued per subscriber before it is cut off")
     event_bookmark_interval_s: float = Field(10.0, gt=0, description="seconds between bookmark events")
     enable_memory_error_injection: bool = Field(False, description="enable the test-rig memory-error endpoint")
+
+    @model_validator(mode="after")
+    def _tcp_needs_a_token_file(self) -> "Settings":
+        if self.tcp and self.token_file is None:
+            raise ValueError("--tcp needs --token-file: TCP is never served without authentication")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return self
 
     @field_validator("socket", "readonly_socket")
     @classmethod

@@ -4,26 +4,36 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
 
 from .. import __version__
 from ..core import MemoryCore
 from ..settings import Settings
+from .access import AccessControl
+from .auth import TokenStore
 from .middleware import LimitsAndHeaders
 from .problems import install_problem_handlers
-from .routes import events, host, memory, memory_objects, memslots, vms
+from .routes import events, host, memory, memory_objects, memslots, metrics, vms
 
 __all__ = ["create_app"]
 
 DESCRIPTION = """memslotd manages KVM guest memory: VMs, guest_memfds (the private part), shared memory
-(the `userspace_addr` part), memslots joining them, private/shared conversion, and a resumable
-event stream. Sizes, offsets and addresses are integers in bytes. Errors are RFC 9457
-`application/problem+json` with a stable `code`."""
+(the `userspace_addr` part), memslots joining them, private/shared conversion, a guest probe,
+and a resumable event stream. Sizes, offsets and addresses are integers in bytes. Errors are
+RFC 9457 `application/problem+json` with a stable `code`. Every response carries the
+`memslotd-boot-id` header: a new value means the daemon restarted and every VM is gone."""
 
 
-def create_app(settings: Settings, core_factory: Callable[[], MemoryCore]) -> FastAPI:
-    """``core_factory`` runs in the lifespan (it opens /dev/kvm); the core is closed at shutdown."""
+def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
+               listeners: dict[Any, str] | None = None, default_listener: str = "unix",
+               tokens: TokenStore | None = None) -> FastAPI:
+    """``core_factory`` runs in the lifespan (it opens /dev/kvm); the core is closed at shutdown.
+
+    ``listeners`` maps a listening address (``(path, None)`` or ``(host, port)``) to its kind:
+    ``unix``, ``unix-ro`` or ``tcp``; requests from anywhere else count as ``default_listener``.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,10 +47,15 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore]) -> Fa
     app = FastAPI(title="memslotd", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
     app.state.settings = settings
+    app.state.boot_header = (b"memslotd-boot-id", b"")
+    app.state.listeners = dict(listeners or {})
+    app.state.default_listener = default_listener
+    app.state.tokens = tokens
+    app.state.allowed_origins = set(settings.allowed_origins)
     install_problem_handlers(app)
     for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router, memslots.router,
-                   memory.router, events.router):
+                   memory.router, events.router, metrics.router):
         app.include_router(router)
-    app.state.boot_header = (b"memslotd-boot-id", b"")
     app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state)
+    app.add_middleware(AccessControl, state=app.state)  # outermost: refuse before reading a body
     return app

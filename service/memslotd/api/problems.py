@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.errors import (
@@ -62,9 +63,14 @@ def problem_response(status: int, code: str, title: str, detail: str, request: R
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
+KERNEL_ERRORS = Counter("memslotd_kernel_errors", "kernel calls that failed, by errno", ["errno", "ioctl"])
+
+
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     status = status_of(exc)
+    if exc.extra.get("errno_name"):
+        KERNEL_ERRORS.labels(exc.extra["errno_name"], exc.extra.get("ioctl") or "").inc()
     if status >= 500 and status not in (501, 503, 507):
         log.error("kernel error on %s: %s", request.url.path, exc.detail)
     return problem_response(status, exc.code, exc.title, exc.detail, request, **exc.extra)

@@ -166,6 +166,9 @@ class ConversionService:
 
     def _commit(self, vm: VMRecord, piece: Piece, to: str, info: dict[str, Any] | None, result: ConversionResult) -> None:
         vm.attributes.assign(piece.gpa, to)
+        self.reg.stats.conversions += 1
+        self.reg.stats.converted_bytes += piece.gpa.size
+        self.reg.stats.discarded_bytes += piece.gpa.size if info is not None else 0
         changed = {**_range(piece.gpa), "slot": piece.slot.slot_id, "from": piece.old, "to": to}
         result.changed.append(changed)
         if info is not None:

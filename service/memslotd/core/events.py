@@ -172,6 +172,10 @@ class EventLog:
         self._subscribers.add(sub)
         return sub
 
+    def any_pending(self) -> bool:
+        """Does any subscriber still have queued events?"""
+        return any(sub.pending() for sub in self._subscribers)
+
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)

@@ -30,6 +30,8 @@ class MemoryCore:
         return self.registry.host
 
     async def close(self) -> None:
+        """Delete every VM, then run the close hooks once (safe to call again)."""
         await self.registry.close_all()
-        for hook in self.on_close:
+        hooks, self.on_close = self.on_close, []
+        for hook in hooks:
             hook()

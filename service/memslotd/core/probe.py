@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno as _errno
+import time
 from typing import Any
 
 from .errors import InvalidRequest, QuotaExceeded, kernel_error
@@ -35,6 +36,18 @@ class ProbeOp:
 class ProbeService:
     def __init__(self, registry: Registry):
         self.reg = registry
+        self._allowance = registry.limits.max_probes_per_second
+        self._last = time.monotonic()
+
+    def _take_rate_token(self) -> None:
+        """Token bucket of ``max_probes_per_second`` (burst of the same size): each probe is a vCPU run."""
+        rate = self.reg.limits.max_probes_per_second
+        now = time.monotonic()
+        self._allowance = min(rate, self._allowance + (now - self._last) * rate)
+        self._last = now
+        if self._allowance < 1:
+            raise QuotaExceeded(f"more than {rate:g} probes per second", code="PROBE_RATE", limit=rate)
+        self._allowance -= 1
 
     def _validate(self, ops: list[ProbeOp]) -> None:
         if not ops:
@@ -58,6 +71,7 @@ class ProbeService:
     async def probe(self, vm_id: str, ops: list[ProbeOp]) -> list[dict[str, Any]]:
         self._validate(ops)
         vm = self.reg.vm(vm_id)
+        self._take_rate_token()
         async with vm.mutation():
             window_slot = vm.slots.highest_free_id()
             if window_slot is None:
@@ -67,6 +81,8 @@ class ProbeService:
                 raw = await self.reg.blocking(self._run, vm, window_slot, ops)
             except OSError as exc:
                 raise kernel_error(exc, "probe") from exc
+            self.reg.stats.probes += 1
+            self.reg.stats.probe_ops += len(ops)
             return [self._report(vm, op, outcome) for op, outcome in zip(ops, raw)]
 
     def _run(self, vm: VMRecord, window_slot: int, ops: list[ProbeOp]) -> list[Any]:

@@ -20,6 +20,7 @@ from .ports import KernelPort
 from .ranges import MAX_JSON_INT, Range, check_aligned_range
 from .records import GmemRecord, ShmRecord, VMRecord, new_id
 from .slots import MemslotTable
+from .stats import Stats
 
 __all__ = ["Registry", "GMEM_FLAG_BITS"]
 
@@ -35,6 +36,7 @@ class Registry:
         self.events = events
         self.limits = limits
         self.vms: dict[str, VMRecord] = {}
+        self.stats = Stats()
         self.page_size = self.host.page_size
         self.max_slots = self.host.max_memslots  # slot ids: 0 .. KVM_CAP_NR_MEMSLOTS-1
         # KVM enforces private/shared only with KVM_MEMORY_ATTRIBUTE_PRIVATE and the ioctl built in.
@@ -186,6 +188,7 @@ class Registry:
                 raise kernel_error(exc, "punch hole") from exc
             finally:
                 self.emit("memory.invalidate_end", vm.id, **info)
+            self.stats.punched_bytes += r.size
             return info
 
     async def allocate_gmem(self, vm_id: str, gmem_id: str, offset: int, length: int) -> None:

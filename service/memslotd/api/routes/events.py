@@ -181,8 +181,25 @@ async def events_ws(websocket: WebSocket) -> None:
         await websocket.send_text(_json({"type": "error", "code": "VALIDATION_FAILED", "detail": str(exc)}))
         await websocket.close(CLOSE_BAD_REQUEST, "bad query")
         return
+    if websocket.scope.get("memslotd.auth_pending") and not await _first_message_auth(websocket):
+        return
     stream = EventStream(websocket, core, query, settings.event_subscriber_queue, settings.event_bookmark_interval_s)
     await stream.run()
+
+
+async def _first_message_auth(websocket: WebSocket) -> bool:
+    """TCP clients that could put the token neither in a header nor in the subprotocol
+    send ``{"type": "auth", "token": "…"}`` first (within 5 s)."""
+    tokens = websocket.app.state.tokens
+    try:
+        message = orjson.loads(await asyncio.wait_for(websocket.receive_text(), 5.0))
+        token = tokens.verify(message.get("token")) if message.get("type") == "auth" else None
+    except Exception:
+        token = None
+    if token is None or not token.allows("events"):
+        await websocket.close(4401 if token is None else 4403, "unauthorized")
+        return False
+    return True
 
 
 @router.get("/events", responses={200: {"content": {"application/x-ndjson": {}},

@@ -1,0 +1,59 @@
+"""Prometheus ``GET /metrics``: gauges read from live state at scrape time, plus counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ...core import MemoryCore
+
+router = APIRouter(tags=["host"])
+
+
+class CoreCollector(Collector):
+    """Reads the core when scraped: nothing to keep in sync on the hot path."""
+
+    def __init__(self) -> None:
+        self.core: MemoryCore | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        core = self.core
+        if core is None:
+            return
+        vms = list(core.registry.vms.values())
+        yield GaugeMetricFamily("memslotd_vms", "VMs", value=len(vms))
+        slots = GaugeMetricFamily("memslotd_memslots", "memslots per VM", labels=["vm_id"])
+        gmem = GaugeMetricFamily("memslotd_guest_memfd_bytes", "guest_memfd bytes per VM", labels=["vm_id"])
+        shm = GaugeMetricFamily("memslotd_shared_memory_bytes", "shared-memory bytes per VM", labels=["vm_id"])
+        for vm in vms:
+            slots.add_metric([vm.id], len(vm.slots))
+            gmem.add_metric([vm.id], sum(g.size for g in vm.gmems.values()))
+            shm.add_metric([vm.id], sum(m.size for m in vm.shms.values()))
+        yield from (slots, gmem, shm)
+        st = core.registry.stats
+        for name, doc, value in (
+            ("conversions", "converted ranges", st.conversions), ("converted_bytes", "bytes converted", st.converted_bytes),
+            ("discarded_bytes", "bytes discarded by conversions", st.discarded_bytes),
+            ("punched_bytes", "bytes punched by punch-hole requests", st.punched_bytes),
+            ("probes", "probe requests", st.probes), ("probe_ops", "probe guest accesses", st.probe_ops),
+            ("events", "events emitted", core.events.seq),
+            ("event_subscribers_dropped", "subscribers cut off for falling behind", core.events.dropped_subscribers),
+        ):
+            yield CounterMetricFamily(f"memslotd_{name}", doc, value=value)
+        yield GaugeMetricFamily("memslotd_event_subscribers", "live event subscribers", value=core.events.subscriber_count)
+        yield GaugeMetricFamily("memslotd_events_retained_bytes", "bytes of the resume window",
+                                value=core.events.retained_bytes)
+
+
+COLLECTOR = CoreCollector()
+REGISTRY.register(COLLECTOR)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    COLLECTOR.core = request.app.state.core
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
