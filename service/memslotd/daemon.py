@@ -16,6 +16,7 @@ import contextlib
 import grp
 import logging
 import os
+import signal
 import socket
 import stat
 import struct
@@ -176,7 +177,15 @@ async def _serve(settings: Settings, unix: dict[socket.socket, str], tcp: socket
     await asyncio.gather(*tasks)
 
 
+def _exit_on_signal(sig: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def serve(settings: Settings) -> None:
+    # Until uvicorn installs its handlers (and after it restores them), a SIGTERM must still
+    # unwind through the finally below, or the socket would be left behind.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
     inherited = inherited_sockets()
     tokens = TokenStore.load(settings.token_file) if settings.token_file else None
     owned: list[Path] = []

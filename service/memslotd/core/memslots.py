@@ -125,23 +125,41 @@ class MemslotService:
             if existing is None and len(vm.slots) >= self.reg.limits.max_slots_per_vm:
                 raise QuotaExceeded(f"VM {vm.id} already has {len(vm.slots)} memslots", code="SLOT_QUOTA",
                                     limit=self.reg.limits.max_slots_per_vm)
-            gmem = self.reg.gmem(vm, req.private.object_id) if req.private else None
             try:
-                if slot.userspace_addr_source == "guest_memfd_mmap" and gmem is not None:
-                    mapping = await self.reg.blocking(gmem.port.map)
-                    slot = dataclasses.replace(slot, userspace_addr=mapping.address + req.private.offset)  # type: ignore[union-attr]
-                await self.reg.blocking(
-                    vm.port.set_user_memory_region2, slot.slot_id, flags, slot.guest_phys_addr, slot.memory_size,
-                    slot.userspace_addr, req.private.offset if req.private else 0, gmem.port.fd if gmem else 0)
+                slot = await self.reg.blocking(self.resolve_userspace_addr, vm, slot)
+                await self.reg.blocking(vm.port.set_user_memory_region2, *self.region_args(vm, slot, flags))
             except OSError as exc:
                 raise kernel_error(exc, f"set memslot {slot.slot_id}") from exc
             if existing is None:
-                self._commit_create(vm, slot)
+                self.commit_create(vm, slot)
                 self.reg.emit("memslot.created", vm.id, **slot_event(slot))
                 return slot, True
             self._commit_modify(vm, existing, slot)
             self.reg.emit("memslot.updated", vm.id, **slot_event(slot), previous_guest_phys_addr=existing.guest_phys_addr)
             return slot, False
+
+    @staticmethod
+    def resolve_userspace_addr(vm: VMRecord, slot: Slot) -> Slot:
+        """A guest_memfd-only slot's userspace_addr is the daemon's mmap of that guest_memfd
+        (shadow paging reads guest memory through it); mapping it is a kernel call."""
+        if slot.userspace_addr_source != "guest_memfd_mmap" or slot.private is None:
+            return slot
+        mapping = vm.gmems[slot.private.object_id].port.map()
+        return dataclasses.replace(slot, userspace_addr=mapping.address + slot.private.offset)
+
+    @staticmethod
+    def region_args(vm: VMRecord, slot: Slot, flags: int) -> tuple[int, ...]:
+        """Arguments of KVM_SET_USER_MEMORY_REGION2 that create ``slot``."""
+        gmem = vm.gmems[slot.private.object_id] if slot.private else None
+        return (slot.slot_id, flags, slot.guest_phys_addr, slot.memory_size, slot.userspace_addr,
+                slot.private.offset if slot.private else 0, gmem.port.fd if gmem else 0)
+
+    @staticmethod
+    def kernel_flags(slot: Slot) -> int:
+        flags = MEM_GUEST_MEMFD if slot.private is not None else 0
+        for name in slot.flags:
+            flags |= SLOT_FLAG_BITS[name]
+        return flags
 
     def _validate_modify(self, vm: VMRecord, existing: Slot, req: SlotRequest) -> tuple[Slot, int]:
         """Only a shared-only slot may move or toggle log_dirty_pages (M11, M12).
@@ -161,7 +179,7 @@ class MemslotService:
                            code="SLOT_EXISTS", slot=existing.slot_id)
         return dataclasses.replace(slot, created_at=existing.created_at, generation=existing.generation + 1), flags
 
-    def _commit_create(self, vm: VMRecord, slot: Slot) -> None:
+    def commit_create(self, vm: VMRecord, slot: Slot) -> None:
         vm.slots.add(slot)
         init_shared = False
         if slot.private is not None:
@@ -171,6 +189,15 @@ class MemslotService:
         if slot.shared is not None:
             vm.shms[slot.shared.object_id].users.add(slot.slot_id)
         vm.attributes.add(slot.gpa_range, default_state(slot.private is not None, init_shared))
+
+    @staticmethod
+    def commit_delete(vm: VMRecord, slot: Slot) -> None:
+        vm.slots.remove(slot.slot_id)
+        vm.attributes.remove(slot.gpa_range)
+        if slot.private is not None:
+            vm.gmems[slot.private.object_id].bindings.unbind(slot.private.offset)
+        if slot.shared is not None:
+            vm.shms[slot.shared.object_id].users.discard(slot.slot_id)
 
     @staticmethod
     def _commit_modify(vm: VMRecord, old: Slot, new: Slot) -> None:
@@ -191,12 +218,7 @@ class MemslotService:
             except OSError as exc:
                 self.reg.emit("memory.invalidate_end", vm.id, **info, error=exc.errno)
                 raise kernel_error(exc, f"delete memslot {slot_id}") from exc
-            vm.slots.remove(slot.slot_id)
-            vm.attributes.remove(slot.gpa_range)
-            if slot.private is not None:
-                vm.gmems[slot.private.object_id].bindings.unbind(slot.private.offset)
-            if slot.shared is not None:
-                vm.shms[slot.shared.object_id].users.discard(slot.slot_id)
+            self.commit_delete(vm, slot)
             self.reg.emit("memory.invalidate_end", vm.id, **info)
             self.reg.emit("memslot.deleted", vm.id, **slot_event(slot))
             return slot
