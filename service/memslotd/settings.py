@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field("json", description="log line format")
     max_body_bytes: int = Field(64 << 10, ge=1024, le=16 << 20, description="request body limit in bytes")
+    max_batch_body_bytes: int = Field(1 << 20, ge=1024, le=16 << 20,
+                                      description="body limit of memslots:batch (4096 ops fit in 1 MiB)")
     max_vms: int = Field(64, ge=1, le=4096, description="VMs per daemon")
     max_slots_per_vm: int = Field(32764, ge=1, le=32764, description="memslots per VM (never above KVM's)")
     max_bytes_per_vm: int = Field(1 << 50, ge=4096, description="guest_memfd + shared-memory bytes per VM")

@@ -54,8 +54,9 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
     app.state.allowed_origins = set(settings.allowed_origins)
     install_problem_handlers(app)
     for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router, memslots.router,
-                   memory.router, events.router, metrics.router):
+                   memslots.batch_router, memory.router, events.router, metrics.router):
         app.include_router(router)
-    app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state)
+    app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state,
+                       max_batch_body_bytes=settings.max_batch_body_bytes)
     app.add_middleware(AccessControl, state=app.state)  # outermost: refuse before reading a body
     return app

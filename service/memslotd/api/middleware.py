@@ -23,18 +23,20 @@ class LimitsAndHeaders:
     """Rejects bodies above ``max_body_bytes`` with 413 (declared or streamed) and stamps
     every response with the daemon's boot id, so a client can tell a restart."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, state: Any):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, state: Any, max_batch_body_bytes: int = 1 << 20):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_batch_body_bytes = max_batch_body_bytes
         self.state = state  # app.state; the lifespan sets ``boot_header`` once the core exists
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_batch_body_bytes if scope["path"].endswith(":batch") else self.max_body_bytes
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                await self._reject(send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._reject(send, limit)
                 return
         received = 0
         started = False
@@ -44,7 +46,7 @@ class LimitsAndHeaders:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise BodyTooLarge()
             return message
 
@@ -59,10 +61,10 @@ class LimitsAndHeaders:
             await self.app(scope, limited_receive, stamped_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
-        body = _problem(413, "BODY_TOO_LARGE", f"request body exceeds {self.max_body_bytes} bytes")
+    async def _reject(self, send: Send, limit: int) -> None:
+        body = _problem(413, "BODY_TOO_LARGE", f"request body exceeds {limit} bytes")
         headers: list[Any] = [(b"content-type", b"application/problem+json"),
                               (b"content-length", str(len(body)).encode()), self.state.boot_header]
         await send({"type": "http.response.start", "status": 413, "headers": headers})

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..core.batch import BatchFailed
 from ..core.errors import (
     CapabilityMissing, Conflict, DomainError, HostResourcesExhausted, InvalidRequest, KernelError, NotFound,
     QuotaExceeded, VMBusy,
@@ -37,6 +38,8 @@ STATUS_BY_CODE = {"RANGE_NOT_ALIGNED": 422}
 def status_of(exc: DomainError) -> int:
     if exc.status is not None:
         return exc.status
+    if isinstance(exc, BatchFailed):  # a batch answers with the status of the op that failed
+        return status_of(exc.cause)
     if isinstance(exc, QuotaExceeded):
         return 507 if exc.bytes_quota else 429
     for cls, status in STATUS_BY_CLASS:

@@ -336,3 +336,29 @@ class MemoryErrorRead(Response):
     kernel_errno_name: str | None
     injector: Literal["madvise", "sigbus"]
     action: str
+
+
+# -- batch ------------------------------------------------------------------------------
+class BatchCreate(MemslotCreate):
+    op: Literal["create"]
+    slot: Annotated[int, Field(ge=0, le=65535)] | None = Field(None, description="omit for the lowest free id")
+
+
+class BatchDelete(Strict):
+    op: Literal["delete"]
+    slot: Annotated[int, Field(ge=0, le=65535)]
+
+
+class BatchRequest(Strict):
+    ops: Annotated[list[Annotated[BatchCreate | BatchDelete, Field(discriminator="op")]],
+                   Field(min_length=1, max_length=4096)]
+
+
+class BatchResult(Response):
+    op: Literal["create", "delete"]
+    slot: int
+    result: Literal["created", "deleted", "unchanged"]
+
+
+class BatchResponse(Response):
+    results: list[BatchResult]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from .events import EventLog
 from .limits import Limits
+from .batch import BatchService
 from .conversion import ConversionService
 from .memslots import MemslotService
 from .probe import ProbeService
@@ -23,6 +24,7 @@ class MemoryCore:
         self.memslots = MemslotService(self.registry)
         self.conversion = ConversionService(self.registry)
         self.probe = ProbeService(self.registry)
+        self.batch = BatchService(self.memslots)
         self.on_close: list[Callable[[], None]] = []  # e.g. closing /dev/kvm after every VM
 
     @property

@@ -6,17 +6,32 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
+from ...core.batch import BatchOp
 from ...core.memslots import SlotRequest
 from ...core.ranges import Range
 from ...core.slots import Backing
 from ..convert import slot_read
 from ..deps import CoreDep
-from ..schemas import MemslotCreate, MemslotList, MemslotRead
+from ..schemas import BatchDelete, BatchRequest, BatchResponse, MemslotCreate, MemslotList, MemslotRead
 from ._common import SlotId, VMId, problems
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
+batch_router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memslots"])
 
 ERRORS = problems(400, 404, 409, 422, 429, 503)
+
+
+@batch_router.post("/memslots:batch", response_model=BatchResponse, responses=ERRORS)
+async def batch(vm_id: VMId, body: BatchRequest, core: CoreDep) -> Any:
+    """Up to 4096 creates and deletes, applied in order, all or nothing.
+
+    On the first failure every applied op is rolled back and the answer (problem+json
+    ``BATCH_FAILED``, with the status of the failing op) names its ``index`` and ``cause``.
+    Events are emitted only for what finally stands, in op order, after the batch commits.
+    """
+    ops = [BatchOp("delete", op.slot) if isinstance(op, BatchDelete) else BatchOp("create", op.slot, _request(op))
+           for op in body.ops]
+    return {"results": await core.batch.apply(vm_id, ops)}
 
 
 def _request(body: MemslotCreate) -> SlotRequest:

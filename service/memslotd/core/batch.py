@@ -1,0 +1,151 @@
+"""Batch memslot operations: applied in order, all or nothing.
+
+1. Plan on the event loop: each op is validated against the state the ops before it
+   leave (tentatively applied to the tables), then the tentative state is undone, so
+   readers never see a slot the kernel does not have.
+2. Run every ioctl in one worker-thread call; on the first failure, undo the ops already
+   applied, in reverse (delete what was created, re-create what was deleted: a guest_memfd
+   binding returns to the same file range, so guest memory is unchanged).
+3. Commit the tables and emit the events of what finally stands, in op order (the
+   invalidate pair of a batched delete comes with them, after the batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .errors import Conflict, DomainError, NotFound, kernel_error
+from .memslots import MemslotService, SlotRequest, slot_event
+from .ranges import Range
+from .records import VMRecord
+from .slots import Slot
+
+__all__ = ["BatchOp", "BatchService", "BatchFailed", "MAX_BATCH_OPS"]
+
+MAX_BATCH_OPS = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchOp:
+    op: str  # "create" | "delete"
+    slot_id: int | None
+    request: SlotRequest | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Step:
+    op: str  # "create" | "delete" | "unchanged"
+    slot: Slot
+    flags: int
+    attributes: tuple[tuple[Range, str], ...] = ()  # a deleted slot's private/shared runs
+
+
+class BatchFailed(DomainError):
+    """Op ``index`` failed with ``cause``; nothing of the batch was applied."""
+
+    code = "BATCH_FAILED"
+    title = "Batch rolled back"
+
+    def __init__(self, detail: str, cause: DomainError, index: int):
+        super().__init__(detail, index=index, cause=cause.code, **cause.extra)
+        self.cause = cause
+
+
+class BatchService:
+    def __init__(self, memslots: MemslotService):
+        self.memslots = memslots
+        self.reg = memslots.reg
+
+    async def apply(self, vm_id: str, ops: list[BatchOp]) -> list[dict[str, Any]]:
+        vm = self.reg.vm(vm_id)
+        async with vm.mutation():
+            steps = self._plan(vm, ops)
+            done, error = await self.reg.blocking(self._run, vm, steps)
+            if error is not None:
+                cause = kernel_error(error, f"op {done}")
+                step = steps[done]
+                raise BatchFailed(f"op {done} ({step.op} slot {step.slot.slot_id}): {cause.detail}", cause, done) from error
+            return self._commit(vm, steps)
+
+    def _plan(self, vm: VMRecord, ops: list[BatchOp]) -> list[_Step]:
+        steps: list[_Step] = []
+        try:
+            for index, op in enumerate(ops):
+                try:
+                    steps.append(self._plan_one(vm, op))
+                except DomainError as exc:
+                    raise BatchFailed(f"op {index} ({op.op}): {exc.detail}", exc, index) from exc
+        finally:
+            for step in reversed(steps):  # the plan is kept; the tables go back to what the kernel has
+                self._undo_tables(vm, step)
+        return steps
+
+    def _plan_one(self, vm: VMRecord, op: BatchOp) -> _Step:
+        ms = self.memslots
+        if op.op == "delete":
+            assert op.slot_id is not None
+            slot = ms.get(vm, op.slot_id)
+            runs = tuple(vm.attributes.runs(slot.gpa_range))
+            ms.commit_delete(vm, slot)
+            return _Step("delete", slot, ms.kernel_flags(slot), runs)
+        assert op.request is not None
+        slot_id = op.slot_id if op.slot_id is not None else vm.slots.lowest_free_id()
+        if slot_id is None:
+            raise NotFound("no free slot id", code="SLOT_BUDGET_EXHAUSTED")
+        existing = vm.slots.get(slot_id)
+        slot, flags = ms._validate(vm, slot_id, op.request)
+        if existing is not None:
+            if existing.same_request(slot):
+                return _Step("unchanged", existing, flags)
+            raise Conflict(f"slot {slot_id} exists", code="SLOT_EXISTS", slot=slot_id)
+        slot = ms.resolve_userspace_addr(vm, slot)
+        ms.commit_create(vm, slot)
+        return _Step("create", slot, flags)
+
+    def _undo_tables(self, vm: VMRecord, step: _Step) -> None:
+        if step.op == "create":
+            self.memslots.commit_delete(vm, step.slot)
+        elif step.op == "delete":  # back with the attribute states it had, not the defaults
+            self.memslots.commit_create(vm, step.slot)
+            for r, state in step.attributes:
+                vm.attributes.assign(r, state)
+
+    def _run(self, vm: VMRecord, steps: list[_Step]) -> tuple[int, OSError | None]:
+        """Worker thread: every ioctl in order; on failure undo the applied ones in reverse."""
+        for i, step in enumerate(steps):
+            try:
+                self._kernel(vm, step, forward=True)
+            except OSError as exc:
+                for undo in reversed(steps[:i]):
+                    try:
+                        self._kernel(vm, undo, forward=False)
+                    except OSError:  # pragma: no cover - the kernel accepted this exact call a moment ago
+                        pass
+                return i, exc
+        return len(steps), None
+
+    def _kernel(self, vm: VMRecord, step: _Step, *, forward: bool) -> None:
+        if step.op == "unchanged":
+            return
+        if (step.op == "create") == forward:
+            vm.port.set_user_memory_region2(*self.memslots.region_args(vm, step.slot, step.flags))
+        else:
+            vm.port.delete_user_memory_region(step.slot.slot_id)
+
+    def _commit(self, vm: VMRecord, steps: list[_Step]) -> list[dict[str, Any]]:
+        results = []
+        for step in steps:
+            if step.op == "create":
+                self.memslots.commit_create(vm, step.slot)
+                self.reg.emit("memslot.created", vm.id, **slot_event(step.slot), batch=True)
+            elif step.op == "delete":
+                info = MemslotService._invalidation(vm, step.slot)
+                self.memslots.commit_delete(vm, step.slot)
+                self.reg.emit("memory.invalidate_start", vm.id, **info, batch=True)
+                self.reg.emit("memory.invalidate_end", vm.id, **info, batch=True)
+                self.reg.emit("memslot.deleted", vm.id, **slot_event(step.slot), batch=True)
+            results.append({"op": step.op if step.op != "unchanged" else "create", "slot": step.slot.slot_id,
+                            "result": {"create": "created", "delete": "deleted", "unchanged": "unchanged"}[step.op]})
+        return results
+
