@@ -45,7 +45,7 @@ def daemon(*args: str, cpu: int | None = 0) -> Iterator[tuple[httpx.Client, subp
     """The real daemon over its Unix socket, with a keep-alive client; pinned to ``cpu``."""
     tmp = Path(tempfile.mkdtemp(prefix="msd-bench-"))
     sock = tmp / "memslotd.sock"
-    cmd = [sys.executable, "-m", "memslotd.daemon", "--socket", str(sock), "--log-level", "warning", *args]
+    cmd = [sys.executable, "-m", "memslotd.daemon", "--socket", str(sock), *args]  # default logging: info, JSON
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import IO, Any
+
+import orjson
 
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "RequestLog"]
 
 
 class _DropColor(logging.Filter):
@@ -28,3 +32,30 @@ def configure_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").disabled = True  # memslotd.request replaces it
+
+
+class RequestLog:
+    """The per-request line, written straight to stderr with orjson: the logging module and
+    its JSON formatter cost ~50 us per line, a quarter of a memslot request. One line per
+    request; mutating calls and refusals are that same line under ``memslotd.audit``."""
+
+    def __init__(self, enabled: bool, json_lines: bool = True, stream: IO[bytes] | None = None):
+        self.enabled = enabled
+        self.json_lines = json_lines
+        self.stream = stream if stream is not None else sys.stderr.buffer
+
+    def write(self, audit: bool, fields: dict[str, Any]) -> None:
+        if not (self.enabled or audit):
+            return
+        logger = "memslotd.audit" if audit else "memslotd.request"
+        if self.json_lines:
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": "INFO", "logger": logger,
+                      "message": "request", **fields}
+            line = orjson.dumps(record) + b"\n"
+        else:
+            line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} INFO {logger}: {fields}\n".encode()
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stderr must not fail the request
+            pass

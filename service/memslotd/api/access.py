@@ -10,19 +10,17 @@ Every mutating call, and every refusal, leaves one audit line.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..logs import RequestLog
 from .auth import TokenStore, required_scope
 
 __all__ = ["AccessControl", "REQUEST_SECONDS"]
 
-audit_log = logging.getLogger("memslotd.audit")
-request_log = logging.getLogger("memslotd.request")
 
 REQUEST_SECONDS = Histogram("memslotd_request_duration_seconds", "API request latency", ["method", "route", "status"],
                             buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.5, 10))
@@ -133,8 +131,8 @@ class AccessControl:
         route = getattr(route_obj, "path", None) or ("unmatched" if status == 404 else scope["path"][:64])
         if scope["type"] == "http":
             REQUEST_SECONDS.labels(method, route, str(status)).observe(duration)
-        fields = {"method": method, "route": route, "path": scope["path"], "status": status,
-                  "duration_ms": round(duration * 1e3, 3), "listener": kind, **who}
-        request_log.info("request", extra=fields)
-        if need in ("mutate", "admin") or status in (401, 403):
-            audit_log.info("audit", extra=fields)
+        request_log: RequestLog = self.state.request_log
+        audit = need in ("mutate", "admin") or status in (401, 403)
+        if request_log.enabled or audit:
+            request_log.write(audit, {"method": method, "route": route, "path": scope["path"], "status": status,
+                                      "duration_ms": round(duration * 1e3, 3), "listener": kind, **who})

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..core import MemoryCore
+from ..logs import RequestLog
 from ..settings import Settings
 from .access import AccessControl
 from .auth import TokenStore
@@ -52,6 +53,8 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
     app.state.default_listener = default_listener
     app.state.tokens = tokens
     app.state.allowed_origins = set(settings.allowed_origins)
+    app.state.request_log = RequestLog(enabled=settings.log_level in ("debug", "info"),
+                                       json_lines=settings.log_format == "json")
     install_problem_handlers(app)
     for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router, memslots.router,
                    memslots.batch_router, memory.router, events.router, metrics.router):

@@ -12,12 +12,13 @@ from ..settings import Settings
 __all__ = ["CoreDep", "SettingsDep"]
 
 
-def _core(request: Request) -> MemoryCore:
+# async: FastAPI runs plain-def dependencies in a thread pool, a thread hop per request.
+async def _core(request: Request) -> MemoryCore:
     core: MemoryCore = request.app.state.core
     return core
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
