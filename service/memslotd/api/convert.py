@@ -38,12 +38,12 @@ def gmem_read(vm: VMRecord, gmem: GmemRecord) -> dict[str, Any]:
         slot = vm.slots.get(slot_id)
         bindings.append({"slot": slot_id, "offset": r.start, "size": r.size,
                          "guest_phys_addr": slot.guest_phys_addr if slot else 0})
-    return {"id": gmem.id, "size": gmem.size, "flags": list(gmem.flags), "created_at": gmem.created_at,
+    return {"id": gmem.id, "name": gmem.name, "size": gmem.size, "flags": list(gmem.flags), "created_at": gmem.created_at,
             "bindings": bindings}
 
 
 def shm_read(shm: ShmRecord) -> dict[str, Any]:
-    return {"id": shm.id, "size": shm.size, "hugepages": shm.hugepages, "page_size": shm.page_size,
+    return {"id": shm.id, "name": shm.name, "size": shm.size, "hugepages": shm.hugepages, "page_size": shm.page_size,
             "created_at": shm.created_at, "used_by_slots": sorted(shm.users)}
 
 

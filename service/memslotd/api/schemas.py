@@ -24,7 +24,9 @@ class Strict(BaseModel):
 
 
 class Response(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Responses ignore unknown fields (QMP's rule): a client built on these models keeps
+    # working against a newer daemon that adds fields. Requests forbid them.
+    model_config = ConfigDict(extra="ignore")
 
 
 # -- errors -----------------------------------------------------------------------------
@@ -126,9 +128,13 @@ class VMList(Response):
 
 
 # -- guest_memfd ------------------------------------------------------------------------
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
 class GuestMemfdCreate(Strict):
     size: Size
     flags: Annotated[list[GmemFlag], Field(max_length=2)] = []
+    name: Name | None = Field(None, description="unique within the VM (declarative tools find objects by it)")
 
 
 class Binding(Response):
@@ -140,6 +146,7 @@ class Binding(Response):
 
 class GuestMemfdRead(Response):
     id: str
+    name: str | None = None
     size: int
     flags: list[GmemFlag]
     created_at: float
@@ -175,10 +182,12 @@ class Invalidation(Response):
 class SharedMemoryCreate(Strict):
     size: Size
     hugepages: Literal["2M", "1G"] | None = None
+    name: Name | None = Field(None, description="unique within the VM (declarative tools find objects by it)")
 
 
 class SharedMemoryRead(Response):
     id: str
+    name: str | None = None
     size: int
     hugepages: Literal["2M", "1G"] | None
     page_size: int
@@ -252,7 +261,7 @@ class ChangedRange(Response):
     from_: State = Field(alias="from")
     to: State
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
 
 
 class DiscardedRange(Response):

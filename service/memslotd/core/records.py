@@ -27,6 +27,7 @@ class GmemRecord:
     size: int
     flags: tuple[str, ...]
     port: GuestMemfdPort
+    name: str | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     bindings: GmemBindings = dataclasses.field(default_factory=GmemBindings)
 
@@ -38,6 +39,7 @@ class ShmRecord:
     hugepages: str | None
     page_size: int
     port: SharedMemoryPort
+    name: str | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     users: set[int] = dataclasses.field(default_factory=set)  # slot ids
 

@@ -132,7 +132,15 @@ class Registry:
                 await self.delete_vm(vm_id)
 
     # -- guest_memfd --------------------------------------------------------------
-    async def create_gmem(self, vm_id: str, size: int, flags: list[str]) -> GmemRecord:
+    @staticmethod
+    def _check_name_free(vm: VMRecord, name: str | None) -> None:
+        if name is None:
+            return
+        for obj in (*vm.gmems.values(), *vm.shms.values()):
+            if obj.name == name:
+                raise Conflict(f"VM {vm.id} already has an object named {name!r} ({obj.id})", code="NAME_TAKEN", id=obj.id)
+
+    async def create_gmem(self, vm_id: str, size: int, flags: list[str], name: str | None = None) -> GmemRecord:
         vm = self.vm(vm_id)
         check_aligned_range(0, size, self.page_size, what="guest_memfd size")
         bits = 0
@@ -146,14 +154,15 @@ class Registry:
             raise InvalidRequest("init_shared needs mmap (host faults are only served on mappable guest_memfds)",
                                  code="FLAGS_INCOMPATIBLE")
         async with vm.mutation():
+            self._check_name_free(vm, name)
             self._check_bytes_quota(vm, size)
             try:
                 port = await self.blocking(vm.port.create_guest_memfd, size, bits)
             except OSError as exc:
                 raise kernel_error(exc, "create guest_memfd") from exc
-            gmem = GmemRecord(new_id("gmem"), size, tuple(n for n in GMEM_FLAG_BITS if n in flags), port)
+            gmem = GmemRecord(new_id("gmem"), size, tuple(n for n in GMEM_FLAG_BITS if n in flags), port, name)
             vm.gmems[gmem.id] = gmem
-            self.emit("guest_memfd.created", vm.id, id=gmem.id, size=size, flags=list(gmem.flags))
+            self.emit("guest_memfd.created", vm.id, id=gmem.id, name=name, size=size, flags=list(gmem.flags))
             return gmem
 
     def gmem_invalidation(self, vm: VMRecord, gmem: GmemRecord, file_range: Range, reason: str) -> dict[str, Any]:
@@ -241,11 +250,12 @@ class Registry:
             self.emit("guest_memfd.deleted", vm.id, id=gmem.id)
 
     # -- shared memory --------------------------------------------------------------
-    async def create_shm(self, vm_id: str, size: int, hugepages: str | None) -> ShmRecord:
+    async def create_shm(self, vm_id: str, size: int, hugepages: str | None, name: str | None = None) -> ShmRecord:
         vm = self.vm(vm_id)
         page = HUGEPAGE_SIZES[hugepages] if hugepages else self.page_size
         check_aligned_range(0, size, page, what="shared memory size", limit=MAX_JSON_INT)
         async with vm.mutation():
+            self._check_name_free(vm, name)
             self._check_bytes_quota(vm, size)
             shm_id = new_id("shm")
             try:
@@ -253,9 +263,9 @@ class Registry:
                                            HUGEPAGE_SIZES.get(hugepages or ""))
             except OSError as exc:
                 raise kernel_error(exc, "create shared memory") from exc
-            shm = ShmRecord(shm_id, size, hugepages, page, port)
+            shm = ShmRecord(shm_id, size, hugepages, page, port, name)
             vm.shms[shm.id] = shm
-            self.emit("shared_memory.created", vm.id, id=shm.id, size=size, hugepages=hugepages)
+            self.emit("shared_memory.created", vm.id, id=shm.id, name=name, size=size, hugepages=hugepages)
             return shm
 
     async def delete_shm(self, vm_id: str, shm_id: str) -> None:

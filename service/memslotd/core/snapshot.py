@@ -25,9 +25,9 @@ def snapshot(reg: Registry, vm_id: str | None = None) -> Iterator[tuple[str, str
             continue
         yield "vm.created", vm.id, {"type": vm.type, "name": vm.name}
         for g in vm.gmems.values():
-            yield "guest_memfd.created", vm.id, {"id": g.id, "size": g.size, "flags": list(g.flags)}
+            yield "guest_memfd.created", vm.id, {"id": g.id, "name": g.name, "size": g.size, "flags": list(g.flags)}
         for m in vm.shms.values():
-            yield "shared_memory.created", vm.id, {"id": m.id, "size": m.size, "hugepages": m.hugepages}
+            yield "shared_memory.created", vm.id, {"id": m.id, "name": m.name, "size": m.size, "hugepages": m.hugepages}
         for slot in vm.slots:
             yield "memslot.created", vm.id, slot_event(slot)
         batch: list[dict[str, Any]] = []

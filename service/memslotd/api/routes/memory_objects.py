@@ -21,7 +21,7 @@ shm_router = APIRouter(prefix="/v1/vms/{vm_id}/shared-memory", tags=["shared_mem
 @gmem_router.post("", status_code=201, response_model=GuestMemfdRead, responses=problems(400, 404, 422, 429, 501, 503, 507))
 async def create_gmem(vm_id: VMId, body: GuestMemfdCreate, core: CoreDep, response: Response) -> Any:
     """KVM_CREATE_GUEST_MEMFD (the fd is owned by the daemon, close-on-exec)."""
-    gmem = await core.registry.create_gmem(vm_id, body.size, list(body.flags))
+    gmem = await core.registry.create_gmem(vm_id, body.size, list(body.flags), body.name)
     response.headers["Location"] = f"/v1/vms/{vm_id}/guest-memfds/{gmem.id}"
     return gmem_read(core.registry.vm(vm_id), gmem)
 
@@ -70,7 +70,7 @@ async def inject_error(vm_id: VMId, gmem_id: ObjectIdPath, body: InjectErrorRequ
 @shm_router.post("", status_code=201, response_model=SharedMemoryRead, responses=problems(400, 404, 422, 429, 503, 507))
 async def create_shm(vm_id: VMId, body: SharedMemoryCreate, core: CoreDep, response: Response) -> Any:
     """A memfd owned and mapped by the daemon (the ``userspace_addr`` side of slots)."""
-    shm = await core.registry.create_shm(vm_id, body.size, body.hugepages)
+    shm = await core.registry.create_shm(vm_id, body.size, body.hugepages, body.name)
     response.headers["Location"] = f"/v1/vms/{vm_id}/shared-memory/{shm.id}"
     return shm_read(shm)
 
