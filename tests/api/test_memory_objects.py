@@ -86,3 +86,12 @@ def test_byte_quota_is_507(client):
         assert c.post(f"/v1/vms/{vm_id}/guest-memfds", json={"size": 8 * MiB}).status_code == 201
         r = c.post(f"/v1/vms/{vm_id}/shared-memory", json={"size": 4096})
         assert r.status_code == 507 and r.json()["code"] == "VM_MEMORY_QUOTA"
+
+
+def test_names_are_unique_within_a_vm(client, vm):
+    r = client.post(f"{vm.base}/guest-memfds", json={"size": 4096, "name": "ram0"})
+    assert r.status_code == 201 and r.json()["name"] == "ram0"
+    dup = client.post(f"{vm.base}/shared-memory", json={"size": 4096, "name": "ram0"})
+    assert dup.status_code == 409 and dup.json()["code"] == "NAME_TAKEN"
+    assert client.post(f"{vm.base}/shared-memory", json={"size": 4096, "name": "ram1"}).json()["name"] == "ram1"
+    assert client.post(f"{vm.base}/shared-memory", json={"size": 4096, "name": "bad name"}).status_code == 422

@@ -144,8 +144,8 @@ class Registry:
         vm = self.vm(vm_id)
         check_aligned_range(0, size, self.page_size, what="guest_memfd size")
         bits = 0
-        for name in flags:
-            bits |= GMEM_FLAG_BITS[name]
+        for flag in flags:
+            bits |= GMEM_FLAG_BITS[flag]
         if bits & ~self.host.guest_memfd_flags:
             supported = [n for n, b in GMEM_FLAG_BITS.items() if b & self.host.guest_memfd_flags]
             raise CapabilityMissing(f"guest_memfd flags {sorted(flags)} are not all supported here",
