@@ -1,13 +1,14 @@
 """Batch memslot operations: applied in order, all or nothing.
 
-1. Plan on the event loop: each op is validated against the state the ops before it
-   leave (tentatively applied to the tables), then the tentative state is undone, so
-   readers never see a slot the kernel does not have.
-2. Run every ioctl in one worker-thread call; on the first failure, undo the ops already
-   applied, in reverse (delete what was created, re-create what was deleted: a guest_memfd
-   binding returns to the same file range, so guest memory is unchanged).
-3. Commit the tables and emit the events of what finally stands, in op order (the
-   invalidate pair of a batched delete comes with them, after the batch).
+The whole batch runs synchronously on the event loop: per op, validate against the
+state the ops before it left, make the ioctl (microseconds, as for single ops), commit.
+Nothing awaits in between, so no other request ever observes a half-applied batch.
+On the first failure (a broken rule or a kernel error) the applied ops are undone in
+reverse — delete what was created, re-create what was deleted (a guest_memfd binding
+returns to the same file range, so guest memory is unchanged; converted ranges get
+their states back) — and the answer names the failing op. Events are emitted only
+for what finally stands, in op order, after the batch (including the invalidate pair
+of each batched delete). 4096 ops take tens of milliseconds of loop time at most.
 """
 
 from __future__ import annotations
@@ -60,28 +61,26 @@ class BatchService:
     async def apply(self, vm_id: str, ops: list[BatchOp]) -> list[dict[str, Any]]:
         vm = self.reg.vm(vm_id)
         async with vm.mutation():
-            steps = self._plan(vm, ops)
-            done, error = await self.reg.blocking(self._run, vm, steps)
-            if error is not None:
-                cause = kernel_error(error, f"op {done}")
-                step = steps[done]
-                raise BatchFailed(f"op {done} ({step.op} slot {step.slot.slot_id}): {cause.detail}", cause, done) from error
-            return self._commit(vm, steps)
-
-    def _plan(self, vm: VMRecord, ops: list[BatchOp]) -> list[_Step]:
-        steps: list[_Step] = []
-        try:
+            done: list[_Step] = []
             for index, op in enumerate(ops):
                 try:
-                    steps.append(self._plan_one(vm, op))
+                    step = self._plan_one(vm, op)
                 except DomainError as exc:
+                    self._undo(vm, done)
                     raise BatchFailed(f"op {index} ({op.op}): {exc.detail}", exc, index) from exc
-        finally:
-            for step in reversed(steps):  # the plan is kept; the tables go back to what the kernel has
-                self._undo_tables(vm, step)
-        return steps
+                try:
+                    self._kernel(vm, step, forward=True)
+                except OSError as exc:
+                    self._undo_tables(vm, step)
+                    self._undo(vm, done)
+                    cause = kernel_error(exc, f"op {index}")
+                    raise BatchFailed(f"op {index} ({step.op} slot {step.slot.slot_id}): {cause.detail}", cause,
+                                      index) from exc
+                done.append(step)
+            return self._announce(vm, done)
 
     def _plan_one(self, vm: VMRecord, op: BatchOp) -> _Step:
+        """Validate one op against the current (batch-so-far) state and apply it to the tables."""
         ms = self.memslots
         if op.op == "delete":
             assert op.slot_id is not None
@@ -111,19 +110,13 @@ class BatchService:
             for r, state in step.attributes:
                 vm.attributes.assign(r, state)
 
-    def _run(self, vm: VMRecord, steps: list[_Step]) -> tuple[int, OSError | None]:
-        """Worker thread: every ioctl in order; on failure undo the applied ones in reverse."""
-        for i, step in enumerate(steps):
+    def _undo(self, vm: VMRecord, done: list[_Step]) -> None:
+        for step in reversed(done):
             try:
-                self._kernel(vm, step, forward=True)
-            except OSError as exc:
-                for undo in reversed(steps[:i]):
-                    try:
-                        self._kernel(vm, undo, forward=False)
-                    except OSError:  # pragma: no cover - the kernel accepted this exact call a moment ago
-                        pass
-                return i, exc
-        return len(steps), None
+                self._kernel(vm, step, forward=False)
+            except OSError:  # pragma: no cover - the kernel accepted the opposite call a moment ago
+                pass
+            self._undo_tables(vm, step)
 
     def _kernel(self, vm: VMRecord, step: _Step, *, forward: bool) -> None:
         if step.op == "unchanged":
@@ -133,15 +126,13 @@ class BatchService:
         else:
             vm.port.delete_user_memory_region(step.slot.slot_id)
 
-    def _commit(self, vm: VMRecord, steps: list[_Step]) -> list[dict[str, Any]]:
+    def _announce(self, vm: VMRecord, steps: list[_Step]) -> list[dict[str, Any]]:
         results = []
         for step in steps:
             if step.op == "create":
-                self.memslots.commit_create(vm, step.slot)
                 self.reg.emit("memslot.created", vm.id, **slot_event(step.slot), batch=True)
             elif step.op == "delete":
                 info = MemslotService._invalidation(vm, step.slot)
-                self.memslots.commit_delete(vm, step.slot)
                 self.reg.emit("memory.invalidate_start", vm.id, **info, batch=True)
                 self.reg.emit("memory.invalidate_end", vm.id, **info, batch=True)
                 self.reg.emit("memslot.deleted", vm.id, **slot_event(step.slot), batch=True)
