@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := service/memslotd/_native.abi3.so
 
-.PHONY: run test test-fast install openapi openapi-check bench clean
+.PHONY: run test install browser openapi openapi-check bench clean
 
 $(STAMP): pyproject.toml setup.py native/build_shim.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ install: $(STAMP) $(NATIVE)
 run: install  ## run the daemon with embedded defaults (socket: /run/memslotd/memslotd.sock as root)
 	$(VENV)/bin/memslotd $(ARGS)
 
-test: install  ## the whole suite against the real /dev/kvm, plus the OpenAPI drift check
+test: install browser  ## the whole suite against the real /dev/kvm, plus the OpenAPI drift check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The dashboard test drives Debian's Chromium with Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the dashboard test will be skipped"
 
 openapi: install  ## regenerate openapi.yaml from the app
 	$(PY) scripts/openapi.py

@@ -76,6 +76,12 @@ class AccessControl:
                 return value.decode("latin-1")
         return None
 
+    def _same_origin(self, scope: Scope, origin: str) -> bool:
+        """The dashboard served by this daemon calls its own API: Origin matches Host."""
+        host = self._header(scope, b"host")
+        scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+        return host is not None and origin == f"{scheme}://{host}"
+
     def _who(self, scope: Scope, kind: str) -> dict[str, Any]:
         peer = scope.get("memslotd.peer")
         if peer is not None:
@@ -84,12 +90,12 @@ class AccessControl:
         return {"addr": f"{client[0]}:{client[1]}"} if client else {"listener": kind}
 
     def _check(self, scope: Scope, kind: str, need: str, who: dict[str, Any]) -> tuple[int, str, str] | None:
-        if kind == "unix-ro" and need not in ("read", "events"):
+        if kind == "unix-ro" and need not in ("read", "events", "public"):
             return 403, "READ_ONLY_LISTENER", "this socket is read-only: GETs and event subscriptions only"
-        if kind != "tcp":
+        if kind != "tcp" or need == "public":
             return None
         origin = self._header(scope, b"origin")
-        if origin is not None and origin not in self.state.allowed_origins:
+        if origin is not None and origin not in self.state.allowed_origins and not self._same_origin(scope, origin):
             return 403, "ORIGIN_NOT_ALLOWED", f"Origin {origin!r} is not allowed"
         presented = None
         auth = self._header(scope, b"authorization")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..core import MemoryCore
@@ -59,6 +61,8 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
     for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router, memslots.router,
                    memslots.batch_router, memory.router, events.router, metrics.router):
         app.include_router(router)
+    # the read-only dashboard: static files shipped in the package, no build step, no CDN
+    app.mount("/ui", StaticFiles(directory=Path(__file__).resolve().parent.parent / "ui", html=True), name="ui")
     app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state,
                        max_batch_body_bytes=settings.max_batch_body_bytes)
     app.add_middleware(AccessControl, state=app.state)  # outermost: refuse before reading a body
