@@ -37,6 +37,16 @@ def raw_floor(n: int = 10_000, existing: int = 0, cpu: int | None = 0) -> dict[s
             "delete_p50_us": out["delete_p50_ns"] / 1e3, "delete_p99_us": out["delete_p99_ns"] / 1e3}
 
 
+def raw_batch_floor(n: int = 1000, cpu: int | None = 0) -> dict[str, Any]:
+    """The kernel alone doing what a batch does: n creates of distinct 2 MiB slots, then n deletes."""
+    cmd = [str(build_raw_floor()), str(n), "0", "batch"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    runs = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout) for _ in range(5)]
+    return {"n": n, "create_us_per_slot": round(statistics.median(r["create_mean_ns"] for r in runs) / 1e3, 2),
+            "delete_us_per_slot": round(statistics.median(r["delete_mean_ns"] for r in runs) / 1e3, 2)}
+
+
 class RawHTTP:
     """A minimal keep-alive HTTP/1.1 client over a Unix socket: the client's own cost stays
     far below httpx's, so the numbers are the daemon's."""
