@@ -126,6 +126,8 @@ def test_fd_exhaustion_is_503_with_errno_and_leaks_nothing(short_tmp):
             for g in gmems:
                 c.delete(f"/v1/vms/{vm}/guest-memfds/{g['id']}")
             assert c.post(f"/v1/vms/{vm}/guest-memfds", json={"size": 2 * MiB}).status_code == 201  # recovered
+            metrics = c.get("/metrics").text
+            assert 'memslotd_kernel_errors_total{errno="EMFILE",ioctl="KVM_CREATE_GUEST_MEMFD"} 1.0' in metrics
     finally:
         d.stop()
 
