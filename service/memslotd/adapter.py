@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .core import EventLog, Limits, MemoryCore
+from .core.ports import VMPort
 from .kvm import VM_TYPES, HostCapabilities, KVMSystem, SharedMemory, VMFd
+from .kvm._lib import SHIM_VERSION
 from .kvm.guest import GuestRunner
 from .settings import Settings
 
@@ -24,7 +26,8 @@ class KernelAdapter:
     def create_shared_memory(self, name: str, size: int, hugepage_size: int | None) -> SharedMemory:
         return SharedMemory.create(name, size, hugepage_size)
 
-    def create_guest_runner(self, vm: VMFd) -> GuestRunner:
+    def create_guest_runner(self, vm: VMPort) -> GuestRunner:
+        assert isinstance(vm, VMFd)  # the core only ever hands back what create_vm returned
         return GuestRunner(vm, timeout_ms=self._probe_timeout_ms)
 
     def close(self) -> None:
@@ -51,6 +54,7 @@ def build_core(settings: Settings) -> MemoryCore:
                       encode=encode_event)
     core = MemoryCore(adapter, limits=limits, events=events)
     core.on_close.append(adapter.close)
+    core.shim_version = SHIM_VERSION
     return core
 
 

@@ -93,7 +93,7 @@ class Version(Response):
     version: str
     api: str
     boot_id: str
-    shim_version: int
+    shim_version: int | None
 
 
 # -- VMs --------------------------------------------------------------------------------

@@ -365,7 +365,7 @@ def events(vm: Annotated[Optional[str], typer.Option("--vm")] = None,
     vm_id = resolve_vm(vm) if vm else None
     if not follow:
         c = client()
-        params = {"since_seq": since if since is not None else 0, "wait": 0, **({"vm_id": vm_id} if vm_id else {}),
+        params: dict[str, Any] = {"since_seq": since if since is not None else 0, "wait": 0, **({"vm_id": vm_id} if vm_id else {}),
                   **({"types": ",".join(type_)} if type_ else {})}
         response = c.http.get("/v1/events", params=params)
         if response.status_code >= 400:

@@ -111,13 +111,13 @@ def plan(client: Client, layout: dict[str, Any], prune: bool = True) -> Plan:
                 "shared": s.get("shared"), "private": s.get("private")}
         desired[body["slot"]] = body
     for slot_id, have in current.items():
-        want = desired.get(slot_id)
-        if want is None:
+        wanted = desired.get(slot_id)
+        if wanted is None:
             if prune:
                 p.delete_slots.append(slot_id)
-        elif have != _slot_key(want):
+        elif have != _slot_key(wanted):
             p.delete_slots.append(slot_id)
-            p.create_slots.append(want)
+            p.create_slots.append(wanted)
         else:
             p.unchanged += 1
     p.create_slots += [w for sid, w in desired.items() if sid not in current]
@@ -153,8 +153,8 @@ def execute(client: Client, p: Plan, progress: Callable[[int], None] = lambda n:
         chunk = ops[start:start + 4096]
         client.batch(vm_id, chunk)
         progress(len(chunk))
-    for g in p.delete_gmems:
-        client.delete_guest_memfd(vm_id, g)
-    for m in p.delete_shms:
-        client.delete_shared_memory(vm_id, m)
+    for gmem_id in p.delete_gmems:
+        client.delete_guest_memfd(vm_id, gmem_id)
+    for shm_id in p.delete_shms:
+        client.delete_shared_memory(vm_id, shm_id)
     return vm_id

@@ -18,12 +18,14 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect, unix_connect
+from websockets.typing import Subprotocol
 
 from .errors import BadRequest, CursorGone, TransportError, Unauthorized
 
 __all__ = ["Event", "EventStream"]
 
 Event = dict[str, Any]
+SUBPROTOCOL = Subprotocol("memslotd.v1")
 GONE = 4410
 MAX_RETRY_S = 5.0
 
@@ -71,10 +73,10 @@ class EventStream:
                     cafile=self.verify if isinstance(self.verify, str) else None)
                 if self.cert:
                     ctx.load_cert_chain(*self.cert)
-            return connect(base + self._query(), additional_headers=headers, ssl=ctx, subprotocols=["memslotd.v1"],
+            return connect(base + self._query(), additional_headers=headers, ssl=ctx, subprotocols=[SUBPROTOCOL],
                            open_timeout=10, max_size=None)
         return unix_connect(self.socket, "ws://memslotd" + self._query(), additional_headers=headers,
-                            subprotocols=["memslotd.v1"], open_timeout=10, max_size=None)
+                            subprotocols=[SUBPROTOCOL], open_timeout=10, max_size=None)
 
     def _handle(self, message: Event) -> Event | None:
         """Track the cursor; return what the caller should see (None: nothing)."""

@@ -64,9 +64,11 @@ class ConversionService:
     def _plan(self, vm: VMRecord, r: Range, to: str) -> tuple[list[Piece], list[Range]]:
         """Check coverage and private parts; return the pieces that change and those already in state."""
         slots = list(vm.slots.overlapping(r))
-        covered = sum(s.gpa_range.intersection(r).size for s in slots)  # type: ignore[union-attr]
+        covered = sum(s.gpa_range.end - s.gpa_range.start - max(0, r.start - s.guest_phys_addr)
+                      - max(0, s.gpa_range.end - r.end) for s in slots)
         if covered != r.size:
-            gaps, cursor = [], r.start
+            gaps: list[dict[str, int]] = []
+            cursor = r.start
             for s in slots:
                 if s.guest_phys_addr > cursor:
                     gaps.append({"guest_phys_addr": cursor, "size": s.guest_phys_addr - cursor})

@@ -10,7 +10,7 @@ from .batch import BatchService
 from .conversion import ConversionService
 from .memslots import MemslotService
 from .probe import ProbeService
-from .ports import KernelPort
+from .ports import HostInfo, KernelPort
 from .registry import Registry
 
 __all__ = ["MemoryCore"]
@@ -26,9 +26,10 @@ class MemoryCore:
         self.probe = ProbeService(self.registry)
         self.batch = BatchService(self.memslots)
         self.on_close: list[Callable[[], None]] = []  # e.g. closing /dev/kvm after every VM
+        self.shim_version: int | None = None  # set by whoever wires the kernel layer in
 
     @property
-    def host(self):  # type: ignore[no-untyped-def]
+    def host(self) -> HostInfo:
         return self.registry.host
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ these shapes. Kernel failures arrive as ``OSError`` (errno, maybe ``ioctl``).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["KernelPort", "VMPort", "GuestMemfdPort", "SharedMemoryPort", "MappingPort", "GuestRunnerPort",
            "ProbeOutcome", "HostInfo"]
@@ -49,9 +49,12 @@ class SharedMemoryPort(_Closable, Protocol):
 
 
 class ProbeOutcome(Protocol):
-    ok: bool
-    data: bytes | None
-    exit: object | None
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def data(self) -> bytes | None: ...
+    @property
+    def exit(self) -> Any: ...
 
 
 class GuestRunnerPort(_Closable, Protocol):
@@ -70,18 +73,43 @@ class VMPort(_Closable, Protocol):
 
 
 class HostInfo(Protocol):
-    page_size: int
-    max_memslots: int
-    vm_types: tuple[str, ...]
-    guest_memfd_flags: int
-    memory_attributes: int
-    memory_attributes_ioctl: bool
+    """Read-only facts about the host (``memslotd.kvm.HostCapabilities`` is one)."""
+
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def max_memslots(self) -> int: ...
+    @property
+    def vm_types(self) -> tuple[str, ...]: ...
+    @property
+    def guest_memfd_flags(self) -> int: ...
+    @property
+    def memory_attributes(self) -> int: ...
+    @property
+    def memory_attributes_ioctl(self) -> bool: ...
+    @property
+    def api_version(self) -> int: ...
+    @property
+    def kernel_release(self) -> str: ...
+    @property
+    def arch(self) -> str: ...
+    @property
+    def user_memory2(self) -> bool: ...
+    @property
+    def guest_memfd(self) -> bool: ...
+    @property
+    def memory_fault_info(self) -> bool: ...
+    @property
+    def pre_fault_memory(self) -> bool: ...
+    @property
+    def memory_failure(self) -> bool: ...
 
 
 class KernelPort(Protocol):
-    """Factory for kernel objects (implemented by ``memslotd.daemon.KernelAdapter``)."""
+    """Factory for kernel objects (implemented by ``memslotd.adapter.KernelAdapter``)."""
 
-    host: HostInfo
+    @property
+    def host(self) -> HostInfo: ...
 
     def create_vm(self, vm_type: str) -> VMPort: ...
     def create_shared_memory(self, name: str, size: int, hugepage_size: int | None) -> SharedMemoryPort: ...

@@ -136,7 +136,8 @@ class Registry:
     def _check_name_free(vm: VMRecord, name: str | None) -> None:
         if name is None:
             return
-        for obj in (*vm.gmems.values(), *vm.shms.values()):
+        objects: list[GmemRecord | ShmRecord] = [*vm.gmems.values(), *vm.shms.values()]
+        for obj in objects:
             if obj.name == name:
                 raise Conflict(f"VM {vm.id} already has an object named {name!r} ({obj.id})", code="NAME_TAKEN", id=obj.id)
 

@@ -65,8 +65,7 @@ class GuestRunner:
         self._vm = vm
         self._timeout_ms = timeout_ms
         self._window = SharedMemory.create("memslotd-probe", WINDOW_SIZE)
-        self._mem = self._window.mapping
-        assert self._mem is not None
+        self._mem = self._window.map()
         self._next_table = _POOL
         self._tables: dict[tuple[int, ...], int] = {}  # (level, index path) -> table offset
         self._next_vcpu_id = 0

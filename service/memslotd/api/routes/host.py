@@ -41,6 +41,4 @@ async def healthz(core: CoreDep) -> Any:
 
 @router.get("/version", response_model=Version)
 async def version(core: CoreDep) -> Any:
-    from ...kvm._lib import SHIM_VERSION  # the version pin is the only thing the API reads from kvm
-
-    return {"version": __version__, "api": "v1", "boot_id": core.events.boot_id, "shim_version": SHIM_VERSION}
+    return {"version": __version__, "api": "v1", "boot_id": core.events.boot_id, "shim_version": core.shim_version}

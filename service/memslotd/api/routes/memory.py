@@ -41,7 +41,8 @@ async def attributes(
     """Run-length private/shared ranges over the VM's memslots (gaps are not guest memory)."""
     vm = core.registry.vm(vm_id)
     start = max(gpa_start, int(cursor, 16)) if cursor else gpa_start
-    ranges, next_cursor = [], None
+    ranges: list[dict[str, Any]] = []
+    next_cursor = None
     for r, state in vm.attributes.runs(Range(start, max(gpa_end, start + 1))):
         if len(ranges) == limit:
             next_cursor = f"{r.start:x}"

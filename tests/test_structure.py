@@ -1,0 +1,52 @@
+"""The code's shape: imports go one way between layers, and the package type-checks."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "service" / "memslotd"
+
+# layer -> modules it must never import (docs/design.md, STYLE.md)
+FORBIDDEN = {
+    "kvm": ("memslotd.core", "memslotd.api", "memslotd.client", "memslotd.cli", "fastapi", "pydantic"),
+    "core": ("memslotd.kvm", "memslotd._native", "memslotd.api", "memslotd.client", "memslotd.cli", "fastapi",
+             "pydantic", "cffi"),
+    "api": ("memslotd.kvm", "memslotd._native", "memslotd.client", "memslotd.cli"),
+    "client": ("memslotd.core", "memslotd.kvm", "memslotd._native", "fastapi"),
+    "cli": ("memslotd.core", "memslotd.kvm", "memslotd._native", "fastapi"),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    package = "memslotd." + ".".join(path.relative_to(PKG).with_suffix("").parts[:-1])
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                out.add(".".join(base + ([node.module] if node.module else [])))
+            elif node.module:
+                out.add(node.module)
+    return out
+
+
+def test_layers_import_one_way():
+    broken = []
+    for layer, forbidden in FORBIDDEN.items():
+        for path in (PKG / layer).rglob("*.py"):
+            for name in _imports(path):
+                if any(name == f or name.startswith(f + ".") for f in forbidden):
+                    broken.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not broken, "\n".join(broken)
+
+
+def test_the_package_type_checks():
+    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
