@@ -89,7 +89,7 @@ class PeerCredHttp(HttpToolsProtocol):
 
     peer: tuple[int, int, int] | None = None
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
