@@ -119,6 +119,7 @@ def test_attribute_map_equals_a_per_page_model(operations):
         got = [(r.start, r.end, s) for r, s in amap.runs(Range(0, 1000))]
         assert got == model.runs()
         assert len(amap) == len(model.runs())  # runs are always maximal
+        assert amap.private_bytes == sum(1 for v in model.pages.values() if v == PRIVATE)
 
 
 def test_attribute_runs_are_clipped():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.attributes import PRIVATE
-from ..core.ranges import Range
 from ..core.records import GmemRecord, ShmRecord, VMRecord
 from ..core.slots import Slot
 
@@ -14,22 +12,15 @@ __all__ = ["vm_read", "gmem_read", "shm_read", "slot_read"]
 
 def vm_read(vm: VMRecord, enforcement: str) -> dict[str, Any]:
     used = len(vm.slots)
-    slot_bytes = 0
-    for slot in vm.slots:
-        slot_bytes += slot.memory_size
-    private = sum(r.size for r, state in vm.attributes.runs(_everything()) if state == PRIVATE)
     return {
         "id": vm.id, "type": vm.type, "name": vm.name, "created_at": vm.created_at,
         "memslots": {"used": used, "free": vm.slots.max_slots - used, "max": vm.slots.max_slots},
         "guest_memfds": len(vm.gmems), "shared_memory_regions": len(vm.shms),
         "guest_memfd_bytes": sum(g.size for g in vm.gmems.values()),
         "shared_memory_bytes": sum(m.size for m in vm.shms.values()),
-        "slot_bytes": slot_bytes, "private_bytes": private, "conversion_enforcement": enforcement,
+        "slot_bytes": vm.slots.total_bytes, "private_bytes": vm.attributes.private_bytes,
+        "conversion_enforcement": enforcement,
     }
-
-
-def _everything() -> Range:
-    return Range(0, 1 << 64)
 
 
 def gmem_read(vm: VMRecord, gmem: GmemRecord) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def _unpack(value: int) -> tuple[int, str]:
 class AttributeMap:
     def __init__(self) -> None:
         self._runs: SortedDict = SortedDict()  # start -> packed(end, state)
+        self.private_bytes = 0  # kept current by every update: reading it is O(1)
 
     def __len__(self) -> int:
         """Number of runs (fragments)."""
@@ -74,14 +75,18 @@ class AttributeMap:
     def add(self, r: Range, state: str) -> None:
         """Cover a new (uncovered) range, e.g. a new slot."""
         self._runs[r.start] = _pack(r.end, state)
+        if state == PRIVATE:
+            self.private_bytes += r.size
         self._merge_around(r)
 
     def remove(self, r: Range) -> None:
         """Forget a range, e.g. a deleted slot."""
         self._split_at(r.start)
         self._split_at(r.end)
-        for start, _, _ in self._pieces(r):
+        for start, end, state in self._pieces(r):
             del self._runs[start]
+            if state == PRIVATE:
+                self.private_bytes -= end - start
 
     def assign(self, r: Range, state: str) -> list[tuple[Range, str]]:
         """Set the covered parts of ``r`` to ``state``; return the pieces that changed with their old state."""
@@ -91,6 +96,7 @@ class AttributeMap:
         for start, end, old in self._pieces(r):
             if old != state:
                 self._runs[start] = _pack(end, state)
+                self.private_bytes += (end - start) if state == PRIVATE else -(end - start)
                 if changed and changed[-1][0].end == start and changed[-1][1] == old:
                     changed[-1] = (Range(changed[-1][0].start, end), old)
                 else:

@@ -55,6 +55,7 @@ class MemslotTable:
         self._by_id: dict[int, Slot] = {}
         self._by_gpa: SortedDict = SortedDict()  # start -> slot id
         self._free: SortedList = SortedList(range(max_slots))
+        self.total_bytes = 0  # kept current: reading it is O(1)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -101,6 +102,7 @@ class MemslotTable:
         return items, None
 
     def add(self, slot: Slot) -> None:
+        self.total_bytes += slot.memory_size
         self._by_id[slot.slot_id] = slot
         self._by_gpa[slot.guest_phys_addr] = slot.slot_id
         self._free.remove(slot.slot_id)
@@ -113,6 +115,7 @@ class MemslotTable:
 
     def remove(self, slot_id: int) -> Slot:
         slot = self._by_id.pop(slot_id)
+        self.total_bytes -= slot.memory_size
         del self._by_gpa[slot.guest_phys_addr]
         self._free.add(slot_id)
         return slot
