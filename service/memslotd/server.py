@@ -1,0 +1,120 @@
+"""The servers: uvicorn instances sharing one app and one event loop (imported after the
+sockets are bound, see ``memslotd.daemon.serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from . import __version__
+from .adapter import build_core
+from .api.app import create_app
+from .api.auth import TokenStore
+from .settings import Settings
+from .systemd import notify
+
+__all__ = ["run"]
+
+log = logging.getLogger("memslotd")
+
+
+class PeerCredHttp(HttpToolsProtocol):
+    """Adds the Unix peer's (pid, uid, gid) from SO_PEERCRED to every request's scope."""
+
+    peer: tuple[int, int, int] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                self.peer = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.peer is not None:
+            self.scope["memslotd.peer"] = self.peer  # type: ignore[typeddict-unknown-key]
+
+
+class _Server(uvicorn.Server):
+    """One of the servers sharing the loop. A signal stops them all; uvicorn would also
+    re-raise it after shutdown, killing the process before it removes its sockets."""
+
+    def __init__(self, config: uvicorn.Config, group: list["_Server"]):
+        super().__init__(config)
+        self.group = group
+        group.append(self)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        for server in self.group:
+            uvicorn.Server.handle_exit(server, sig, frame)
+            server._captured_signals.clear()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Graceful stop, in an order that lets subscribers hear it: stop accepting, let
+        in-flight mutations finish (each VM's lock), delete every VM (``vm.deleted``
+        events), give the streams a moment to flush, then close connections."""
+        if self is self.group[0]:
+            notify("STOPPING=1", "STATUS=stopping: deleting VMs")
+            for server in self.servers:
+                server.close()
+            core = _core_of(self.config.loaded_app)
+            if core is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(core.registry.close_all(), self.config.timeout_graceful_shutdown or 10)
+                for _ in range(50):  # bounded: at most 0.5 s for subscribers to drain
+                    if not core.events.any_pending():
+                        break
+                    await asyncio.sleep(0.01)
+        await super().shutdown(sockets)
+
+
+def _core_of(app: Any) -> Any:
+    """The MemoryCore behind uvicorn's middleware wrappers (None before the lifespan ran)."""
+    while app is not None and not hasattr(app, "state"):
+        app = getattr(app, "app", None)
+    return getattr(getattr(app, "state", None), "core", None)
+
+
+def _address(sock: socket.socket) -> Any:
+    name = sock.getsockname()
+    return (name, None) if isinstance(name, str) else (str(name[0]), int(name[1]))
+
+
+async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.socket | None,
+              tokens: TokenStore | None) -> None:
+    listeners = {_address(s): kind for s, kind in unix.items()}
+    if tcp is not None:
+        listeners[_address(tcp)] = "tcp"
+    app = create_app(settings, lambda: build_core(settings), listeners=listeners, default_listener="tcp", tokens=tokens)
+    common: dict[str, Any] = dict(loop="uvloop", ws="websockets-sansio", log_level=settings.log_level, access_log=False,
+                                  timeout_graceful_shutdown=10, ws_ping_interval=20.0, ws_ping_timeout=20.0, proxy_headers=False,
+                                  log_config=None)
+    group: list[_Server] = []
+    primary = _Server(uvicorn.Config(app, http=PeerCredHttp, lifespan="on", **common), group)
+    tasks = [asyncio.create_task(primary.serve(sockets=list(unix)))]
+    while not primary.started and not tasks[0].done():
+        await asyncio.sleep(0.005)
+    if tcp is not None and primary.started:
+        tls: dict[str, Any] = {}
+        if settings.tls_cert:
+            tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+            if settings.tls_client_ca:
+                import ssl
+
+                tls.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+        secondary = _Server(uvicorn.Config(app, http="httptools", lifespan="off", **common, **tls), group)
+        tasks.append(asyncio.create_task(secondary.serve(sockets=[tcp])))
+    if primary.started:
+        notify("READY=1", f"STATUS=serving on {', '.join(str(a[0]) for a in listeners)}", f"MAINPID={os.getpid()}")
+        log.info("memslotd %s ready", __version__, extra={"listeners": [f"{k}:{a[0]}" for a, k in listeners.items()]})
+    await asyncio.gather(*tasks)
