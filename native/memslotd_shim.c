@@ -19,7 +19,6 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -167,15 +166,6 @@ int msd_memfd_create(const char *name, unsigned int flags)
 int msd_ftruncate(int fd, int64_t size)
 {
     return ftruncate(fd, size) < 0 ? neg_errno() : 0;
-}
-
-int msd_fstat_size(int fd, int64_t *size)
-{
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return neg_errno();
-    *size = st.st_size;
-    return 0;
 }
 
 int msd_mmap(int fd, uint64_t len, int prot, int flags, int64_t offset, uint64_t *addr)

@@ -24,7 +24,6 @@ int msd_set_memory_attributes(int, uint64_t, uint64_t, uint64_t);
 int msd_fallocate(int, int, int64_t, int64_t);
 int msd_memfd_create(const char *, unsigned int);
 int msd_ftruncate(int, int64_t);
-int msd_fstat_size(int, int64_t *);
 int msd_mmap(int, uint64_t, int, int, int64_t, uint64_t *);
 int msd_munmap(uint64_t, uint64_t);
 int msd_madvise(uint64_t, uint64_t, int);

@@ -9,8 +9,9 @@ Every mutating call, and every refusal, leaves one audit line.
 
 from __future__ import annotations
 
-import json
 import time
+
+import orjson
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import RequestLog
 from .auth import TokenStore, required_scope
+from .problems import problem_body
 
 __all__ = ["AccessControl", "REQUEST_SECONDS"]
 
@@ -26,11 +28,6 @@ REQUEST_SECONDS = Histogram("memslotd_request_duration_seconds", "API request la
                             buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.5, 10))
 DENIED = Counter("memslotd_requests_denied_total", "requests refused by access control", ["reason"])
 TOKEN_SUBPROTOCOL = "memslotd.token."
-
-
-def _problem(status: int, code: str, detail: str) -> bytes:
-    return json.dumps({"type": f"urn:memslotd:problem:{code.lower().replace('_', '-')}", "title": detail,
-                       "status": status, "detail": detail, "code": code}).encode()
 
 
 class AccessControl:
@@ -122,7 +119,7 @@ class AccessControl:
         if scope["type"] == "websocket":  # refusing the handshake answers with HTTP 403
             await send({"type": "websocket.close", "code": 4401 if status == 401 else 4403, "reason": code})
             return
-        body = _problem(status, code, detail)
+        body = orjson.dumps(problem_body(status, code, "Unauthorized" if status == 401 else "Forbidden", detail))
         headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
                    self.state.boot_header]
         if status == 401:

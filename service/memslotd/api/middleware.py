@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .problems import problem_body
 
 __all__ = ["LimitsAndHeaders"]
 
 
 class BodyTooLarge(Exception):
     pass
-
-
-def _problem(status: int, code: str, detail: str) -> bytes:
-    return json.dumps({"type": f"urn:memslotd:problem:{code.lower().replace('_', '-')}", "title": detail,
-                       "status": status, "detail": detail, "code": code}).encode()
 
 
 class LimitsAndHeaders:
@@ -64,7 +61,8 @@ class LimitsAndHeaders:
                 await self._reject(send, limit)
 
     async def _reject(self, send: Send, limit: int) -> None:
-        body = _problem(413, "BODY_TOO_LARGE", f"request body exceeds {limit} bytes")
+        body = orjson.dumps(problem_body(413, "BODY_TOO_LARGE", "Request body too large",
+                                         f"request body exceeds {limit} bytes"))
         headers: list[Any] = [(b"content-type", b"application/problem+json"),
                               (b"content-length", str(len(body)).encode()), self.state.boot_header]
         await send({"type": "http.response.start", "status": 413, "headers": headers})

@@ -23,7 +23,7 @@ from ..core.errors import (
     QuotaExceeded, VMBusy,
 )
 
-__all__ = ["install_problem_handlers", "problem_response", "STATUS_BY_CLASS", "PROBLEM_MEDIA_TYPE"]
+__all__ = ["install_problem_handlers", "problem_body", "problem_response", "STATUS_BY_CLASS", "PROBLEM_MEDIA_TYPE"]
 
 log = logging.getLogger("memslotd.api")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -48,12 +48,15 @@ def status_of(exc: DomainError) -> int:
     return 500
 
 
+def problem_body(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
+    """The RFC 9457 core every problem answer shares (also used by the pure-ASGI middlewares)."""
+    return {"type": f"urn:memslotd:problem:{code.lower().replace('_', '-')}", "title": title, "status": status,
+            "detail": detail, "code": code}
+
+
 def problem_response(status: int, code: str, title: str, detail: str, request: Request | None = None,
                      **fields: Any) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": f"urn:memslotd:problem:{code.lower().replace('_', '-')}",
-        "title": title, "status": status, "detail": detail, "code": code,
-    }
+    body = problem_body(status, code, title, detail)
     if request is not None:
         body["instance"] = request.url.path
     for key in ("errno", "errno_name", "ioctl", "errors"):

@@ -31,12 +31,6 @@ class Range:
         start, end = max(self.start, other.start), min(self.end, other.end)
         return Range(start, end) if start < end else None
 
-    def contains(self, other: "Range") -> bool:
-        return self.start <= other.start and other.end <= self.end
-
-    def shift(self, delta: int) -> "Range":
-        return Range(self.start + delta, self.end + delta)
-
 
 def check_aligned_range(start: int, size: int, page_size: int, *, what: str, limit: int = MAX_JSON_INT) -> Range:
     """Non-empty, page aligned, no overflow: the rules every kernel range shares."""

@@ -5,7 +5,6 @@ Untyped cffi objects never leave the ``memslotd.kvm`` package.
 
 from __future__ import annotations
 
-import errno as _errno
 import os
 
 from .errors import KVMError
@@ -32,7 +31,3 @@ def check(result: int, ioctl: str, **context: object) -> int:
         code = -result
         raise KVMError(code, f"{ioctl}: {os.strerror(code)}", ioctl=ioctl, context=context)
     return result
-
-
-def errno_name(code: int) -> str:
-    return _errno.errorcode.get(code, str(code))

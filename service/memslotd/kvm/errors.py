@@ -23,10 +23,6 @@ class KVMError(OSError):
         self.ioctl = ioctl
         self.context = dict(context or {})
 
-    @property
-    def errno_name(self) -> str:
-        return _errno.errorcode.get(self.errno or 0, str(self.errno))
-
 
 class FdClosedError(KVMError):
     def __init__(self, what: str, ioctl: str):

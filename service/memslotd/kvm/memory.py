@@ -124,13 +124,3 @@ class SharedMemory(_FileBacked):
         assert self.mapping is not None
         return self.mapping.address
 
-
-def fstat_size(fd: int) -> int:
-    out = ffi.new("int64_t *")
-    check(lib.msd_fstat_size(fd, out), "fstat")
-    return int(out[0])
-
-
-def open_fd_count() -> int:
-    """Number of fds this process holds (for leak checks)."""
-    return len(os.listdir("/proc/self/fd"))

@@ -19,8 +19,6 @@ class Cap(enum.IntEnum):
     """``KVM_CHECK_EXTENSION`` numbers used by memslotd (never beyond 244, see §2.2)."""
 
     NR_MEMSLOTS = 10
-    MAX_VCPUS = 66
-    EXIT_HYPERCALL = 201
     USER_MEMORY2 = 231
     MEMORY_FAULT_INFO = 232
     MEMORY_ATTRIBUTES = 233

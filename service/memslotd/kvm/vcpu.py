@@ -10,8 +10,7 @@ from .fd import OwnedFd
 
 __all__ = ["VCPUFd", "VCPUExit", "EXIT_REASONS"]
 
-EXIT_IO, EXIT_HLT, EXIT_MMIO, EXIT_SHUTDOWN = 2, 5, 6, 8
-EXIT_INTERNAL_ERROR, EXIT_MEMORY_FAULT = 17, 39
+EXIT_MMIO, EXIT_MEMORY_FAULT = 6, 39
 EXIT_REASONS = {
     0: "unknown", 1: "exception", 2: "io", 3: "hypercall", 4: "debug", 5: "hlt", 6: "mmio",
     8: "shutdown", 9: "fail_entry", 17: "internal_error", 39: "memory_fault",
