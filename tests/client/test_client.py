@@ -102,3 +102,17 @@ def test_event_iterator_raises_gone_when_the_daemon_restarted(short_tmp):
         assert announced == ["vm.deleted"]  # the graceful stop announced the VM first
     finally:
         d2.stop()
+
+
+def test_client_dry_run_and_preconditions(daemon):
+    with Client(str(daemon.socket_path)) as c:
+        vm = c.create_vm()
+        shm = c.create_shared_memory(vm.id, 4 * MiB)
+        planned = c.put_memslot(vm.id, 0, 0, 4 * MiB, shared_memory_id=shm.id, dry_run=True)
+        assert planned.slot == 0 and c.list_memslots(vm.id).total == 0
+        c.put_memslot(vm.id, 0, 0, 4 * MiB, shared_memory_id=shm.id, if_none_match="*")
+        from memslotd.client.errors import MemslotdError
+
+        with pytest.raises(MemslotdError) as e:
+            c.put_memslot(vm.id, 0, GiB, 4 * MiB, shared_memory_id=shm.id, if_match='"stale"')
+        assert e.value.status == 412

@@ -2,7 +2,7 @@
 
 Status policy: 400 malformed JSON; 422 a request that parses but breaks a rule
 (field validation and kernel rules alike); 404 unknown id; 409 conflict with
-existing state; 413 body too large; 429 queue full or count quota; 501 missing
+existing state; 412 If-Match / If-None-Match failed; 413 body too large; 429 queue full or count quota; 501 missing
 capability; 503 host resources exhausted; 507 byte quota; 500 bugs only.
 """
 
@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..core.batch import BatchFailed
 from ..core.errors import (
     CapabilityMissing, Conflict, DomainError, HostResourcesExhausted, InvalidRequest, KernelError, NotFound,
-    QuotaExceeded, VMBusy,
+    PreconditionFailed, QuotaExceeded, VMBusy,
 )
 
 __all__ = ["install_problem_handlers", "problem_body", "problem_response", "STATUS_BY_CLASS", "PROBLEM_MEDIA_TYPE"]
@@ -29,7 +29,8 @@ log = logging.getLogger("memslotd.api")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 STATUS_BY_CLASS: list[tuple[type[DomainError], int]] = [
-    (InvalidRequest, 422), (NotFound, 404), (Conflict, 409), (CapabilityMissing, 501), (VMBusy, 429),
+    (InvalidRequest, 422), (NotFound, 404), (Conflict, 409), (PreconditionFailed, 412), (CapabilityMissing, 501),
+    (VMBusy, 429),
     (HostResourcesExhausted, 503), (KernelError, 500),
 ]
 STATUS_BY_CODE = {"RANGE_NOT_ALIGNED": 422}

@@ -67,7 +67,7 @@ class Client(Operations):
 
     def _execute(self, call: Call) -> Any:
         try:
-            response = self.http.request(call.method, call.path, json=call.json, params=call.params)
+            response = self.http.request(call.method, call.path, json=call.json, params=call.params, headers=call.headers)
         except httpx.TransportError as exc:
             raise TransportError(f"cannot reach memslotd: {exc}") from exc
         return _result(call, response)
@@ -102,7 +102,8 @@ class AsyncClient(Operations):
 
     async def _run(self, call: Call) -> Any:
         try:
-            response = await self.http.request(call.method, call.path, json=call.json, params=call.params)
+            response = await self.http.request(call.method, call.path, json=call.json, params=call.params,
+                                               headers=call.headers)
         except httpx.TransportError as exc:
             raise TransportError(f"cannot reach memslotd: {exc}") from exc
         return _result(call, response)

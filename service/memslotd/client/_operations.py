@@ -19,6 +19,7 @@ class Call:
     params: dict[str, Any] | None = None
     model: type | None = None  # parse the answer with this pydantic model
     raw: bool = False  # return the text (NDJSON, metrics)
+    headers: dict[str, str] | None = None
 
 
 def _body(**fields: Any) -> dict[str, Any]:
@@ -107,11 +108,16 @@ class Operations:
                      shared=_part("shared_memory", shared_memory_id, shared_offset),
                      private=_part("guest_memfd", guest_memfd_id, private_offset))
 
-    def put_memslot(self, vm_id: str, slot: int | None, guest_phys_addr: int, memory_size: int, **parts: Any) -> Any:
+    def put_memslot(self, vm_id: str, slot: int | None, guest_phys_addr: int, memory_size: int, *,
+                    dry_run: bool = False, if_match: str | None = None, if_none_match: str | None = None,
+                    **parts: Any) -> Any:
         body = self.slot_body(guest_phys_addr, memory_size, **parts)
+        params = {"dry_run": "true"} if dry_run else None
+        headers = _body(**{"If-Match": if_match, "If-None-Match": if_none_match}) or None
         if slot is None:
-            return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots", body, model=s.MemslotRead))
-        return self._execute(Call("PUT", f"/v1/vms/{vm_id}/memslots/{slot}", body, model=s.MemslotRead))
+            return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots", body, params, s.MemslotRead))
+        return self._execute(Call("PUT", f"/v1/vms/{vm_id}/memslots/{slot}", body, params, s.MemslotRead,
+                                  headers=headers))
 
     def list_memslots(self, vm_id: str, gpa_start: int = 0, gpa_end: int | None = None, limit: int = 100,
                       cursor: str | None = None) -> Any:
@@ -121,11 +127,13 @@ class Operations:
     def get_memslot(self, vm_id: str, slot: int) -> Any:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}/memslots/{slot}", model=s.MemslotRead))
 
-    def delete_memslot(self, vm_id: str, slot: int) -> Any:
-        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}/memslots/{slot}"))
+    def delete_memslot(self, vm_id: str, slot: int, *, dry_run: bool = False, if_match: str | None = None) -> Any:
+        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}/memslots/{slot}", params={"dry_run": "true"} if dry_run
+                                  else None, headers={"If-Match": if_match} if if_match else None))
 
-    def batch(self, vm_id: str, ops: list[dict[str, Any]]) -> Any:
-        return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots:batch", {"ops": ops}, model=s.BatchResponse))
+    def batch(self, vm_id: str, ops: list[dict[str, Any]], *, dry_run: bool = False) -> Any:
+        return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots:batch", {"ops": ops},
+                                  {"dry_run": "true"} if dry_run else None, s.BatchResponse))
 
     # -- memory ---------------------------------------------------------------------------
     def convert(self, vm_id: str, guest_phys_addr: int, size: int, to: str, discard: bool = True) -> Any:

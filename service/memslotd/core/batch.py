@@ -58,7 +58,9 @@ class BatchService:
         self.memslots = memslots
         self.reg = memslots.reg
 
-    async def apply(self, vm_id: str, ops: list[BatchOp]) -> list[dict[str, Any]]:
+    async def apply(self, vm_id: str, ops: list[BatchOp], *, dry_run: bool = False) -> list[dict[str, Any]]:
+        """``dry_run`` validates every op against the state the ops before it leave, then
+        undoes the tables: nothing reaches the kernel, nothing is announced."""
         vm = self.reg.vm(vm_id)
         async with vm.mutation():
             done: list[_Step] = []
@@ -66,8 +68,11 @@ class BatchService:
                 try:
                     step = self._plan_one(vm, op)
                 except DomainError as exc:
-                    self._undo(vm, done)
+                    self._undo(vm, done, kernel=not dry_run)
                     raise BatchFailed(f"op {index} ({op.op}): {exc.detail}", exc, index) from exc
+                if dry_run:
+                    done.append(step)
+                    continue
                 try:
                     self._kernel(vm, step, forward=True)
                 except OSError as exc:
@@ -77,6 +82,9 @@ class BatchService:
                     raise BatchFailed(f"op {index} ({step.op} slot {step.slot.slot_id}): {cause.detail}", cause,
                                       index) from exc
                 done.append(step)
+            if dry_run:
+                self._undo(vm, done, kernel=False)
+                return [self._result(step) for step in done]
             return self._announce(vm, done)
 
     def _plan_one(self, vm: VMRecord, op: BatchOp) -> _Step:
@@ -110,12 +118,13 @@ class BatchService:
             for r, state in step.attributes:
                 vm.attributes.assign(r, state)
 
-    def _undo(self, vm: VMRecord, done: list[_Step]) -> None:
+    def _undo(self, vm: VMRecord, done: list[_Step], *, kernel: bool = True) -> None:
         for step in reversed(done):
-            try:
-                self._kernel(vm, step, forward=False)
-            except OSError:  # pragma: no cover - the kernel accepted the opposite call a moment ago
-                pass
+            if kernel:
+                try:
+                    self._kernel(vm, step, forward=False)
+                except OSError:  # pragma: no cover - the kernel accepted the opposite call a moment ago
+                    pass
             self._undo_tables(vm, step)
 
     def _kernel(self, vm: VMRecord, step: _Step, *, forward: bool) -> None:
@@ -136,7 +145,11 @@ class BatchService:
                 self.reg.emit("memory.invalidate_start", vm.id, **info, batch=True)
                 self.reg.emit("memory.invalidate_end", vm.id, **info, batch=True)
                 self.reg.emit("memslot.deleted", vm.id, **slot_event(step.slot), batch=True)
-            results.append({"op": step.op if step.op != "unchanged" else "create", "slot": step.slot.slot_id,
-                            "result": {"create": "created", "delete": "deleted", "unchanged": "unchanged"}[step.op]})
+            results.append(self._result(step))
         return results
+
+    @staticmethod
+    def _result(step: _Step) -> dict[str, Any]:
+        return {"op": step.op if step.op != "unchanged" else "create", "slot": step.slot.slot_id,
+                "result": {"create": "created", "delete": "deleted", "unchanged": "unchanged"}[step.op]}
 

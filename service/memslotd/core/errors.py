@@ -10,6 +10,7 @@
      ├── Conflict              clashes with existing state (409)
      │    ├── SlotOverlap, SlotExists, SlotImmutable, GmemRangeBound, ResourceBusy,
      │    ├── GPAReserved, RangeNotCovered, NoPrivatePart, SlotBudgetExhausted
+     ├── PreconditionFailed    If-Match / If-None-Match did not hold (412)
      ├── CapabilityMissing     this host cannot do it (501)
      ├── QuotaExceeded         a configured limit (429 for counts/rates, 507 for bytes)
      ├── VMBusy                the VM's mutation queue is full (429)
@@ -23,7 +24,7 @@ import errno as _errno
 from typing import Any
 
 __all__ = [
-    "DomainError", "InvalidRequest", "NotFound", "Conflict", "CapabilityMissing", "QuotaExceeded",
+    "DomainError", "InvalidRequest", "NotFound", "Conflict", "PreconditionFailed", "CapabilityMissing", "QuotaExceeded",
     "VMBusy", "HostResourcesExhausted", "KernelError", "kernel_error",
 ]
 
@@ -54,6 +55,11 @@ class NotFound(DomainError):
 class Conflict(DomainError):
     code = "CONFLICT"
     title = "Conflict with existing state"
+
+
+class PreconditionFailed(DomainError):
+    code = "PRECONDITION_FAILED"
+    title = "Precondition failed"
 
 
 class CapabilityMissing(DomainError):

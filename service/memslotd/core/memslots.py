@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from .attributes import PRIVATE, SHARED
-from .errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, kernel_error
+from .errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, QuotaExceeded, kernel_error
 from .records import VMRecord
 from .ranges import Range, check_aligned_range
 from .registry import Registry
@@ -110,8 +110,13 @@ class MemslotService:
                            code="SLOT_OVERLAP", slot=other.slot_id)
 
     # -- create / modify --------------------------------------------------------------
-    async def put(self, vm_id: str, slot_id: int | None, req: SlotRequest) -> tuple[Slot, bool]:
-        """Create (True) or return the identical existing slot / apply a move or flags change (False)."""
+    async def put(self, vm_id: str, slot_id: int | None, req: SlotRequest, *, dry_run: bool = False,
+                  if_match: str | None = None, if_none_match: str | None = None) -> tuple[Slot, bool]:
+        """Create (True) or return the identical existing slot / apply a move or flags change (False).
+
+        ``dry_run`` checks every rule and returns what would stand, without touching the kernel.
+        ``if_match`` / ``if_none_match`` are HTTP preconditions on the slot's ETag (412 when false).
+        """
         vm = self.reg.vm(vm_id)
         async with vm.mutation():
             if slot_id is None:
@@ -119,12 +124,15 @@ class MemslotService:
                 if slot_id is None:
                     raise QuotaExceeded(f"VM {vm.id} has no free slot id", code="SLOT_BUDGET_EXHAUSTED")
             existing = vm.slots.get(slot_id)
+            check_preconditions(existing, if_match, if_none_match)
             slot, flags = self._validate(vm, slot_id, req) if existing is None else self._validate_modify(vm, existing, req)
             if existing is not None and existing.same_request(slot):
                 return existing, False
             if existing is None and len(vm.slots) >= self.reg.limits.max_slots_per_vm:
                 raise QuotaExceeded(f"VM {vm.id} already has {len(vm.slots)} memslots", code="SLOT_QUOTA",
                                     limit=self.reg.limits.max_slots_per_vm)
+            if dry_run:
+                return slot, existing is None
             try:
                 # Inline on purpose: a memslot ioctl takes microseconds (the raw floor is ~4 us here),
                 # a thread hop costs ten times that. Long syscalls (punch, allocate, probe) go off the loop.
@@ -209,10 +217,13 @@ class MemslotService:
             vm.attributes.add(new.gpa_range, SHARED)  # only shared-only slots can move
 
     # -- delete -------------------------------------------------------------------------
-    async def delete(self, vm_id: str, slot_id: int) -> Slot:
+    async def delete(self, vm_id: str, slot_id: int, *, dry_run: bool = False, if_match: str | None = None) -> Slot:
         vm = self.reg.vm(vm_id)
         async with vm.mutation():
             slot = self.get(vm, slot_id)
+            check_preconditions(slot, if_match, None)
+            if dry_run:
+                return slot
             info = self._invalidation(vm, slot)
             self.reg.emit("memory.invalidate_start", vm.id, **info)
             try:
@@ -242,6 +253,19 @@ class MemslotService:
         if slot is None:
             raise NotFound(f"no slot {slot_id} in VM {vm.id}", code="SLOT_NOT_FOUND", slot=slot_id)
         return slot
+
+
+def check_preconditions(slot: Slot | None, if_match: str | None, if_none_match: str | None) -> None:
+    """RFC 9110 If-Match / If-None-Match on a slot's ETag (``*`` = any current slot)."""
+    if if_match is not None:
+        tags = {t.strip() for t in if_match.split(",")}
+        if slot is None or ("*" not in tags and slot.etag not in tags):
+            raise PreconditionFailed(f"If-Match {if_match} does not match the slot's ETag "
+                                     f"{slot.etag if slot else '(no slot)'}", etag=slot.etag if slot else None)
+    if if_none_match is not None and slot is not None:
+        tags = {t.strip() for t in if_none_match.split(",")}
+        if "*" in tags or slot.etag in tags:
+            raise PreconditionFailed(f"If-None-Match {if_none_match}: slot {slot.slot_id} exists", etag=slot.etag)
 
 
 def slot_event(slot: Slot) -> dict[str, Any]:

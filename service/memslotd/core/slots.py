@@ -38,6 +38,11 @@ class Slot:
         return Range.of(self.guest_phys_addr, self.memory_size)
 
     @property
+    def etag(self) -> str:
+        """Changes whenever the slot does (generation), and differs across delete + re-create."""
+        return f'"{self.slot_id}.{self.generation}.{int(self.created_at * 1e6):x}"'
+
+    @property
     def immutable(self) -> bool:
         """guest_memfd slots can only be deleted (kernel M11; older 6.18.y would allow a UAF)."""
         return self.private is not None

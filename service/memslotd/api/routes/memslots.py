@@ -9,19 +9,22 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from ...core import MemoryCore
 from ...core.batch import BatchOp
 from ...core.memslots import SlotRequest
 from ...core.ranges import Range
+from ...core.slots import Slot
 from ...core.slots import Backing
 from ..convert import slot_read
 from ..deps import CoreDep
 from ..schemas import BatchDelete, BatchRequest, BatchResponse, MemslotCreate, MemslotList, MemslotRead
-from ._common import SlotId, VMId, problems
+from ._common import DryRun, IfMatch, IfNoneMatch, SlotId, VMId, problems
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
 batch_router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memslots"])
 
-ERRORS = problems(400, 404, 409, 422, 429, 503)
+ERRORS = problems(400, 404, 409, 412, 422, 429, 503)
+DRY_RUN_HEADER = "memslotd-dry-run"
 
 
 _BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {
@@ -29,7 +32,7 @@ _BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json":
 
 
 @batch_router.post("/memslots:batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=_BATCH_BODY)
-async def batch(vm_id: VMId, request: Request, core: CoreDep) -> Any:
+async def batch(vm_id: VMId, request: Request, core: CoreDep, dry_run: DryRun = False) -> Any:
     """Up to 4096 creates and deletes, applied in order, all or nothing.
 
     On the first failure every applied op is rolled back and the answer (problem+json
@@ -46,8 +49,9 @@ async def batch(vm_id: VMId, request: Request, core: CoreDep) -> Any:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     ops = [BatchOp("delete", op.slot) if isinstance(op, BatchDelete) else BatchOp("create", op.slot, _request(op))
            for op in body.ops]
-    results = await core.batch.apply(vm_id, ops)
-    return Response(orjson.dumps({"results": results}), media_type="application/json")
+    results = await core.batch.apply(vm_id, ops, dry_run=dry_run)
+    return Response(orjson.dumps({"results": results}), media_type="application/json",
+                    headers={DRY_RUN_HEADER: "true"} if dry_run else None)
 
 
 def _request(body: MemslotCreate) -> SlotRequest:
@@ -61,25 +65,35 @@ def _request(body: MemslotCreate) -> SlotRequest:
 
 @router.put("/{slot}", status_code=201, response_model=MemslotRead, responses={200: {"model": MemslotRead,
             "description": "An identical slot exists (idempotent), or a shared-only slot was moved"}, **ERRORS})
-async def put_memslot(vm_id: VMId, slot: SlotId, body: MemslotCreate, core: CoreDep, response: Response) -> Any:
+async def put_memslot(vm_id: VMId, slot: SlotId, body: MemslotCreate, core: CoreDep, response: Response,
+                      dry_run: DryRun = False, if_match: IfMatch = None, if_none_match: IfNoneMatch = None) -> Any:
     """Create slot ``slot`` (201), or no-op on an identical slot (200).
 
     A shared-only slot may be moved (new ``guest_phys_addr``) or have ``log_dirty_pages``
     toggled (200). A slot with a private part can only be deleted (409 ``SLOT_IMMUTABLE``).
+    ``If-Match: <etag>`` acts only on the slot version you read; ``If-None-Match: *`` only creates.
     """
-    created_slot, created = await core.memslots.put(vm_id, slot, _request(body))
-    if not created:
-        response.status_code = 200
-    response.headers["Location"] = f"/v1/vms/{vm_id}/memslots/{created_slot.slot_id}"
-    return slot_read(core.registry.vm(vm_id), created_slot, core.registry.kernel_attributes)
+    created_slot, created = await core.memslots.put(vm_id, slot, _request(body), dry_run=dry_run,
+                                                    if_match=if_match, if_none_match=if_none_match)
+    return _slot_answer(core, vm_id, created_slot, created, response, dry_run)
+
+
+def _slot_answer(core: MemoryCore, vm_id: str, slot: Slot, created: bool, response: Response, dry_run: bool) -> Any:
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/v1/vms/{vm_id}/memslots/{slot.slot_id}"
+    if dry_run:
+        response.headers[DRY_RUN_HEADER] = "true"
+    else:
+        response.headers["ETag"] = slot.etag
+    return slot_read(core.registry.vm(vm_id), slot, core.registry.kernel_attributes)
 
 
 @router.post("", status_code=201, response_model=MemslotRead, responses=ERRORS)
-async def post_memslot(vm_id: VMId, body: MemslotCreate, core: CoreDep, response: Response) -> Any:
+async def post_memslot(vm_id: VMId, body: MemslotCreate, core: CoreDep, response: Response,
+                       dry_run: DryRun = False) -> Any:
     """Create a slot with the lowest free slot id."""
-    created_slot, _ = await core.memslots.put(vm_id, None, _request(body))
-    response.headers["Location"] = f"/v1/vms/{vm_id}/memslots/{created_slot.slot_id}"
-    return slot_read(core.registry.vm(vm_id), created_slot, core.registry.kernel_attributes)
+    created_slot, _ = await core.memslots.put(vm_id, None, _request(body), dry_run=dry_run)
+    return _slot_answer(core, vm_id, created_slot, True, response, dry_run)
 
 
 @router.get("", response_model=MemslotList, responses=problems(404, 422))
@@ -99,12 +113,18 @@ async def list_memslots(
 
 
 @router.get("/{slot}", response_model=MemslotRead, responses=problems(404))
-async def get_memslot(vm_id: VMId, slot: SlotId, core: CoreDep) -> Any:
+async def get_memslot(vm_id: VMId, slot: SlotId, core: CoreDep, response: Response) -> Any:
+    """The slot, with its ``ETag`` for conditional PUT/DELETE."""
     vm = core.registry.vm(vm_id)
-    return slot_read(vm, core.memslots.get(vm, slot), core.registry.kernel_attributes)
+    found = core.memslots.get(vm, slot)
+    response.headers["ETag"] = found.etag
+    return slot_read(vm, found, core.registry.kernel_attributes)
 
 
-@router.delete("/{slot}", status_code=204, responses=problems(404, 429))
-async def delete_memslot(vm_id: VMId, slot: SlotId, core: CoreDep) -> None:
+@router.delete("/{slot}", status_code=204, responses=problems(404, 412, 429))
+async def delete_memslot(vm_id: VMId, slot: SlotId, core: CoreDep, response: Response, dry_run: DryRun = False,
+                         if_match: IfMatch = None) -> None:
     """KVM_SET_USER_MEMORY_REGION2 with size 0, bracketed by invalidate events."""
-    await core.memslots.delete(vm_id, slot)
+    await core.memslots.delete(vm_id, slot, dry_run=dry_run, if_match=if_match)
+    if dry_run:
+        response.headers[DRY_RUN_HEADER] = "true"
