@@ -79,3 +79,15 @@ def test_vm_quota(client):
         assert c.post("/v1/vms", json={}).status_code == 201
         r = c.post("/v1/vms", json={})
         assert r.status_code == 429 and r.json()["code"] == "VM_QUOTA"
+
+
+def test_idempotency_key_replays_a_retried_create(client):
+    key = {"idempotency-key": "create-vm-7"}
+    first = client.post("/v1/vms", json={"name": "once"}, headers=key)
+    retry = client.post("/v1/vms", json={"name": "once"}, headers=key)
+    assert first.status_code == retry.status_code == 201 and retry.json()["id"] == first.json()["id"]
+    assert retry.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert [v["name"] for v in client.get("/v1/vms").json()["items"]] == ["once"]
+    reused = client.post("/v1/vms", json={"name": "other"}, headers=key)
+    assert reused.status_code == 422 and reused.json()["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert client.post("/v1/vms", json={"name": "twice"}).status_code == 201  # no key: a new VM every time

@@ -90,5 +90,7 @@ def test_batch_file_with_progress(daemon, tmp_path):
             "shared": {"shared_memory_id": shm, "offset": i * (1 << 20)}} for i in range(32)]
     f = tmp_path / "ops.yaml"
     f.write_text(json.dumps(ops))
+    checked = ctl(daemon, "--json", "slot", "batch", "b", "-f", str(f), "--dry-run")
+    assert json.loads(checked.stdout) == {"checked": 32} and json.loads(ctl(daemon, "--json", "slot", "list", "b").stdout) == []
     r = ctl(daemon, "--json", "slot", "batch", "b", "-f", str(f))
     assert r.returncode == 0 and json.loads(r.stdout) == {"applied": 32}

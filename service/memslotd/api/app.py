@@ -16,6 +16,7 @@ from ..logs import RequestLog
 from ..settings import Settings
 from .access import AccessControl
 from .auth import TokenStore
+from .idempotency import IdempotencyKeys
 from .middleware import LimitsAndHeaders
 from .problems import install_problem_handlers
 from .routes import events, host, memory, memory_objects, memslots, metrics, vms
@@ -26,7 +27,9 @@ DESCRIPTION = """memslotd manages KVM guest memory: VMs, guest_memfds (the priva
 (the `userspace_addr` part), memslots joining them, private/shared conversion, a guest probe,
 and a resumable event stream. Sizes, offsets and addresses are integers in bytes. Errors are
 RFC 9457 `application/problem+json` with a stable `code`. Every response carries the
-`memslotd-boot-id` header: a new value means the daemon restarted and every VM is gone."""
+`memslotd-boot-id` header: a new value means the daemon restarted and every VM is gone.
+POSTs accept `Idempotency-Key` (a retry replays the first answer); memslot PUT/DELETE accept
+`If-Match`/`If-None-Match` on the slot's `ETag` and `?dry_run=true`."""
 
 
 def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
@@ -64,6 +67,7 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
         app.include_router(router)
     # the read-only dashboard: static files shipped in the package, no build step, no CDN
     app.mount("/ui", StaticFiles(directory=Path(__file__).resolve().parent.parent / "ui", html=True), name="ui")
+    app.add_middleware(IdempotencyKeys)  # inside the body limit: it reads the body it fingerprints
     app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state,
                        max_batch_body_bytes=settings.max_batch_body_bytes)
     app.add_middleware(AccessControl, state=app.state)  # outermost: refuse before reading a body

@@ -250,10 +250,12 @@ def slot_put(vm: str, slot: Annotated[Optional[int], typer.Argument(help="slot i
              shm_offset: str = "0",
              gmem: Annotated[Optional[str], typer.Option(help="guest_memfd id or name")] = None,
              gmem_offset: str = "0",
-             flag: Annotated[list[str], typer.Option(help="log_dirty_pages, readonly")] = []) -> None:
+             flag: Annotated[list[str], typer.Option(help="log_dirty_pages, readonly")] = [],
+             dry_run: Annotated[bool, typer.Option(help="check every rule, change nothing")] = False,
+             if_match: Annotated[Optional[str], typer.Option(help="act only if the slot's ETag matches")] = None) -> None:
     """Create a memslot (idempotent by slot id) with a shared part, a private part, or both."""
     vm_id = resolve_vm(vm)
-    parts: dict[str, Any] = {"flags": flag}
+    parts: dict[str, Any] = {"flags": flag, "dry_run": dry_run, "if_match": if_match}
     if shm:
         parts.update(shared_memory_id=resolve_object(vm_id, shm, "shm"), shared_offset=size_arg(shm_offset))
     if gmem:
@@ -282,12 +284,14 @@ def slot_show(vm: str, slot: int) -> None:
 
 
 @slot_app.command("delete")
-def slot_delete(vm: str, slot: int) -> None:
-    client().delete_memslot(resolve_vm(vm), slot)
+def slot_delete(vm: str, slot: int, dry_run: Annotated[bool, typer.Option(help="check, change nothing")] = False,
+                if_match: Annotated[Optional[str], typer.Option(help="act only if the ETag matches")] = None) -> None:
+    client().delete_memslot(resolve_vm(vm), slot, dry_run=dry_run, if_match=if_match)
 
 
 @slot_app.command("batch")
-def slot_batch(vm: str, file: Annotated[typer.FileText, typer.Option("-f", "--file", help="YAML/JSON list of ops")]) -> None:
+def slot_batch(vm: str, file: Annotated[typer.FileText, typer.Option("-f", "--file", help="YAML/JSON list of ops")],
+               dry_run: Annotated[bool, typer.Option(help="validate every chunk, change nothing")] = False) -> None:
     """Apply a file of create/delete ops in batches of 4096 (each all-or-nothing), with progress."""
     vm_id = resolve_vm(vm)
     ops = yaml.safe_load(file)
@@ -301,10 +305,10 @@ def slot_batch(vm: str, file: Annotated[typer.FileText, typer.Option("-f", "--fi
         task = progress.add_task("memslots", total=len(ops))
         for start in range(0, len(ops), 4096):
             chunk = ops[start:start + 4096]
-            client().batch(vm_id, chunk)
+            client().batch(vm_id, chunk, dry_run=dry_run)
             done += len(chunk)
             progress.update(task, advance=len(chunk))
-    emit({"applied": done})
+    emit({"checked" if dry_run else "applied": done})
 
 
 # -- memory -----------------------------------------------------------------------------------
