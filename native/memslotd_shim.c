@@ -150,6 +150,17 @@ int msd_set_memory_attributes(int vm_fd, uint64_t address, uint64_t size, uint64
     return ioctl(vm_fd, MSD_IOC_SET_MEMORY_ATTRIBUTES, &a) < 0 ? neg_errno() : 0;
 }
 
+/* KVM_GET_DIRTY_LOG: copies the slot's bitmap (one bit per page, 64-bit aligned) into
+ * bitmap and re-arms write tracking (no manual-protect cap is enabled). */
+int msd_get_dirty_log(int vm_fd, uint32_t slot, uint64_t bitmap)
+{
+    struct kvm_dirty_log log;
+    memset(&log, 0, sizeof(log));
+    log.slot = slot;
+    log.dirty_bitmap = (void *)(uintptr_t)bitmap;
+    return ioctl(vm_fd, KVM_GET_DIRTY_LOG, &log) < 0 ? neg_errno() : 0;
+}
+
 /* ---- files and mappings --------------------------------------------------- */
 
 int msd_fallocate(int fd, int mode, int64_t offset, int64_t len)

@@ -19,6 +19,7 @@ int msd_create_guest_memfd(int, uint64_t, uint64_t);
 int msd_set_user_memory_region2(int, uint32_t, uint32_t, uint64_t, uint64_t,
                                 uint64_t, uint64_t, uint32_t);
 int msd_set_memory_attributes(int, uint64_t, uint64_t, uint64_t);
+int msd_get_dirty_log(int, uint32_t, uint64_t);
 
 /* files and mappings */
 int msd_fallocate(int, int, int64_t, int64_t);

@@ -27,6 +27,10 @@ def test_sync_client_round_trip(daemon):
         result = c.convert(vm.id, 4 * GiB, MiB, "private")
         assert result.changed[0].from_ == "shared" and result.enforcement == "daemon"
         assert [r.state for r in c.attributes(vm.id).ranges] == ["private", "shared"]
+        shm = c.create_shared_memory(vm.id, 2 * MiB)
+        c.put_memslot(vm.id, 5, 8 * GiB, 2 * MiB, shared_memory_id=shm.id, flags=["log_dirty_pages"])
+        c.probe(vm.id, [{"op": "write", "guest_phys_addr": 8 * GiB + 4096, "length": 1, "data_hex": "01"}])
+        assert [(r.guest_phys_addr, r.size) for r in c.dirty_log(vm.id, 5).ranges] == [(8 * GiB + 4096, 4096)]
         batch = c.batch(vm.id, [{"op": "delete", "slot": 0}])
         assert batch.results[0].result == "deleted"
         assert "memslotd_vms" in c.metrics()

@@ -204,3 +204,17 @@ def test_vm_mutations_are_serialized_and_the_queue_is_bounded():
                 pass
 
     asyncio.run(scenario())
+
+
+@given(st.sets(st.integers(0, 300), max_size=80), st.integers(1, 301))
+def test_dirty_ranges_match_the_set_bits(dirty, pages):
+    from memslotd.core.memslots import dirty_ranges
+
+    words = bytearray((pages + 63) // 64 * 8)
+    for p in dirty:
+        if p < len(words) * 8:
+            words[p // 8] |= 1 << (p % 8)
+    got = dirty_ranges(bytes(words), 1 << 32, 4096, pages)
+    pages_out = [((g - (1 << 32)) // 4096) + i for g, n in got for i in range(n // 4096)]
+    assert pages_out == sorted(p for p in dirty if p < pages)
+    assert all(a[0] + a[1] < b[0] for a, b in zip(got, got[1:]))  # maximal runs

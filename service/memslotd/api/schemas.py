@@ -371,3 +371,13 @@ class BatchResult(Response):
 
 class BatchResponse(Response):
     results: list[BatchResult]
+
+
+class DirtyLog(Response):
+    """Pages written since the previous fetch (fetching re-arms tracking)."""
+
+    slot: int
+    page_size: int
+    pages: int
+    dirty_pages: int
+    ranges: list[GPARange]

@@ -289,6 +289,16 @@ def slot_delete(vm: str, slot: int, dry_run: Annotated[bool, typer.Option(help="
     client().delete_memslot(resolve_vm(vm), slot, dry_run=dry_run, if_match=if_match)
 
 
+@slot_app.command("dirty-log")
+def slot_dirty_log(vm: str, slot: int) -> None:
+    """Pages the guest wrote since the last fetch (fetching resets the log)."""
+    log = client().dirty_log(resolve_vm(vm), slot)
+    if state.json:
+        emit(log)
+    else:
+        emit(log.ranges, ["guest_phys_addr", "size"], f"slot {log.slot}: {log.dirty_pages} of {log.pages} pages dirty")
+
+
 @slot_app.command("batch")
 def slot_batch(vm: str, file: Annotated[typer.FileText, typer.Option("-f", "--file", help="YAML/JSON list of ops")],
                dry_run: Annotated[bool, typer.Option(help="validate every chunk, change nothing")] = False) -> None:

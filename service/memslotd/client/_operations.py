@@ -131,6 +131,10 @@ class Operations:
         return self._execute(Call("DELETE", f"/v1/vms/{vm_id}/memslots/{slot}", params={"dry_run": "true"} if dry_run
                                   else None, headers={"If-Match": if_match} if if_match else None))
 
+    def dirty_log(self, vm_id: str, slot: int) -> Any:
+        """Collect and reset the slot's dirty log (the slot needs ``log_dirty_pages``)."""
+        return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots/{slot}/dirty-log", model=s.DirtyLog))
+
     def batch(self, vm_id: str, ops: list[dict[str, Any]], *, dry_run: bool = False) -> Any:
         return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots:batch", {"ops": ops},
                                   {"dry_run": "true"} if dry_run else None, s.BatchResponse))

@@ -246,6 +246,22 @@ class MemslotService:
             info.update(shared_memory_id=slot.shared.object_id, shared_offset=slot.shared.offset)
         return info
 
+    # -- dirty log ----------------------------------------------------------------------
+    async def fetch_dirty_log(self, vm_id: str, slot_id: int) -> tuple[Slot, bytes]:
+        """The slot's dirty bitmap since the last fetch (KVM_GET_DIRTY_LOG re-arms tracking)."""
+        vm = self.reg.vm(vm_id)
+        async with vm.mutation():
+            slot = self.get(vm, slot_id)
+            if "log_dirty_pages" not in slot.flags:
+                raise Conflict(f"slot {slot_id} was not created with log_dirty_pages", code="DIRTY_LOGGING_OFF",
+                               slot=slot_id)
+            pages = slot.memory_size // self.reg.page_size
+            try:
+                bitmap = await self.reg.blocking(vm.port.get_dirty_log, slot.slot_id, pages)
+            except OSError as exc:
+                raise kernel_error(exc, f"dirty log of slot {slot_id}") from exc
+            return slot, bitmap
+
     # -- reads --------------------------------------------------------------------------
     @staticmethod
     def get(vm: VMRecord, slot_id: int) -> Slot:
@@ -253,6 +269,31 @@ class MemslotService:
         if slot is None:
             raise NotFound(f"no slot {slot_id} in VM {vm.id}", code="SLOT_NOT_FOUND", slot=slot_id)
         return slot
+
+
+def dirty_ranges(bitmap: bytes, base_gpa: int, page_size: int, pages: int) -> list[tuple[int, int]]:
+    """Run-length (gpa, size) of the set bits of a KVM dirty bitmap (bit i = page i), scanned
+    64 bits at a time so that clean stretches cost one comparison per word."""
+    runs: list[tuple[int, int]] = []  # (first page, page count)
+    words = memoryview(bitmap[: (pages + 63) // 64 * 8]).cast("Q")
+    for w, word in enumerate(words):
+        if not word:
+            continue
+        base, bit = w * 64, 0
+        while word:
+            skip = (word & -word).bit_length() - 1  # trailing zeros
+            word >>= skip
+            bit += skip
+            ones = (~word & (word + 1)).bit_length() - 1  # trailing ones
+            first = base + bit
+            if runs and runs[-1][0] + runs[-1][1] == first:  # continues across a word boundary
+                runs[-1] = (runs[-1][0], runs[-1][1] + ones)
+            else:
+                runs.append((first, ones))
+            word >>= ones
+            bit += ones
+    return [(base_gpa + first * page_size, min(count, pages - first) * page_size)
+            for first, count in runs if first < pages]
 
 
 def check_preconditions(slot: Slot | None, if_match: str | None, if_none_match: str | None) -> None:

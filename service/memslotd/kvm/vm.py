@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._lib import check, lib
+from ._lib import check, ffi, lib
 from .fd import OwnedFd
 from .memory import GuestMemfd
 
@@ -74,6 +74,15 @@ class VMFd(OwnedFd):
             address=address,
             size=size,
         )
+
+    def get_dirty_log(self, slot: int, pages: int) -> bytes:
+        """``KVM_GET_DIRTY_LOG`` for a slot with ``KVM_MEM_LOG_DIRTY_PAGES``: one bit per page
+        written since the last call (the call re-arms tracking)."""
+        fd = self._fd_or_raise("KVM_GET_DIRTY_LOG")
+        size = (pages + 63) // 64 * 8
+        buf = ffi.new("uint8_t[]", size)
+        check(lib.msd_get_dirty_log(fd, slot, int(ffi.cast("uint64_t", buf))), "KVM_GET_DIRTY_LOG", slot=slot)
+        return bytes(ffi.buffer(buf, size))
 
     def create_vcpu(self, vcpu_id: int) -> "VCPUFd":
         from .vcpu import VCPUFd

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
@@ -11,13 +11,13 @@ from pydantic import ValidationError
 
 from ...core import MemoryCore
 from ...core.batch import BatchOp
-from ...core.memslots import SlotRequest
+from ...core.memslots import SlotRequest, dirty_ranges
 from ...core.ranges import Range
 from ...core.slots import Slot
 from ...core.slots import Backing
 from ..convert import slot_read
 from ..deps import CoreDep
-from ..schemas import BatchDelete, BatchRequest, BatchResponse, MemslotCreate, MemslotList, MemslotRead
+from ..schemas import BatchDelete, BatchRequest, BatchResponse, DirtyLog, MemslotCreate, MemslotList, MemslotRead
 from ._common import DryRun, IfMatch, IfNoneMatch, SlotId, VMId, problems
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
@@ -110,6 +110,23 @@ async def list_memslots(
     items, last = vm.slots.page(Range(gpa_start, max(gpa_end, gpa_start + 1)), after, limit)
     return {"items": [slot_read(vm, s, core.registry.kernel_attributes) for s in items],
             "next_cursor": f"{last:x}" if last is not None else None, "total": len(vm.slots)}
+
+
+@router.post("/{slot}/dirty-log", response_model=DirtyLog, responses={
+    200: {"content": {"application/octet-stream": {}}, "description": "with ?format=bitmap: KVM's bitmap, bit i = page i"},
+    **problems(404, 409, 429)})
+async def fetch_dirty_log(vm_id: VMId, slot: SlotId, core: CoreDep,
+                          format: Annotated[Literal["ranges", "bitmap"], Query()] = "ranges") -> Any:
+    """Collect and reset the slot's dirty log (KVM_GET_DIRTY_LOG): the pages the guest wrote since
+    the previous fetch. The slot needs the ``log_dirty_pages`` flag (409 ``DIRTY_LOGGING_OFF``)."""
+    found, bitmap = await core.memslots.fetch_dirty_log(vm_id, slot)
+    page = core.registry.page_size
+    pages = found.memory_size // page
+    if format == "bitmap":
+        return Response(bitmap, media_type="application/octet-stream", headers={"memslotd-pages": str(pages)})
+    ranges = await core.registry.blocking(dirty_ranges, bitmap, found.guest_phys_addr, page, pages)
+    return {"slot": found.slot_id, "page_size": page, "pages": pages, "dirty_pages": sum(n for _, n in ranges) // page,
+            "ranges": [{"guest_phys_addr": g, "size": n} for g, n in ranges]}
 
 
 @router.get("/{slot}", response_model=MemslotRead, responses=problems(404))
