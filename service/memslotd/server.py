@@ -52,6 +52,7 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, group: list["_Server"]):
         super().__init__(config)
         self.group = group
+        self.teardown_done = asyncio.Event()
         group.append(self)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -60,21 +61,29 @@ class _Server(uvicorn.Server):
             server._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Graceful stop, in an order that lets subscribers hear it: stop accepting, let
-        in-flight mutations finish (each VM's lock), delete every VM (``vm.deleted``
-        events), give the streams a moment to flush, then close connections."""
-        if self is self.group[0]:
+        """Graceful stop, in an order that lets every subscriber hear it: all servers stop
+        accepting; the primary lets in-flight mutations finish (each VM's lock), deletes every VM
+        (``vm.deleted`` events) and gives the streams a moment to flush; only then does any
+        server close its connections."""
+        for server in self.servers:
+            server.close()
+        primary = self.group[0]
+        if self is primary:
             notify("STOPPING=1", "STATUS=stopping: deleting VMs")
-            for server in self.servers:
-                server.close()
             core = _core_of(self.config.loaded_app)
-            if core is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(core.registry.close_all(), self.config.timeout_graceful_shutdown or 10)
-                for _ in range(50):  # bounded: at most 0.5 s for subscribers to drain
-                    if not core.events.any_pending():
-                        break
-                    await asyncio.sleep(0.01)
+            try:
+                if core is not None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(core.registry.close_all(), self.config.timeout_graceful_shutdown or 10)
+                    for _ in range(50):  # bounded: at most 0.5 s for subscribers to drain
+                        if not core.events.any_pending():
+                            break
+                        await asyncio.sleep(0.01)
+            finally:
+                self.teardown_done.set()
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(primary.teardown_done.wait(), (self.config.timeout_graceful_shutdown or 10) + 1)
         await super().shutdown(sockets)
 
 

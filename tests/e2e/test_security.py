@@ -187,3 +187,49 @@ def test_socket_group_is_applied(short_tmp):
         assert d.socket_path.stat().st_gid == grp.getgrnam(group).gr_gid
     finally:
         d.stop()
+
+
+def test_tcp_subscribers_also_hear_the_graceful_stop(short_tmp):
+    """A mutation is in flight at SIGTERM (a multi-GiB punch), so the VM teardown and its
+    vm.deleted necessarily come later than the TCP server's own shutdown would close its
+    WebSockets: they must stay open until the primary's teardown is done."""
+    import signal
+    import threading
+    import time
+
+    port = free_port()
+    d = start_daemon(short_tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file(short_tmp)))
+    size = 6 << 30
+    with d.client() as c:
+        vm = c.post("/v1/vms", json={}).json()["id"]
+        g = c.post(f"/v1/vms/{vm}/guest-memfds", json={"size": size}).json()["id"]
+        c.post(f"/v1/vms/{vm}/guest-memfds/{g}/allocate", json={"offset": 0, "length": size})
+        c.put(f"/v1/vms/{vm}/memslots/0", json={"guest_phys_addr": 1 << 40, "memory_size": size,
+                                                "private": {"guest_memfd_id": g}})
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        with connect(f"ws://127.0.0.1:{port}/v1/events", additional_headers={"Authorization": f"Bearer {READER}"}) as ws:
+            ready.set()
+            try:
+                while True:
+                    seen.append(json.loads(ws.recv(30))["type"])
+            except Exception:
+                pass
+
+    def convert() -> None:
+        with d.client() as c:
+            c.post(f"/v1/vms/{vm}/memory/convert", json={"guest_phys_addr": 1 << 40, "size": size, "to": "shared"})
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    ready.wait(10)
+    converter = threading.Thread(target=convert)
+    converter.start()
+    while "memory.invalidate_start" not in seen:  # the punch has started
+        time.sleep(0.001)
+    assert d.stop(signal.SIGTERM) == 0
+    converter.join(30)
+    listener.join(30)
+    assert seen.index("memory.converted") < seen.index("vm.deleted"), seen  # in-flight work finished first
