@@ -46,25 +46,29 @@ class AccessControl:
         need = required_scope(scope["type"], method, scope["path"])
         who = self._who(scope, kind)
         denial = self._check(scope, kind, need, who)
-        status_box = [0]
+        recorded = False
+
+        def record(status: int) -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self._record(scope, method, who, kind, need, status, started)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_box[0] = message["status"]
+                record(message["status"])  # audited before the caller sees the answer
             await send(message)
 
         if denial is not None:
             status, code, detail = denial
             DENIED.labels(code).inc()
+            record(status)
             await self._deny(scope, send, status, code, detail)
-            status_box[0] = status
-        else:
-            try:
-                await self.app(scope, receive, send_wrapper)
-            finally:
-                self._record(scope, method, who, kind, need, status_box[0] or 500, started)
             return
-        self._record(scope, method, who, kind, need, status_box[0], started)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            record(101 if scope["type"] == "websocket" else 500)  # a stream's end, or a crash before any answer
 
     @staticmethod
     def _header(scope: Scope, name: bytes) -> str | None:
