@@ -1,7 +1,7 @@
 """VMs and the memory objects they own: create, look up, delete; lifecycle events.
 
 Use cases follow one shape: (1) validate every rule the kernel would check,
-(2) make the kernel calls off the event loop, releasing whatever a failure left
+(2) make the kernel calls (slow ones off the event loop), releasing whatever a failure left
 half-made, (3) commit the daemon's state, (4) emit the event.
 """
 
