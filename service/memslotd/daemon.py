@@ -75,17 +75,31 @@ def bind_tcp(address: str) -> socket.socket:
     return sock
 
 
-def _exit_on_signal(sig: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+class EarlySignal:
+    """Records a SIGTERM/SIGINT that arrives while uvicorn's own handlers are not installed
+    (imports and loop start-up before them, clean-up after them).
+
+    The handler only records. Raising SystemExit from it was tried and hangs the daemon now and
+    then: the exception can surface inside C code that reports it as "Exception ignored in …" and
+    carries on, so the stop is lost. ``serve`` and ``memslotd.server.run`` act on the record at
+    points where acting is safe.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def __call__(self, sig: int, frame: FrameType | None) -> None:
+        self.received = sig
 
 
 def serve(settings: Settings) -> None:
     """Bind (or adopt) the sockets first, then import and start the web stack: a client that
     connects during start-up is queued by the kernel instead of refused, as with socket activation."""
     # Until uvicorn installs its handlers (and after it restores them), a SIGTERM must still
-    # unwind through the finally below, or the socket would be left behind.
+    # stop the daemon through the finally below, or the socket would be left behind.
+    early = EarlySignal()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_on_signal)
+        signal.signal(sig, early)
     inherited = inherited_sockets()
     owned: list[Path] = []
     unix: dict[socket.socket, str] = {}
@@ -105,7 +119,8 @@ def serve(settings: Settings) -> None:
         from .server import run
 
         tokens = TokenStore.load(settings.token_file) if settings.token_file else None
-        asyncio.run(run(settings, unix, tcp, tokens))
+        if early.received is None:  # a stop during the imports needs no server at all
+            asyncio.run(run(settings, unix, tcp, tokens, early_stop=lambda: early.received))
     finally:
         for path in owned:  # sockets systemd handed us are systemd's to remove
             with contextlib.suppress(FileNotFoundError):

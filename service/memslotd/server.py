@@ -10,7 +10,7 @@ import os
 import socket
 import struct
 from types import FrameType
-from typing import Any
+from typing import Any, Callable
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -100,7 +100,9 @@ def _address(sock: socket.socket) -> Any:
 
 
 async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.socket | None,
-              tokens: TokenStore | None) -> None:
+              tokens: TokenStore | None, early_stop: Callable[[], int | None] = lambda: None) -> None:
+    """Serve until a signal. ``early_stop`` reports a signal that arrived before uvicorn's
+    handlers were in place; it is handed to the servers once they are (after the first yield)."""
     listeners = {_address(s): kind for s, kind in unix.items()}
     if tcp is not None:
         listeners[_address(tcp)] = "tcp"
@@ -111,8 +113,16 @@ async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.so
     group: list[_Server] = []
     primary = _Server(uvicorn.Config(app, http=PeerCredHttp, lifespan="on", **common), group)
     tasks = [asyncio.create_task(primary.serve(sockets=list(unix)))]
+
+    def forward_early_stop() -> None:
+        sig = early_stop()
+        if sig is not None and not primary.should_exit:
+            primary.handle_exit(sig, None)
+
     while not primary.started and not tasks[0].done():
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # serve() has entered capture_signals once this returns
+        forward_early_stop()
+    forward_early_stop()
     if tcp is not None and primary.started:
         tls: dict[str, Any] = {}
         if settings.tls_cert:
@@ -122,6 +132,7 @@ async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.so
 
                 tls.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
         secondary = _Server(uvicorn.Config(app, http="httptools", lifespan="off", **common, **tls), group)
+        secondary.should_exit = primary.should_exit  # a signal before it joined the group
         tasks.append(asyncio.create_task(secondary.serve(sockets=[tcp])))
     if primary.started:
         notify("READY=1", f"STATUS=serving on {', '.join(str(a[0]) for a in listeners)}", f"MAINPID={os.getpid()}")

@@ -7,6 +7,9 @@ import signal
 import stat
 import subprocess
 import sys
+import time
+
+import pytest
 
 from tests.helpers import fd_count, guest_memory_mappings, start_daemon
 
@@ -50,19 +53,45 @@ def test_sigterm_closes_everything_and_removes_the_socket(short_tmp):
     assert "socket removed" in d.log()
 
 
-def test_socket_path_from_environment(short_tmp):
-    path = short_tmp / "env" / "api.sock"
+def _spawn_on(path, *, timeout: float = 10) -> subprocess.Popen[bytes]:
+    """memslotd on ``path`` (given by environment), returned once the socket exists."""
     proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon"], env={**os.environ, "MEMSLOTD_SOCKET": str(path)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> int | None:
+    """SIGTERM, then the exit status; None (after a kill) if the daemon ignored it."""
+    proc.terminate()
     try:
-        for _ in range(500):
-            if path.exists():
-                break
-            proc.wait(0.02) if proc.poll() is not None else __import__("time").sleep(0.02)
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+def test_socket_path_from_environment(short_tmp):
+    path = short_tmp / "env" / "api.sock"
+    proc = _spawn_on(path)
+    try:
         assert path.exists()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        assert _stop(proc) == 0
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("delay", [0, 0.03, 0.1, 0.2, 0.4])
+def test_a_stop_at_any_point_of_start_up_is_honoured(short_tmp, delay):
+    """The socket exists before the web stack is imported and before uvicorn's handlers are in
+    place; a SIGTERM in those windows must still stop the daemon and remove the socket."""
+    path = short_tmp / "api.sock"
+    proc = _spawn_on(path)
+    time.sleep(delay)
+    assert _stop(proc) == 0
     assert not path.exists()
 
 
