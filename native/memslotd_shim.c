@@ -24,7 +24,7 @@
 #include <unistd.h>
 #include <linux/kvm.h>
 
-#define MSD_SHIM_VERSION 1
+#define MSD_SHIM_VERSION 2
 
 /* ---- uAPI absent from the 6.1 headers ------------------------------------ */
 
@@ -142,6 +142,32 @@ int msd_set_user_memory_region2(int vm_fd, uint32_t slot, uint32_t flags, uint64
     r.guest_memfd_offset = gmem_offset;
     r.guest_memfd = gmem_fd;
     return ioctl(vm_fd, MSD_IOC_SET_USER_MEMORY_REGION2, &r) < 0 ? neg_errno() : 0;
+}
+
+/* A memslot batch: regions[i] = {slot, flags, gpa, size, uaddr, gmem_offset, gmem_fd} as
+ * 7 uint64s (size 0 deletes). Applied in order, stopping at the first failure; returns how
+ * many were applied and stores -errno of the failing one in *err (0 when all were).
+ * One call for the whole batch keeps Python off the CPU between the ioctls. */
+int msd_set_user_memory_regions(int vm_fd, const uint64_t *regions, int n, int *err)
+{
+    struct msd_userspace_memory_region2 r;
+    memset(&r, 0, sizeof(r));
+    *err = 0;
+    for (int i = 0; i < n; i++) {
+        const uint64_t *a = regions + 7 * (size_t)i;
+        r.slot = (uint32_t)a[0];
+        r.flags = (uint32_t)a[1];
+        r.guest_phys_addr = a[2];
+        r.memory_size = a[3];
+        r.userspace_addr = a[4];
+        r.guest_memfd_offset = a[5];
+        r.guest_memfd = (uint32_t)a[6];
+        if (ioctl(vm_fd, MSD_IOC_SET_USER_MEMORY_REGION2, &r) < 0) {
+            *err = neg_errno();
+            return i;
+        }
+    }
+    return n;
 }
 
 int msd_set_memory_attributes(int vm_fd, uint64_t address, uint64_t size, uint64_t attributes)

@@ -18,6 +18,7 @@ int msd_create_vm(int, unsigned long);
 int msd_create_guest_memfd(int, uint64_t, uint64_t);
 int msd_set_user_memory_region2(int, uint32_t, uint32_t, uint64_t, uint64_t,
                                 uint64_t, uint64_t, uint32_t);
+int msd_set_user_memory_regions(int, const uint64_t *, int, int *);
 int msd_set_memory_attributes(int, uint64_t, uint64_t, uint64_t);
 int msd_get_dirty_log(int, uint32_t, uint64_t);
 

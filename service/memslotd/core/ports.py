@@ -6,6 +6,7 @@ these shapes. Kernel failures arrive as ``OSError`` (errno, maybe ``ioctl``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 __all__ = ["KernelPort", "VMPort", "GuestMemfdPort", "SharedMemoryPort", "MappingPort", "GuestRunnerPort",
@@ -69,6 +70,9 @@ class VMPort(_Closable, Protocol):
     def set_user_memory_region2(self, slot: int, flags: int, guest_phys_addr: int, memory_size: int,
                                 userspace_addr: int, guest_memfd_offset: int = 0, guest_memfd: int = 0) -> None: ...
     def delete_user_memory_region(self, slot: int) -> None: ...
+    def set_user_memory_regions(self, regions: Sequence[tuple[int, int, int, int, int, int, int]]) -> tuple[int, int]:
+        """In order, stopping at the first failure: (how many applied, errno of the failed one or 0)."""
+        ...
     def set_memory_attributes(self, address: int, size: int, attributes: int) -> None: ...
     def get_dirty_log(self, slot: int, pages: int) -> bytes: ...
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ._lib import check, ffi, lib
@@ -64,6 +66,19 @@ class VMFd(OwnedFd):
 
     def delete_user_memory_region(self, slot: int) -> None:
         self.set_user_memory_region2(slot, 0, 0, 0, 0)
+
+    def set_user_memory_regions(self, regions: Sequence[tuple[int, int, int, int, int, int, int]]) -> tuple[int, int]:
+        """Many ``KVM_SET_USER_MEMORY_REGION2`` calls in one trip into C, in order, stopping at the
+        first failure. Each region is ``set_user_memory_region2``'s arguments. Returns how many
+        were applied and the errno of the one that failed (0 when all were); undoing the applied
+        ones is the caller's business (it knows what they replaced)."""
+        fd = self._fd_or_raise("KVM_SET_USER_MEMORY_REGION2")
+        if not regions:
+            return 0, 0
+        packed = ffi.new("uint64_t[]", list(itertools.chain.from_iterable(regions)))
+        err = ffi.new("int *")
+        applied = lib.msd_set_user_memory_regions(fd, packed, len(regions), err)
+        return applied, -err[0]
 
     def set_memory_attributes(self, address: int, size: int, attributes: int) -> None:
         """``KVM_SET_MEMORY_ATTRIBUTES`` (ENOTTY where CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES is off)."""
