@@ -20,6 +20,7 @@ import signal
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -92,6 +93,14 @@ class EarlySignal:
         self.received = sig
 
 
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency; the stdlib loop still works
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
 def serve(settings: Settings) -> None:
     """Bind (or adopt) the sockets first, then import and start the web stack: a client that
     connects during start-up is queued by the kernel instead of refused, as with socket activation."""
@@ -120,7 +129,10 @@ def serve(settings: Settings) -> None:
 
         tokens = TokenStore.load(settings.token_file) if settings.token_file else None
         if early.received is None:  # a stop during the imports needs no server at all
-            asyncio.run(run(settings, unix, tcp, tokens, early_stop=lambda: early.received))
+            # uvloop, not the stdlib loop: uvicorn's ``loop=`` setting applies only to loops it
+            # creates itself, and here the servers share the one made for them.
+            with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+                runner.run(run(settings, unix, tcp, tokens, early_stop=lambda: early.received))
     finally:
         for path in owned:  # sockets systemd handed us are systemd's to remove
             with contextlib.suppress(FileNotFoundError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -94,6 +95,17 @@ def _core_of(app: Any) -> Any:
     return getattr(getattr(app, "state", None), "core", None)
 
 
+def _tune_garbage_collector() -> None:
+    """What start-up made (modules, the app, the core) lives as long as the process: freeze it
+    out of the collector's scans. And collect the young generation every 50,000 allocations
+    instead of 700: a 4,096-op batch makes ~10 objects per op, and at the default threshold the
+    collector's passes (which also walk the retained events) took 10 % of a batch's time.
+    Memory cost: at most 50,000 young container objects (a few MiB) between passes."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def _address(sock: socket.socket) -> Any:
     name = sock.getsockname()
     return (name, None) if isinstance(name, str) else (str(name[0]), int(name[1]))
@@ -135,6 +147,7 @@ async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.so
         secondary.should_exit = primary.should_exit  # a signal before it joined the group
         tasks.append(asyncio.create_task(secondary.serve(sockets=[tcp])))
     if primary.started:
+        _tune_garbage_collector()
         notify("READY=1", f"STATUS=serving on {', '.join(str(a[0]) for a in listeners)}", f"MAINPID={os.getpid()}")
         log.info("memslotd %s ready", __version__, extra={"listeners": [f"{k}:{a[0]}" for a, k in listeners.items()]})
     await asyncio.gather(*tasks)
