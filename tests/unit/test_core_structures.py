@@ -12,7 +12,9 @@ from memslotd.core.attributes import PRIVATE, SHARED, AttributeMap
 from memslotd.core.errors import CapabilityMissing, Conflict, HostResourcesExhausted, InvalidRequest, KernelError, kernel_error
 from memslotd.core.events import CursorGone, EventLog
 from memslotd.core.ranges import Range, check_aligned_range
-from memslotd.core.slots import Backing, GmemBindings, MemslotTable, Slot
+from memslotd.core.slots import Backing, FreeIds, GmemBindings, MemslotTable, Slot
+from memslotd.core.sorted_keys import floor_key, higher_key
+from sortedcontainers import SortedDict
 
 
 def slot(i: int, start: int, size: int) -> Slot:
@@ -61,6 +63,54 @@ def test_first_overlap_matches_brute_force(spans, qstart, qsize):
             assert any(p.overlaps(r) for p in placed)
     q = Range.of(qstart, qsize)
     assert (t.first_overlap(q) is not None) == any(p.overlaps(q) for p in placed)
+
+
+@given(st.lists(st.integers(0, 300), max_size=120, unique=True), st.lists(st.integers(-5, 305), max_size=30))
+def test_neighbour_lookups_match_brute_force(keys, queries):
+    sd = SortedDict()
+    sd._list._reset(4)  # many small sublists, so lookups cross sublist boundaries
+    for k in keys:
+        sd[k] = None
+    for x in queries:
+        assert floor_key(sd, x) == max((k for k in keys if k <= x), default=None)
+        assert higher_key(sd, x) == min((k for k in keys if k > x), default=None)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["take", "give", "lowest", "highest"]), st.integers(0, 15)), max_size=80))
+def test_free_ids_match_a_set(operations):
+    used: set[int] = set()
+    free = FreeIds(16, used)
+    for op, slot_id in operations:
+        if op == "take":
+            used.add(slot_id)  # the slot table marks an id used; FreeIds only reads it
+        elif op == "give" and slot_id in used:
+            used.discard(slot_id)
+            free.give_back(slot_id)
+        elif op == "lowest":
+            assert free.lowest() == min(set(range(16)) - used, default=None)
+        elif op == "highest":
+            assert free.highest() == max(set(range(16)) - used, default=None)
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 6), st.sampled_from([PRIVATE, SHARED])), max_size=30))
+def test_bulk_attribute_updates_equal_one_at_a_time(spans):
+    disjoint: list[tuple[Range, str]] = []
+    for start, size, state in spans:
+        r = Range.of(start * 4, size)  # gaps and touching neighbours both occur
+        if not any(r.overlaps(other) for other, _ in disjoint):
+            disjoint.append((r, state))
+    one, bulk = AttributeMap(), AttributeMap()
+    for r, state in disjoint:
+        one.add(r, state)
+    bulk.add_many([(r.start, r.end, state) for r, state in disjoint])
+    assert list(one.runs(Range(0, 1000))) == list(bulk.runs(Range(0, 1000))) and len(one) == len(bulk)
+    assert one.private_bytes == bulk.private_bytes
+    half = [r for r, _ in disjoint[::2]]
+    for r in half:
+        one.remove(r)
+    bulk.remove_many([(r.start, r.end) for r in half])
+    assert list(one.runs(Range(0, 1000))) == list(bulk.runs(Range(0, 1000))) and len(one) == len(bulk)
+    assert one.private_bytes == bulk.private_bytes
 
 
 def test_gmem_bindings():

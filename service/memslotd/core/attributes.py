@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from sortedcontainers import SortedDict
 
 from .ranges import Range
+from .sorted_keys import floor_key
 
 __all__ = ["AttributeMap", "PRIVATE", "SHARED"]
 
@@ -36,10 +37,10 @@ class AttributeMap:
         """Number of runs (fragments)."""
         return len(self._runs)
 
-    # Lookups use irange (bisect on sublist maxima) and never positional indexing:
+    # Lookups bisect the sublists (floor_key, irange) and never index by position:
     # SortedList rebuilds its positional index after every insert or delete.
     def _run_at_or_before(self, pos: int) -> int | None:
-        return next(self._runs.irange(maximum=pos, reverse=True), None)
+        return floor_key(self._runs, pos)
 
     def _split_at(self, pos: int) -> None:
         start = self._run_at_or_before(pos)
@@ -73,11 +74,29 @@ class AttributeMap:
                 prev = (start, end, state)
 
     def add(self, r: Range, state: str) -> None:
-        """Cover a new (uncovered) range, e.g. a new slot."""
-        self._runs[r.start] = _pack(r.end, state)
+        """Cover a new (uncovered) range, e.g. a new slot: O(log n)."""
+        self._add(r.start, r.end, state)
+
+    def _add(self, start: int, end: int, state: str) -> None:
+        # Only two runs can merge with [start, end): the one ending at start (the run at or
+        # before it) and the one starting at end (a plain dict lookup).
+        runs = self._runs
         if state == PRIVATE:
-            self.private_bytes += r.size
-        self._merge_around(r)
+            self.private_bytes += end - start
+        before = floor_key(runs, start - 1) if start else None
+        if before is not None and runs[before] == _pack(start, state):
+            start = before
+        after = runs.get(end)
+        if after is not None and (after & 1) == (state == PRIVATE):
+            del runs[end]
+            end = after >> 1
+        runs[start] = _pack(end, state)
+
+    def add_many(self, items: list[tuple[int, int, str]]) -> None:
+        """``add`` for many disjoint uncovered ``(start, end, state)``; touching ones of one
+        state go in as one run."""
+        for start, end, state in _coalesce(items, same_state=True):
+            self._add(start, end, state)
 
     def remove(self, r: Range) -> None:
         """Forget a range, e.g. a deleted slot."""
@@ -87,6 +106,11 @@ class AttributeMap:
             del self._runs[start]
             if state == PRIVATE:
                 self.private_bytes -= end - start
+
+    def remove_many(self, ranges: list[tuple[int, int]]) -> None:
+        """``remove`` for many disjoint ``(start, end)``; touching ones are removed as one."""
+        for start, end, _ in _coalesce([(start, end, SHARED) for start, end in ranges], same_state=False):
+            self.remove(Range(start, end))
 
     def assign(self, r: Range, state: str) -> list[tuple[Range, str]]:
         """Set the covered parts of ``r`` to ``state``; return the pieces that changed with their old state."""
@@ -119,3 +143,14 @@ class AttributeMap:
         for _, state in self.runs(Range(gpa, gpa + 1)):
             return state
         return None
+
+
+def _coalesce(items: list[tuple[int, int, str]], *, same_state: bool) -> list[tuple[int, int, str]]:
+    """Sort disjoint ranges and join the touching ones (of one state, if ``same_state``)."""
+    out: list[tuple[int, int, str]] = []
+    for start, end, state in sorted(items):
+        if out and out[-1][1] == start and (not same_state or out[-1][2] == state):
+            out[-1] = (out[-1][0], end, state)
+        else:
+            out.append((start, end, state))
+    return out

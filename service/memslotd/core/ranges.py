@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 from .errors import InvalidRequest
+from .values import value_type
 
 __all__ = ["Range", "check_aligned_range", "MAX_JSON_INT"]
 
 MAX_JSON_INT = (1 << 53) - 1  # browsers keep integers exact up to here
 
 
-@dataclasses.dataclass(frozen=True, slots=True, order=True)
+@value_type(order=True)
 class Range:
     start: int
     end: int  # exclusive
