@@ -36,7 +36,7 @@ class KernelAdapter:
 
 def build_core(settings: Settings) -> MemoryCore:
     """Open /dev/kvm, probe it, and build the core with the configured limits."""
-    from .api.jsonenc import encode_event
+    from .api.jsonenc import encode_event_data
 
     system = KVMSystem.open()
     try:
@@ -51,7 +51,7 @@ def build_core(settings: Settings) -> MemoryCore:
         probe_timeout_ms=settings.probe_timeout_ms, max_probes_per_second=settings.max_probes_per_second,
     )
     events = EventLog(max_events=settings.event_retention_count, max_bytes=settings.event_retention_bytes,
-                      encode=encode_event)
+                      encode_data=encode_event_data)
     core = MemoryCore(adapter, limits=limits, events=events)
     core.on_close.append(adapter.close)
     core.shim_version = SHIM_VERSION

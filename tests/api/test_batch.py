@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from .conftest import GiB, MiB
+from .conftest import GiB, MiB, VMHelper, make_client
 
 PAGE = 4096
 
@@ -38,6 +38,26 @@ def test_ops_apply_in_order_and_events_follow_the_commit(client, vm):
     assert again.json()["results"][0]["result"] == "unchanged"
 
 
+def test_deletes_of_back_to_back_backing_share_one_invalidation(client, vm):
+    """Slots 0-2 sit back to back in one shared memory: deleting them in one batch invalidates
+    one file range (one pair, every GPA range listed); slot 3 elsewhere gets its own pair."""
+    s = vm.shm(16 * MiB)
+    ops = [create(GiB + i * 8 * MiB, 2 * MiB, s, i * 2 * MiB, slot=i) for i in range(3)]
+    assert batch(vm, *ops, create(2 * GiB, 2 * MiB, s, 12 * MiB, slot=3)).status_code == 200
+    seq = client.app.state.core.events.seq
+    assert batch(vm, *[{"op": "delete", "slot": i} for i in range(4)]).status_code == 200
+    events = client.app.state.core.events.since(seq)
+    assert [(e.type, e.data.get("slot")) for e in events] == [
+        ("memory.invalidate_start", None), ("memory.invalidate_end", None),
+        ("memslot.deleted", 0), ("memslot.deleted", 1), ("memslot.deleted", 2),
+        ("memory.invalidate_start", None), ("memory.invalidate_end", None), ("memslot.deleted", 3)]
+    first = events[0].data
+    assert (first["shared_memory_id"], first["shared_offset"], first["shared_length"]) == (s, 0, 6 * MiB)
+    assert [(g["slot"], g["guest_phys_addr"], g["size"]) for g in first["gpa_ranges"]] == [
+        (i, GiB + i * 8 * MiB, 2 * MiB) for i in range(3)]
+    assert events[5].data["shared_offset"] == 12 * MiB and events[5].data["shared_length"] == 2 * MiB
+
+
 def test_a_rule_broken_half_way_applies_nothing(client, vm):
     s = vm.shm(16 * MiB)
     batch(vm, create(0, 4 * MiB, s, slot=1))
@@ -69,6 +89,16 @@ class FailingVMFd:
         if self._calls == self._fail_on:
             raise OSError(errno.ENOMEM, "injected")
         return self._real.delete_user_memory_region(slot)
+
+    def set_user_memory_regions(self, regions):
+        for applied, region in enumerate(regions):
+            self._calls += 1
+            if self._calls == self._fail_on:
+                return applied, errno.ENOMEM
+            done, error = self._real.set_user_memory_regions([region])
+            if error:
+                return applied, error
+        return len(regions), 0
 
     def __getattr__(self, name):
         return getattr(self._real, name)
@@ -134,3 +164,24 @@ def test_all_32764_slots_created_listed_and_deleted(client, vm):
         r = batch(vm, *[{"op": "delete", "slot": i} for i in range(start, min(start + 4096, total))])
         assert r.status_code == 200
     assert client.get(vm.base).json()["memslots"]["used"] == 0
+
+
+def test_a_broken_rule_reaches_no_ioctl(client, vm):
+    """Every op is validated before the first ioctl: a batch refused at its last op made none."""
+    s = vm.shm(16 * MiB)
+    record = client.app.state.core.registry.vms[vm.id]
+    record.port = counting = FailingVMFd(record.port, fail_on_call=-1)
+    r = batch(vm, create(GiB, 4 * MiB, s, slot=0), create(2 * GiB, 4 * MiB, s, 4 * MiB, slot=1),
+              create(3 * GiB, 4 * MiB, s, 15 * MiB, slot=2))  # past the end of the shared memory
+    record.port = counting._real
+    assert r.status_code == 422 and r.json()["extra"]["index"] == 2
+    assert counting._calls == 0 and slots(vm) == []
+
+
+def test_the_slot_quota_holds_inside_a_batch():
+    with make_client(max_slots_per_vm=2) as c:
+        vm = VMHelper(c, c.post("/v1/vms", json={}).json()["id"])
+        s = vm.shm(16 * MiB)
+        r = batch(vm, *[create(GiB + i * 4 * MiB, 4 * MiB, s, i * 4 * MiB) for i in range(3)])
+        assert r.json()["extra"]["cause"] == "SLOT_QUOTA" and r.json()["extra"]["index"] == 2
+        assert slots(vm) == []

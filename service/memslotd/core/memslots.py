@@ -16,8 +16,9 @@ from .records import VMRecord
 from .ranges import Range, check_aligned_range
 from .registry import Registry
 from .slots import Backing, Slot
+from .values import value_type
 
-__all__ = ["SlotRequest", "MemslotService", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
+__all__ = ["RegionArgs", "SlotRequest", "MemslotService", "initial_state", "invalidation_of_run", "continues_run", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
 
 SLOT_FLAG_BITS = {"log_dirty_pages": 1 << 0, "readonly": 1 << 1}
 MEM_GUEST_MEMFD = 1 << 2
@@ -27,7 +28,11 @@ GPA_LIMIT = 1 << 52  # shadow paging: kvm_mmu_max_gfn() covers 52 bits (X1)
 RESERVED_GPA = Range(0xFFE0_0000, 0x1_0000_0000)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+#: KVM_SET_USER_MEMORY_REGION2's arguments: slot, flags, gpa, size, userspace_addr, gmem offset, gmem fd
+RegionArgs = tuple[int, int, int, int, int, int, int]
+
+
+@value_type
 class SlotRequest:
     guest_phys_addr: int
     memory_size: int
@@ -44,6 +49,13 @@ def default_state(private: bool, init_shared: bool) -> str:
     if not private or init_shared:
         return SHARED
     return PRIVATE
+
+
+def initial_state(vm: VMRecord, slot: Slot) -> str:
+    """The attribute state a new slot's range starts in (see ``default_state``)."""
+    if slot.private is None:
+        return SHARED
+    return default_state(True, "init_shared" in vm.gmems[slot.private.object_id].flags)
 
 
 class MemslotService:
@@ -78,7 +90,8 @@ class MemslotService:
             uaddr, source = shm.port.address + req.shared.offset, "shared_memory"
         if req.private is not None:
             gmem = self.reg.gmem(vm, req.private.object_id)
-            r = self._check_backing_range(req.private.offset, req.memory_size, gmem.size, page, "guest_memfd")  # M7 B4
+            self._check_backing_range(req.private.offset, req.memory_size, gmem.size, page, "guest_memfd")  # M7 B4
+            r = Range.of(req.private.offset, req.memory_size)
             bound = gmem.bindings.overlapping(r, ignore=slot_id)
             if bound is not None:  # B5 (the kernel says EINVAL; it is a conflict)
                 raise Conflict(f"guest_memfd {gmem.id} range [{r.start:#x}, {r.end:#x}) overlaps the range bound to slot {bound[0]}",
@@ -91,13 +104,12 @@ class MemslotService:
         return slot, flags
 
     @staticmethod
-    def _check_backing_range(offset: int, size: int, backing_size: int, page: int, what: str) -> Range:
+    def _check_backing_range(offset: int, size: int, backing_size: int, page: int, what: str) -> None:
         if offset % page:
             raise InvalidRequest(f"{what} offset {offset:#x} is not aligned to {page:#x}", code="RANGE_NOT_ALIGNED")
         if offset + size > backing_size:
             raise InvalidRequest(f"{what} range [{offset:#x}, {offset + size:#x}) exceeds its size {backing_size:#x}",
                                  code="RANGE_OUTSIDE_BACKING")
-        return Range.of(offset, size)
 
     @staticmethod
     def _check_gpa_free(vm: VMRecord, slot_id: int, gpa: Range) -> None:
@@ -158,7 +170,7 @@ class MemslotService:
         return dataclasses.replace(slot, userspace_addr=mapping.address + slot.private.offset)
 
     @staticmethod
-    def region_args(vm: VMRecord, slot: Slot, flags: int) -> tuple[int, ...]:
+    def region_args(vm: VMRecord, slot: Slot, flags: int) -> RegionArgs:
         """Arguments of KVM_SET_USER_MEMORY_REGION2 that create ``slot``."""
         gmem = vm.gmems[slot.private.object_id] if slot.private else None
         return (slot.slot_id, flags, slot.guest_phys_addr, slot.memory_size, slot.userspace_addr,
@@ -189,21 +201,23 @@ class MemslotService:
                            code="SLOT_EXISTS", slot=existing.slot_id)
         return dataclasses.replace(slot, created_at=existing.created_at, generation=existing.generation + 1), flags
 
-    def commit_create(self, vm: VMRecord, slot: Slot) -> None:
+    @staticmethod
+    def commit_create(vm: VMRecord, slot: Slot, *, attributes: bool = True) -> None:
+        """Enter ``slot`` in the tables; ``attributes=False`` leaves the attribute map to the
+        caller (a batch updates it once, for everything that stands)."""
         vm.slots.add(slot)
-        init_shared = False
         if slot.private is not None:
-            gmem = vm.gmems[slot.private.object_id]
-            gmem.bindings.bind(Range.of(slot.private.offset, slot.memory_size), slot.slot_id)
-            init_shared = "init_shared" in gmem.flags
+            vm.gmems[slot.private.object_id].bindings.bind(Range.of(slot.private.offset, slot.memory_size), slot.slot_id)
         if slot.shared is not None:
             vm.shms[slot.shared.object_id].users.add(slot.slot_id)
-        vm.attributes.add(slot.gpa_range, default_state(slot.private is not None, init_shared))
+        if attributes:
+            vm.attributes.add(slot.gpa_range, initial_state(vm, slot))
 
     @staticmethod
-    def commit_delete(vm: VMRecord, slot: Slot) -> None:
+    def commit_delete(vm: VMRecord, slot: Slot, *, attributes: bool = True) -> None:
         vm.slots.remove(slot.slot_id)
-        vm.attributes.remove(slot.gpa_range)
+        if attributes:
+            vm.attributes.remove(slot.gpa_range)
         if slot.private is not None:
             vm.gmems[slot.private.object_id].bindings.unbind(slot.private.offset)
         if slot.shared is not None:
@@ -238,13 +252,7 @@ class MemslotService:
 
     @staticmethod
     def _invalidation(vm: VMRecord, slot: Slot) -> dict[str, Any]:
-        gpa = {"slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "size": slot.memory_size}
-        info: dict[str, Any] = {"reason": "slot_delete", "gpa_ranges": [gpa]}
-        if slot.private is not None:
-            info.update(guest_memfd_id=slot.private.object_id, offset=slot.private.offset, length=slot.memory_size)
-        if slot.shared is not None:
-            info.update(shared_memory_id=slot.shared.object_id, shared_offset=slot.shared.offset)
-        return info
+        return invalidation_of_run([slot])
 
     # -- dirty log ----------------------------------------------------------------------
     async def fetch_dirty_log(self, vm_id: str, slot_id: int) -> tuple[Slot, bytes]:
@@ -309,11 +317,43 @@ def check_preconditions(slot: Slot | None, if_match: str | None, if_none_match: 
             raise PreconditionFailed(f"If-None-Match {if_none_match}: slot {slot.slot_id} exists", etag=slot.etag)
 
 
-def slot_event(slot: Slot) -> dict[str, Any]:
-    return {
+def continues_run(last: Slot, slot: Slot) -> bool:
+    """Does ``slot``'s backing follow ``last``'s in the same objects (offsets back to back)?
+    Then deleting both invalidates one file range, as a punch hole would."""
+    for a, b in ((last.shared, slot.shared), (last.private, slot.private)):
+        if a is None or b is None:
+            if a is not b:
+                return False
+        elif a.object_id != b.object_id or a.offset + last.memory_size != b.offset:
+            return False
+    return True
+
+
+def invalidation_of_run(run: list[Slot], *, batch: bool = False) -> dict[str, Any]:
+    """The invalidate payload for deleting ``run`` (slots whose backings continue each other):
+    the backing file range(s) once, and the GPA range of every slot."""
+    first = run[0]
+    length = sum(slot.memory_size for slot in run)
+    info: dict[str, Any] = {"reason": "slot_delete", "gpa_ranges": [
+        {"slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "size": slot.memory_size} for slot in run]}
+    if first.private is not None:
+        info["guest_memfd_id"], info["offset"], info["length"] = first.private.object_id, first.private.offset, length
+    if first.shared is not None:
+        info["shared_memory_id"], info["shared_offset"] = first.shared.object_id, first.shared.offset
+        info["shared_length"] = length
+    if batch:
+        info["batch"] = True
+    return info
+
+
+def slot_event(slot: Slot, *, batch: bool = False) -> dict[str, Any]:
+    data = {
         "slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "memory_size": slot.memory_size,
         "flags": list(slot.flags),
         "shared": {"shared_memory_id": slot.shared.object_id, "offset": slot.shared.offset} if slot.shared else None,
         "private": {"guest_memfd_id": slot.private.object_id, "offset": slot.private.offset} if slot.private else None,
     }
+    if batch:
+        data["batch"] = True
+    return data
 

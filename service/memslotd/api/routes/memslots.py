@@ -17,7 +17,9 @@ from ...core.slots import Slot
 from ...core.slots import Backing
 from ..convert import slot_read
 from ..deps import CoreDep
-from ..schemas import BatchDelete, BatchRequest, BatchResponse, DirtyLog, MemslotCreate, MemslotList, MemslotRead
+from .. import batch_body
+from ..batch_body import BATCH_BODY
+from ..schemas import BatchResponse, DirtyLog, MemslotCreate, MemslotList, MemslotRead
 from ._common import DryRun, IfMatch, IfNoneMatch, SlotId, VMId, problems
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
@@ -39,16 +41,16 @@ async def batch(vm_id: VMId, request: Request, core: CoreDep, dry_run: DryRun = 
     ``BATCH_FAILED``, with the status of the failing op) names its ``index`` and ``cause``.
     Events are emitted only for what finally stands, in op order, after the batch commits.
     """
-    # Thousands of ops: pydantic parses the JSON itself (no intermediate dicts), and the result,
-    # built by the core in the documented shape, is not validated a second time on the way out.
+    # Thousands of ops: pydantic parses the JSON itself into plain dicts (batch_body), and the
+    # result, built by the core in the documented shape, is not validated a second time.
     if "json" not in request.headers.get("content-type", ""):
         raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": "JSON body required"}])
     try:
-        body = BatchRequest.model_validate_json(await request.body())
+        body = BATCH_BODY.validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    ops = [BatchOp("delete", op.slot) if isinstance(op, BatchDelete) else BatchOp("create", op.slot, _request(op))
-           for op in body.ops]
+    ops = [BatchOp("delete", op["slot"]) if op["op"] == "delete" else BatchOp("create", op.get("slot"), _batch_request(op))
+           for op in body["ops"]]
     results = await core.batch.apply(vm_id, ops, dry_run=dry_run)
     return Response(orjson.dumps({"results": results}), media_type="application/json",
                     headers={DRY_RUN_HEADER: "true"} if dry_run else None)
@@ -60,6 +62,17 @@ def _request(body: MemslotCreate) -> SlotRequest:
         flags=tuple(sorted(set(body.flags))), address_space=body.address_space,
         shared=Backing(body.shared.shared_memory_id, body.shared.offset) if body.shared else None,
         private=Backing(body.private.guest_memfd_id, body.private.offset) if body.private else None,
+    )
+
+
+def _batch_request(op: batch_body.BatchCreate) -> SlotRequest:
+    """``_request`` for a batch op (a dict: omitted fields take the documented defaults)."""
+    shared, private, flags = op.get("shared"), op.get("private"), op.get("flags")
+    return SlotRequest(
+        op["guest_phys_addr"], op["memory_size"], tuple(sorted(set(flags))) if flags else (),
+        Backing(shared["shared_memory_id"], shared.get("offset", 0)) if shared else None,
+        Backing(private["guest_memfd_id"], private.get("offset", 0)) if private else None,
+        op.get("address_space", 0),
     )
 
 
