@@ -253,3 +253,30 @@ def test_ndjson_long_poll_resumes_and_waits(daemon):
         assert [json.loads(x)["type"] for x in result["lines"]] == ["vm.deleted", "bookmark"]
         page = c.get("/v1/events", params={"since_seq": 0, "wait": 0, "limit": 1}).text.splitlines()
         assert json.loads(page[-1]) ["seq"] == 1  # truncated: the bookmark is the last delivered event
+
+
+def test_a_long_poll_woken_by_more_events_than_its_limit_loses_none(daemon):
+    """A batch appends many events at once; a waiting long-poll returns the first `limit` of them
+    and a bookmark at the last one returned, so the next poll gets the rest."""
+    with daemon.client() as c:
+        vm = c.post("/v1/vms", json={}).json()["id"]
+        shm = c.post(f"/v1/vms/{vm}/shared-memory", json={"size": 8 << 20}).json()["id"]
+        since = json.loads(c.get("/v1/events", params={"wait": 0}).text.splitlines()[-1])["seq"]
+        result: dict = {}
+
+        def poll() -> None:
+            with daemon.client() as c2:
+                result["lines"] = c2.get("/v1/events", params={"since_seq": since, "wait": 10, "limit": 2}).text.splitlines()
+
+        t = threading.Thread(target=poll)
+        t.start()
+        time.sleep(0.3)
+        ops = [{"op": "create", "slot": i, "guest_phys_addr": (1 << 32) + i * (2 << 20), "memory_size": 2 << 20,
+                "shared": {"shared_memory_id": shm, "offset": i * (2 << 20)}} for i in range(4)]
+        assert c.post(f"/v1/vms/{vm}/memslots:batch", json={"ops": ops}).status_code == 200
+        t.join(15)
+        first = [json.loads(x) for x in result["lines"]]
+        assert [(e["type"], e.get("data", {}).get("slot")) for e in first[:-1]] == [("memslot.created", 0), ("memslot.created", 1)]
+        assert first[-1]["type"] == "bookmark" and first[-1]["seq"] == first[-2]["seq"]
+        rest = [json.loads(x) for x in c.get("/v1/events", params={"since_seq": first[-1]["seq"], "wait": 0}).text.splitlines()]
+        assert [e["data"]["slot"] for e in rest[:-1]] == [2, 3]

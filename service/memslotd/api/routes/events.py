@@ -219,30 +219,37 @@ async def events_longpoll(
     core: MemoryCore = request.app.state.core
     log = core.events
     query = StreamQuery(since_seq=since_seq, boot_id=boot_id, vm_id=vm_id, types=types)
+    start = log.seq if since_seq is None else since_seq
     try:
         accept = query.matcher()
-        start = log.seq if since_seq is None else since_seq
-        backlog = log.since(start, boot_id)
+        pending = any(accept(e.type, e.vm_id) for e in log.since(start, boot_id))
     except ValueError as exc:
         return problem_response(422, "VALIDATION_FAILED", "Invalid request", str(exc), request)
     except CursorGone as exc:
-        gone = _gone(exc)
-        return problem_response(410, "CURSOR_GONE", "Cursor gone", gone.pop("detail"), request,
-                                **{k: v for k, v in gone.items() if k != "type"})
-    sub = log.subscribe(limit + 1, lambda e: accept(e.type, e.vm_id))
-    try:
-        events: list[Event] = [e for e in backlog if accept(e.type, e.vm_id)]
-        if not events and wait > 0:
+        return _gone_response(exc, request)
+    if not pending and wait > 0:
+        # The subscription is only a wake-up; the events are read from the log afterwards, so
+        # a burst larger than any queue (a batch) is paged by ``limit``, never dropped.
+        sub = log.subscribe(1, lambda e: accept(e.type, e.vm_id))
+        try:
             with contextlib.suppress(OverflowError):
-                events = await sub.next_batch(wait)
-        with contextlib.suppress(OverflowError):
-            events += sub.drain()  # whatever arrived meanwhile (no await: the bookmark skips nothing)
-        if len(events) > limit:
-            events = events[:limit]
-            bookmark = events[-1].seq
-        else:
-            bookmark = log.seq
-    finally:
-        sub.close()
+                await sub.next_batch(wait)
+        finally:
+            sub.close()
+    try:
+        events: list[Event] = [e for e in log.since(start, boot_id) if accept(e.type, e.vm_id)]
+    except CursorGone as exc:  # the window moved past the cursor while we waited
+        return _gone_response(exc, request)
+    if len(events) > limit:
+        events = events[:limit]
+        bookmark = events[-1].seq
+    else:
+        bookmark = log.seq
     lines = [e.encoded for e in events] + [_frame(core, "bookmark", seq=bookmark)]
     return Response("\n".join(lines) + "\n", media_type="application/x-ndjson")
+
+
+def _gone_response(exc: CursorGone, request: Request) -> Response:
+    gone = _gone(exc)
+    return problem_response(410, "CURSOR_GONE", "Cursor gone", gone.pop("detail"), request,
+                            **{k: v for k, v in gone.items() if k != "type"})
