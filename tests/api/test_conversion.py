@@ -147,21 +147,28 @@ class FailingGuestMemfd:
 def test_failure_half_way_reports_exactly_what_changed(client, vm):
     g = vm.gmem(4 * MiB, flags=[])
     vm.put_slot(0, BASE, 4 * MiB, gmem=g)
-    convert(vm, BASE + MiB, MiB, "shared")  # pieces to convert now: [0,1M) and [2M,4M)
+    convert(vm, BASE + MiB, MiB, "shared")
+    convert(vm, BASE + 3 * MiB, MiB // 2, "shared")  # still private: [0,1M) [2M,3M) [3.5M,4M)
     record = client.app.state.core.registry.vms[vm.id].gmems[g]
     record.port = FailingGuestMemfd(record.port, fail_on_call=2)
     seq = client.app.state.core.events.seq
     r = convert(vm, BASE, 4 * MiB, "shared")
+    record.port = record.port._real
     body = r.json()
     assert r.status_code == 500 and body["code"] == "CONVERSION_PARTIAL" and body["errno"] == errno.EIO
     assert [(c["guest_phys_addr"], c["size"]) for c in body["extra"]["changed"]] == [(BASE, MiB)]
-    assert body["extra"]["failed_at"] == {"guest_phys_addr": BASE + 2 * MiB, "size": 2 * MiB}
+    assert body["extra"]["failed_at"] == {"guest_phys_addr": BASE + 2 * MiB, "size": MiB}
     # the map says exactly what was done
-    assert attrs(vm) == [(BASE, 2 * MiB, "shared"), (BASE + 2 * MiB, 2 * MiB, "private")]
-    kinds = [(e.type, e.data.get("error")) for e in events_since(client, seq)]
-    assert kinds == [("memory.invalidate_start", None), ("memory.invalidate_start", None),
-                     ("memory.invalidate_end", None), ("memory.converted", None), ("memory.invalidate_end", errno.EIO)]
-    record.port = record.port._real
+    assert attrs(vm) == [(BASE, 2 * MiB, "shared"), (BASE + 2 * MiB, MiB, "private"),
+                         (BASE + 3 * MiB, MiB // 2, "shared"), (BASE + 3 * MiB + MiB // 2, MiB // 2, "private")]
+    # every announced invalidation is closed: done, failed (errno), never attempted (cancelled)
+    kinds = [(e.type, e.data["gpa_ranges"][0]["guest_phys_addr"] - BASE if "gpa_ranges" in e.data else None,
+              e.data.get("error"), e.data.get("cancelled")) for e in events_since(client, seq)]
+    assert kinds == [("memory.invalidate_start", 0, None, None), ("memory.invalidate_start", 2 * MiB, None, None),
+                     ("memory.invalidate_start", 3 * MiB + MiB // 2, None, None),
+                     ("memory.invalidate_end", 0, None, None), ("memory.converted", None, None, None),
+                     ("memory.invalidate_end", 2 * MiB, errno.EIO, None),
+                     ("memory.invalidate_end", 3 * MiB + MiB // 2, None, True)]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

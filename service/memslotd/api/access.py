@@ -10,8 +10,6 @@ Every mutating call, and every refusal, leaves one audit line.
 from __future__ import annotations
 
 import time
-
-import orjson
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -19,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import RequestLog
 from .auth import TokenStore, required_scope
-from .problems import problem_body
+from .problems import send_problem
 
 __all__ = ["AccessControl", "REQUEST_SECONDS"]
 
@@ -123,13 +121,10 @@ class AccessControl:
         if scope["type"] == "websocket":  # refusing the handshake answers with HTTP 403
             await send({"type": "websocket.close", "code": 4401 if status == 401 else 4403, "reason": code})
             return
-        body = orjson.dumps(problem_body(status, code, "Unauthorized" if status == 401 else "Forbidden", detail))
-        headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
-                   self.state.boot_header]
+        headers = [self.state.boot_header]
         if status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="memslotd"'))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(send, status, code, "Unauthorized" if status == 401 else "Forbidden", detail, headers)
 
     def _record(self, scope: Scope, method: str, who: dict[str, Any], kind: str, need: str, status: int,
                 started: float) -> None:

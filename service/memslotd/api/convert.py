@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.memslots import slot_event
 from ..core.records import GmemRecord, ShmRecord, VMRecord
 from ..core.slots import Slot
 
@@ -52,11 +53,9 @@ def guest_backing(vm: VMRecord, slot: Slot, kernel_attributes: bool) -> str:
 
 
 def slot_read(vm: VMRecord, slot: Slot, kernel_attributes: bool) -> dict[str, Any]:
+    """The slot as events show it, plus what only a read carries."""
     return {
-        "slot": slot.slot_id, "address_space": 0, "guest_phys_addr": slot.guest_phys_addr,
-        "memory_size": slot.memory_size, "flags": list(slot.flags),
-        "shared": {"shared_memory_id": slot.shared.object_id, "offset": slot.shared.offset} if slot.shared else None,
-        "private": {"guest_memfd_id": slot.private.object_id, "offset": slot.private.offset} if slot.private else None,
+        **slot_event(slot), "address_space": 0,
         "guest_backing": guest_backing(vm, slot, kernel_attributes),
         "userspace_addr_source": slot.userspace_addr_source, "immutable": slot.immutable,
         "created_at": slot.created_at, "generation": slot.generation,

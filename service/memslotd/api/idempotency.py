@@ -13,14 +13,14 @@ import collections
 import dataclasses
 import hashlib
 import time
-from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .problems import problem_body
+from .problems import send_problem
 
 __all__ = ["IdempotencyKeys"]
+
+TITLE = "Idempotency-Key conflict"
 
 
 @dataclasses.dataclass
@@ -50,9 +50,10 @@ class IdempotencyKeys:
         entry = self._entries.get(key)
         if entry is not None:
             if entry.fingerprint != fingerprint:
-                await self._problem(send, 422, "IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was used for another request")
+                await send_problem(send, 422, "IDEMPOTENCY_KEY_REUSED", TITLE, "this Idempotency-Key was used for another request")
             elif entry.status == 0:
-                await self._problem(send, 409, "IDEMPOTENCY_KEY_IN_USE", "the request with this Idempotency-Key is still running")
+                await send_problem(send, 409, "IDEMPOTENCY_KEY_IN_USE", TITLE,
+                                   "the request with this Idempotency-Key is still running")
             else:
                 headers = [*entry.headers, (b"idempotent-replayed", b"true")]
                 await send({"type": "http.response.start", "status": entry.status, "headers": headers})
@@ -105,10 +106,3 @@ class IdempotencyKeys:
             if now - oldest.created < self.ttl:
                 return
             self._entries.popitem(last=False)
-
-    @staticmethod
-    async def _problem(send: Send, status: int, code: str, detail: str) -> None:
-        body = orjson.dumps(problem_body(status, code, "Idempotency-Key conflict", detail))
-        headers: list[Any] = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

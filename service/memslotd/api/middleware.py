@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .problems import problem_body
+from .problems import send_problem
 
 __all__ = ["LimitsAndHeaders"]
 
@@ -61,9 +60,5 @@ class LimitsAndHeaders:
                 await self._reject(send, limit)
 
     async def _reject(self, send: Send, limit: int) -> None:
-        body = orjson.dumps(problem_body(413, "BODY_TOO_LARGE", "Request body too large",
-                                         f"request body exceeds {limit} bytes"))
-        headers: list[Any] = [(b"content-type", b"application/problem+json"),
-                              (b"content-length", str(len(body)).encode()), self.state.boot_header]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(send, 413, "BODY_TOO_LARGE", "Request body too large", f"request body exceeds {limit} bytes",
+                           [self.state.boot_header])

@@ -9,13 +9,17 @@ capability; 503 host resources exhausted; 507 byte quota; 500 bugs only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from ..core.batch import BatchFailed
 from ..core.errors import (
@@ -23,7 +27,7 @@ from ..core.errors import (
     PreconditionFailed, QuotaExceeded, VMBusy,
 )
 
-__all__ = ["install_problem_handlers", "problem_body", "problem_response", "STATUS_BY_CLASS", "PROBLEM_MEDIA_TYPE"]
+__all__ = ["install_problem_handlers", "problem_body", "problem_response", "send_problem", "STATUS_BY_CLASS", "PROBLEM_MEDIA_TYPE"]
 
 log = logging.getLogger("memslotd.api")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -33,7 +37,6 @@ STATUS_BY_CLASS: list[tuple[type[DomainError], int]] = [
     (VMBusy, 429),
     (HostResourcesExhausted, 503), (KernelError, 500),
 ]
-STATUS_BY_CODE = {"RANGE_NOT_ALIGNED": 422}
 
 
 def status_of(exc: DomainError) -> int:
@@ -45,7 +48,7 @@ def status_of(exc: DomainError) -> int:
         return 507 if exc.bytes_quota else 429
     for cls, status in STATUS_BY_CLASS:
         if isinstance(exc, cls):
-            return STATUS_BY_CODE.get(exc.code, status)
+            return status
     return 500
 
 
@@ -53,6 +56,15 @@ def problem_body(status: int, code: str, title: str, detail: str) -> dict[str, A
     """The RFC 9457 core every problem answer shares (also used by the pure-ASGI middlewares)."""
     return {"type": f"urn:memslotd:problem:{code.lower().replace('_', '-')}", "title": title, "status": status,
             "detail": detail, "code": code}
+
+
+async def send_problem(send: Send, status: int, code: str, title: str, detail: str,
+                       headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """A problem+json answer from pure-ASGI middleware (which has no Response machinery)."""
+    body = orjson.dumps(problem_body(status, code, title, detail))
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def problem_response(status: int, code: str, title: str, detail: str, request: Request | None = None,

@@ -20,7 +20,7 @@ import itertools
 import os
 from typing import Any
 
-from .errors import Conflict, DomainError, NotFound, QuotaExceeded, kernel_error
+from .errors import Conflict, DomainError, QuotaExceeded, kernel_error
 from .memslots import MemslotService, RegionArgs, SlotRequest, continues_run, initial_state, invalidation_of_run, slot_event
 from .records import VMRecord
 from .slots import Slot
@@ -113,9 +113,7 @@ class BatchService:
             ms.commit_delete(vm, slot, attributes=False)
             return _Step("delete", slot, 0)  # flags: only an undo needs them (see _region)
         assert op.request is not None
-        slot_id = op.slot_id if op.slot_id is not None else vm.slots.lowest_free_id()
-        if slot_id is None:
-            raise NotFound("no free slot id", code="SLOT_BUDGET_EXHAUSTED")
+        slot_id = op.slot_id if op.slot_id is not None else ms.lowest_free_id(vm)
         existing = vm.slots.get(slot_id)
         slot, flags = ms._validate(vm, slot_id, op.request)
         if existing is not None:

@@ -10,6 +10,8 @@ Pieces are processed in chunks, each chunk's syscalls in one worker-thread call,
 so a huge range neither blocks the event loop nor pays a thread hop per piece.
 A failure stops at the failing piece: the attribute change of that piece is rolled
 back; pieces before it stay converted (a discard cannot be undone) and are reported.
+Every ``invalidate_start`` gets its ``invalidate_end``: with ``error`` for the failed piece,
+``cancelled`` for the pieces of its chunk that were announced but not attempted.
 """
 
 from __future__ import annotations
@@ -117,6 +119,9 @@ class ConversionService:
             failed = invalidations[done]
             if failed is not None:
                 self.reg.emit("memory.invalidate_end", vm.id, **failed, error=error.errno)
+            for info in invalidations[done + 1:]:  # announced with the chunk, never attempted
+                if info is not None:
+                    self.reg.emit("memory.invalidate_end", vm.id, **info, cancelled=True)
             cause = kernel_error(error, "convert")
             failure = ConversionFailed(
                 f"stopped at [{chunk[done].gpa.start:#x}, {chunk[done].gpa.end:#x}): {cause.detail}",

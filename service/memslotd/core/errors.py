@@ -1,15 +1,14 @@
-"""Domain errors: one class per condition, each with a stable ``code``.
+"""Domain errors: one class per kind of failure (it decides the HTTP status), and a stable
+``code`` per condition (it names the rule), e.g. ``InvalidRequest(code="RANGE_NOT_ALIGNED")``.
 
 ::
 
     DomainError (code, detail, extra)
-     ├── InvalidRequest        the request breaks a rule (422)
-     │    ├── RangeNotAligned, RangeEmpty, RangeOverflow, RangeOutsideBacking
-     │    ├── SlotIdOutOfRange, FlagsIncompatible, SlotNoBacking, ProbeOutOfBounds
+     ├── InvalidRequest        the request breaks a rule (422): RANGE_NOT_ALIGNED, RANGE_EMPTY,
+     │                         RANGE_OVERFLOW, RANGE_OUTSIDE_BACKING, SLOT_ID_OUT_OF_RANGE, …
      ├── NotFound              unknown VM, guest_memfd, shared memory, slot (404)
-     ├── Conflict              clashes with existing state (409)
-     │    ├── SlotOverlap, SlotExists, SlotImmutable, GmemRangeBound, ResourceBusy,
-     │    ├── GPAReserved, RangeNotCovered, NoPrivatePart, SlotBudgetExhausted
+     ├── Conflict              clashes with existing state (409): SLOT_OVERLAP, SLOT_EXISTS,
+     │                         SLOT_IMMUTABLE, GMEM_RANGE_BOUND, GPA_RESERVED, RANGE_NOT_COVERED, …
      ├── PreconditionFailed    If-Match / If-None-Match did not hold (412)
      ├── CapabilityMissing     this host cannot do it (501)
      ├── QuotaExceeded         a configured limit (429 for counts/rates, 507 for bytes)

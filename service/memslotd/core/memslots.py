@@ -132,9 +132,7 @@ class MemslotService:
         vm = self.reg.vm(vm_id)
         async with vm.mutation():
             if slot_id is None:
-                slot_id = vm.slots.lowest_free_id()
-                if slot_id is None:
-                    raise QuotaExceeded(f"VM {vm.id} has no free slot id", code="SLOT_BUDGET_EXHAUSTED")
+                slot_id = self.lowest_free_id(vm)
             existing = vm.slots.get(slot_id)
             check_preconditions(existing, if_match, if_none_match)
             slot, flags = self._validate(vm, slot_id, req) if existing is None else self._validate_modify(vm, existing, req)
@@ -159,6 +157,14 @@ class MemslotService:
             self._commit_modify(vm, existing, slot)
             self.reg.emit("memslot.updated", vm.id, **slot_event(slot), previous_guest_phys_addr=existing.guest_phys_addr)
             return slot, False
+
+    @staticmethod
+    def lowest_free_id(vm: VMRecord) -> int:
+        """The id a create without one gets (429 ``SLOT_BUDGET_EXHAUSTED`` when none is left)."""
+        slot_id = vm.slots.lowest_free_id()
+        if slot_id is None:
+            raise QuotaExceeded(f"VM {vm.id} has no free slot id", code="SLOT_BUDGET_EXHAUSTED")
+        return slot_id
 
     @staticmethod
     def resolve_userspace_addr(vm: VMRecord, slot: Slot) -> Slot:
@@ -238,7 +244,7 @@ class MemslotService:
             check_preconditions(slot, if_match, None)
             if dry_run:
                 return slot
-            info = self._invalidation(vm, slot)
+            info = invalidation_of_run([slot])
             self.reg.emit("memory.invalidate_start", vm.id, **info)
             try:
                 vm.port.delete_user_memory_region(slot.slot_id)  # microseconds: inline (see put)
@@ -249,10 +255,6 @@ class MemslotService:
             self.reg.emit("memory.invalidate_end", vm.id, **info)
             self.reg.emit("memslot.deleted", vm.id, **slot_event(slot))
             return slot
-
-    @staticmethod
-    def _invalidation(vm: VMRecord, slot: Slot) -> dict[str, Any]:
-        return invalidation_of_run([slot])
 
     # -- dirty log ----------------------------------------------------------------------
     async def fetch_dirty_log(self, vm_id: str, slot_id: int) -> tuple[Slot, bytes]:

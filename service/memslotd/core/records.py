@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 from .attributes import AttributeMap
-from .errors import VMBusy
+from .errors import NotFound, VMBusy
 from .ports import GuestMemfdPort, GuestRunnerPort, SharedMemoryPort, VMPort
 from .slots import GmemBindings, MemslotTable
 
@@ -78,8 +78,6 @@ class VMRecord:
         try:
             async with self._lock:
                 if self.deleted:
-                    from .errors import NotFound
-
                     raise NotFound(f"VM {self.id} was deleted", code="VM_NOT_FOUND", vm_id=self.id)
                 yield
         finally:

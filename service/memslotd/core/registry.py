@@ -100,11 +100,12 @@ class Registry:
         async with vm.mutation():
             vm.deleted = True
             del self.vms[vm.id]
-            for gmem in vm.gmems.values():
-                self.emit("memory.invalidate_start", vm.id, **self.gmem_invalidation(vm, gmem, Range(0, gmem.size), "vm_delete"))
+            invalidations = [self.gmem_invalidation(vm, gmem, Range(0, gmem.size), "vm_delete") for gmem in vm.gmems.values()]
+            for info in invalidations:
+                self.emit("memory.invalidate_start", vm.id, **info)
             await self.blocking(self._close_vm_objects, vm)
-            for gmem in vm.gmems.values():
-                self.emit("memory.invalidate_end", vm.id, **self.gmem_invalidation(vm, gmem, Range(0, gmem.size), "vm_delete"))
+            for info in invalidations:
+                self.emit("memory.invalidate_end", vm.id, **info)
             for slot in vm.slots:
                 self.emit("memslot.deleted", vm.id, slot=slot.slot_id, reason="vm_delete")
             for gmem in vm.gmems.values():

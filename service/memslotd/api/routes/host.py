@@ -8,6 +8,8 @@ from fastapi import APIRouter
 
 from ... import __version__
 from ...core.memslots import GPA_LIMIT, RESERVED_GPA
+from ...core.probe import MAX_PROBE_BYTES
+from ...core.registry import GMEM_FLAG_BITS
 from ..deps import CoreDep, SettingsDep
 from ..schemas import Capabilities, Health, Version
 
@@ -18,7 +20,7 @@ router = APIRouter(prefix="/v1", tags=["host"])
 async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
     """What this host's KVM offers, reported truthfully (probed at start on a default VM)."""
     host = core.host
-    gmem_flags = [n for n, b in (("mmap", 1), ("init_shared", 2)) if host.guest_memfd_flags & b]
+    gmem_flags = [name for name, bit in GMEM_FLAG_BITS.items() if host.guest_memfd_flags & bit]
     return {
         "api_version": host.api_version, "kernel_release": host.kernel_release, "arch": host.arch,
         "page_size": host.page_size, "vm_types": list(host.vm_types), "max_memslots": host.max_memslots,
@@ -30,7 +32,7 @@ async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
         "reserved_gpa_ranges": [{"guest_phys_addr": RESERVED_GPA.start, "size": RESERVED_GPA.size,
                                  "purpose": "guest probe window (code and page tables)"}],
         "max_guest_phys_addr": GPA_LIMIT, "max_probe_ops": core.limits.max_probe_ops,
-        "max_probe_bytes": 64 << 10,
+        "max_probe_bytes": MAX_PROBE_BYTES,
     }
 
 

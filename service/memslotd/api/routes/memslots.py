@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -13,12 +14,10 @@ from ...core import MemoryCore
 from ...core.batch import BatchOp
 from ...core.memslots import SlotRequest, dirty_ranges
 from ...core.ranges import Range
-from ...core.slots import Slot
-from ...core.slots import Backing
+from ...core.slots import Backing, Slot
+from ..batch_body import BATCH_BODY
 from ..convert import slot_read
 from ..deps import CoreDep
-from .. import batch_body
-from ..batch_body import BATCH_BODY
 from ..schemas import BatchResponse, DirtyLog, MemslotCreate, MemslotList, MemslotRead
 from ._common import DryRun, IfMatch, IfNoneMatch, SlotId, VMId, problems
 
@@ -49,7 +48,7 @@ async def batch(vm_id: VMId, request: Request, core: CoreDep, dry_run: DryRun = 
         body = BATCH_BODY.validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    ops = [BatchOp("delete", op["slot"]) if op["op"] == "delete" else BatchOp("create", op.get("slot"), _batch_request(op))
+    ops = [BatchOp("delete", op["slot"]) if op["op"] == "delete" else BatchOp("create", op.get("slot"), _slot_request(op))
            for op in body["ops"]]
     results = await core.batch.apply(vm_id, ops, dry_run=dry_run)
     return Response(orjson.dumps({"results": results}), media_type="application/json",
@@ -57,16 +56,12 @@ async def batch(vm_id: VMId, request: Request, core: CoreDep, dry_run: DryRun = 
 
 
 def _request(body: MemslotCreate) -> SlotRequest:
-    return SlotRequest(
-        guest_phys_addr=body.guest_phys_addr, memory_size=body.memory_size,
-        flags=tuple(sorted(set(body.flags))), address_space=body.address_space,
-        shared=Backing(body.shared.shared_memory_id, body.shared.offset) if body.shared else None,
-        private=Backing(body.private.guest_memfd_id, body.private.offset) if body.private else None,
-    )
+    return _slot_request(body.model_dump())
 
 
-def _batch_request(op: batch_body.BatchCreate) -> SlotRequest:
-    """``_request`` for a batch op (a dict: omitted fields take the documented defaults)."""
+def _slot_request(op: Mapping[str, Any]) -> SlotRequest:
+    """The core's request from a slot body as a dict: a batch op (omitted fields take the
+    documented defaults) or a dumped MemslotCreate."""
     shared, private, flags = op.get("shared"), op.get("private"), op.get("flags")
     return SlotRequest(
         op["guest_phys_addr"], op["memory_size"], tuple(sorted(set(flags))) if flags else (),
