@@ -22,11 +22,13 @@ def _kvm_unavailable_reason() -> str | None:
 
 
 KVM_SKIP_REASON = _kvm_unavailable_reason()
+#: every test below these runs the real daemon or core on /dev/kvm
+KVM_TEST_DIRS = ("kvm", "api", "e2e", "client", "ui", "contract")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if any(part in ("kvm", "api", "e2e") for part in Path(str(item.fspath)).parts[-3:-1]):
+        if any(part in KVM_TEST_DIRS for part in Path(str(item.fspath)).parts[-3:-1]):
             item.add_marker(pytest.mark.kvm)
         if KVM_SKIP_REASON and item.get_closest_marker("kvm"):
             item.add_marker(pytest.mark.skip(reason=f"needs KVM: {KVM_SKIP_REASON}"))

@@ -79,7 +79,6 @@ class GuestMemfd(_FileBacked):
         both = GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED
         return self.flags & both == both
 
-
     def inject_hwpoison(self, offset: int) -> tuple[int, str]:
         """Poison one page from a sacrificial child (``memslotd.kvm._poison``).
 
