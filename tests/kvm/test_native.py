@@ -105,6 +105,20 @@ def test_region2_create_overlap_delete_and_errnos(vm):
         assert e.value.errno == errno.EINVAL
 
 
+def test_region_batch_stops_at_the_first_kernel_refusal(vm):
+    """msd_set_user_memory_regions: in order, stops at the first errno, reports how many the
+    kernel took; the real kernel refuses op 2 (EEXIST: it overlaps op 0's range)."""
+    with SharedMemory.create("t", 8 * MiB) as shm:
+        regions = [(0, 0, 1 << 32, 2 * MiB, shm.address, 0, 0), (1, 0, (1 << 32) + 2 * MiB, 2 * MiB, shm.address, 0, 0),
+                   (2, 0, (1 << 32) + MiB, 2 * MiB, shm.address, 0, 0), (3, 0, 1 << 33, 2 * MiB, shm.address, 0, 0)]
+        assert vm.set_user_memory_regions(regions) == (2, errno.EEXIST)
+        with pytest.raises(KVMError) as e:  # op 3 never ran: slot 3 is empty
+            vm.delete_user_memory_region(3)
+        assert e.value.errno == errno.EINVAL
+        assert vm.set_user_memory_regions([(1, 0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0, 0)]) == (2, 0)  # deletes
+        assert vm.set_user_memory_regions([]) == (0, 0)
+
+
 def test_region2_bad_guest_memfd_fd(vm):
     with SharedMemory.create("t", 2 * MiB) as shm:
         with pytest.raises(KVMError) as e:  # B1: not an open fd
