@@ -116,6 +116,7 @@ def test_a_kernel_failure_half_way_rolls_the_kernel_back(client, vm):
     r = batch(vm, {"op": "delete", "slot": 0}, create(2 * GiB, 4 * MiB, s, 4 * MiB, slot=1), create(3 * GiB, 4 * MiB, s, 8 * MiB))
     body = r.json()
     assert r.status_code == 503 and body["extra"]["index"] == 2 and body["errno_name"] == "ENOMEM"
+    assert body["ioctl"] == "KVM_SET_USER_MEMORY_REGION2" and body["extra"]["cause"] == "HOST_RESOURCES_EXHAUSTED"
     record.port = record.port._real
     assert client.app.state.core.events.since(seq) == []
     assert slots(vm) == [0]

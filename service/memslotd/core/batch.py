@@ -101,7 +101,7 @@ class BatchService:
             undo = undo[undone + 1:] if undo_error else []
         self._undo_tables(vm, steps)
         index, step = changes[applied]
-        cause = kernel_error(OSError(error, os.strerror(error)), f"op {index}")
+        cause = kernel_error(OSError(error, os.strerror(error)), f"op {index}", ioctl="KVM_SET_USER_MEMORY_REGION2")
         raise BatchFailed(f"op {index} ({step.op} slot {step.slot.slot_id}): {cause.detail}", cause, index)
 
     def _plan_one(self, vm: VMRecord, op: BatchOp) -> _Step:

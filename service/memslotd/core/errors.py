@@ -93,14 +93,14 @@ class KernelError(DomainError):
 _EXHAUSTION = {_errno.ENOMEM, _errno.EMFILE, _errno.ENFILE, _errno.ENOSPC}
 
 
-def kernel_error(exc: OSError, what: str) -> DomainError:
+def kernel_error(exc: OSError, what: str, *, ioctl: str | None = None) -> DomainError:
     """Translate a kernel failure (``OSError`` with errno, maybe ``ioctl``) once, here.
 
     The daemon validates first, so reaching here with EINVAL/EEXIST means the
     kernel knows a rule we do not mirror; the errno still travels exactly.
     """
     code = exc.errno or 0
-    ioctl = getattr(exc, "ioctl", None)
+    ioctl = ioctl or getattr(exc, "ioctl", None)
     name = _errno.errorcode.get(code, str(code))
     detail = f"{what}: {ioctl or 'syscall'} failed with {name} ({exc.strerror or ''})".rstrip(" ()")
     extra: dict[str, Any] = {"errno": code, "errno_name": name, "ioctl": ioctl}
