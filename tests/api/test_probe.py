@@ -62,3 +62,19 @@ def test_probe_bounds(vm):
     assert probe(vm, {**read, "guest_phys_addr": 1 << 48}).json()["code"] == "PROBE_OUT_OF_BOUNDS"
     assert probe(vm, {"op": "write", "guest_phys_addr": BASE, "length": 2}).json()["code"] == "PROBE_DATA_LENGTH"
     assert probe(vm, {"op": "write", "guest_phys_addr": BASE, "length": 2, "data_hex": "zz"}).status_code == 422
+
+
+def test_probing_more_distinct_gib_regions_than_the_table_pool_holds(vm):
+    """The probe maps each GiB region it touches with append-only page tables from a fixed pool
+    (384 pages); touching 450 distinct regions must keep working (the pool is rebuilt), and the
+    guest still reads real memory afterwards."""
+    s = vm.shm(2 * MiB)
+    vm.put_slot(0, BASE, 2 * MiB, shm=s)
+    vm.c.post(f"{vm.base}/probe", json={"ops": [{"op": "write", "guest_phys_addr": BASE, "length": 2, "data_hex": "cafe"}]})
+    for first in range(0, 450, 64):
+        ops = [{"op": "read", "guest_phys_addr": (8 + g) * GiB, "length": 1} for g in range(first, min(first + 64, 450))]
+        r = probe(vm, *ops)
+        assert r.status_code == 200, r.text
+        assert all(x["exit"]["reason"] == "mmio" for x in r.json()["results"])  # nothing maps those GPAs
+    r = probe(vm, {"op": "read", "guest_phys_addr": BASE, "length": 2})
+    assert r.json()["results"][0]["data_hex"] == "cafe"

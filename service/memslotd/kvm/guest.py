@@ -8,7 +8,9 @@ installs as a memslot only while probing.
 
 Page tables are append-only: an entry, once written, never changes. Under PVM's
 shadow paging a not-present -> present transition needs no invalidation, while
-rewriting a present entry from the host would leave stale shadow pages.
+rewriting a present entry from the host would leave stale shadow pages. When the
+pool is full, the tables are rebuilt from scratch with the window's memslot removed
+(deleting a memslot zaps every shadow page built from it) and a fresh vCPU.
 
 Window layout (offsets from :data:`WINDOW_GPA`)::
 
@@ -46,7 +48,7 @@ def _canonical(gpa: int) -> int:
 
 
 class GuestTablesExhausted(Exception):
-    """The page-table pool cannot map more distinct GiB regions."""
+    """The page-table pool cannot map more distinct GiB regions (handled by a rebuild)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,14 +72,17 @@ class GuestRunner:
         self._tables: dict[tuple[int, ...], int] = {}  # (level, index path) -> table offset
         self._next_vcpu_id = 0
         self._vcpu: VCPUFd | None = None
+        self._installed: int | None = None  # the window's slot id while a probe runs
         self._mem.write(_CODE, _GUEST_CODE)
         self._map_range(WINDOW_GPA, WINDOW_SIZE)
 
     # -- memslot of the window ----------------------------------------------------
     def install(self, slot: int) -> None:
         self._vm.set_user_memory_region2(slot, 0, WINDOW_GPA, WINDOW_SIZE, self._window.address)
+        self._installed = slot
 
     def uninstall(self, slot: int) -> None:
+        self._installed = None
         self._vm.delete_user_memory_region(slot)
 
     # -- page tables ----------------------------------------------------------------
@@ -93,6 +98,27 @@ class GuestRunner:
         offset = table + index * 8
         if int.from_bytes(self._mem.read(offset, 8), "little") == 0:
             self._mem.write(offset, value.to_bytes(8, "little"))
+
+    def _map(self, gpa: int, length: int) -> None:
+        """Map an access's range; with the pool full, rebuild the tables and map it again."""
+        try:
+            self._map_range(gpa, length)
+        except GuestTablesExhausted:
+            self._rebuild_tables()
+            self._map_range(gpa, length)  # one access spans at most two GiB regions
+
+    def _rebuild_tables(self) -> None:
+        slot = self._installed
+        if slot is not None:
+            self.uninstall(slot)  # zaps the shadow pages built from the old tables
+        self._retire_vcpu()
+        self._window.punch_hole(_PML4, _PAGE)
+        self._window.punch_hole(_POOL, WINDOW_SIZE - _POOL)
+        self._tables.clear()
+        self._next_table = _POOL
+        self._map_range(WINDOW_GPA, WINDOW_SIZE)
+        if slot is not None:
+            self.install(slot)
 
     def _map_range(self, gpa: int, length: int) -> None:
         start = gpa & ~((2 << 20) - 1)
@@ -143,7 +169,7 @@ class GuestRunner:
 
     def read(self, gpa: int, length: int) -> ProbeAccess:
         self._check(gpa, length)
-        self._map_range(gpa, length)
+        self._map(gpa, length)
         self._mem.write(_BUFFER, bytes(length))
         result = self._copy(gpa, WINDOW_GPA + _BUFFER, length)
         if result.reason != "hlt":
@@ -152,7 +178,7 @@ class GuestRunner:
 
     def write(self, gpa: int, data: bytes) -> ProbeAccess:
         self._check(gpa, len(data))
-        self._map_range(gpa, len(data))
+        self._map(gpa, len(data))
         self._mem.write(_BUFFER, data)
         result = self._copy(WINDOW_GPA + _BUFFER, gpa, len(data))
         return ProbeAccess(result.reason == "hlt", exit=None if result.reason == "hlt" else result)
