@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import os
 import platform
 
@@ -86,7 +87,7 @@ class KVMSystem(OwnedFd):
                 vm.set_memory_attributes(0, os.sysconf("SC_PAGE_SIZE"), 0)
                 attrs_ioctl = True
             except KVMError as exc:
-                attrs_ioctl = exc.errno != 25  # ENOTTY: compiled out
+                attrs_ioctl = exc.errno != errno.ENOTTY  # compiled out
             return HostCapabilities(
                 api_version=self.api_version(),
                 kernel_release=platform.release(),

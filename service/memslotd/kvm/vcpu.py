@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import mmap
 
 from ._lib import check, ffi, lib
@@ -71,8 +72,8 @@ class VCPUFd(OwnedFd):
         run = ffi.cast("uint8_t *", self._run_addr)
         u64 = ffi.cast("uint64_t *", self._run_addr)
         reason_code = ffi.cast("uint32_t *", self._run_addr)[2]
-        if rc == -4:  # EINTR: our timer fired
-            return VCPUExit("timeout", errno=4)
+        if rc == -errno.EINTR:  # our timer fired
+            return VCPUExit("timeout", errno=errno.EINTR)
         if rc < 0:
             if reason_code == EXIT_MEMORY_FAULT:  # only valid with EFAULT/EHWPOISON
                 return VCPUExit("memory_fault", errno=-rc, flags=int(u64[4]), gpa=int(u64[5]), size=int(u64[6]))
