@@ -36,10 +36,15 @@ log = logging.getLogger("memslotd")
 def bind_unix_socket(path: Path, mode: int = 0o660, group: str | None = None) -> socket.socket:
     """Bind ``path`` with ``mode`` already applied (umask during bind: no chmod race).
 
-    The parent directory is created 0750. A stale socket (nobody listening) is
-    replaced; a live one is an error.
+    The parent directory is created 0750; an existing one must belong to us (or root) and be
+    writable by nobody else, or another user could swap the socket (e.g. the /tmp fallback).
+    A stale socket (nobody listening) is replaced; a live one is an error.
     """
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    parent = path.parent.lstat()
+    if not stat.S_ISDIR(parent.st_mode) or parent.st_uid not in (os.geteuid(), 0) or parent.st_mode & 0o022:
+        raise SystemExit(f"memslotd: {path.parent} must be a directory owned by this user or root and not "
+                         "writable by group or others")
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise SystemExit(f"memslotd: {path} exists and is not a socket")

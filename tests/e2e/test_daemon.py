@@ -90,6 +90,7 @@ def test_a_stop_at_any_point_of_start_up_is_honoured(short_tmp, delay):
     place; a SIGTERM in those windows must still stop the daemon and remove the socket."""
     path = short_tmp / "api.sock"
     proc = _spawn_on(path)
+    assert path.exists()
     time.sleep(delay)
     assert _stop(proc) == 0
     assert not path.exists()
@@ -99,6 +100,16 @@ def test_invalid_configuration_fails_at_start(short_tmp):
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", "relative.sock"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "invalid configuration" in r.stderr
+
+
+def test_a_socket_directory_others_can_write_is_refused(short_tmp):
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # e.g. planted in /tmp by another user: they could swap the socket
+    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(shared / "api.sock")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "not writable by group or others" in r.stderr
+    assert not (shared / "api.sock").exists()
 
 
 def test_second_daemon_on_a_live_socket_refuses(daemon):
