@@ -15,6 +15,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect, unix_connect
 
+from memslotd.client import Client
 from tests.helpers import start_daemon
 
 MiB = 1 << 20
@@ -159,7 +160,7 @@ def test_tls_and_mutual_tls(short_tmp):
     port = free_port()
     d = start_daemon(short_tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file(short_tmp)),
                      "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
-                     "--tls-client-ca", str(certs["ca.pem"]))
+                     "--tls-client-ca", str(certs["ca.pem"]), "--event-bookmark-interval-s", "0.2")
     try:
         ctx = ssl.create_default_context(cafile=str(certs["ca.pem"]))
         ctx.load_cert_chain(str(certs["client.pem"]), str(certs["client.key"]))
@@ -174,6 +175,15 @@ def test_tls_and_mutual_tls(short_tmp):
                 c.get("/v1/vms")
         with d.client() as c:  # the Unix socket stays plain
             assert c.get("/v1/healthz").status_code == 200
+        # memslotd.client, REST and event stream alike: the CA's path, or verify=False (as httpx)
+        client_cert = (str(certs["client.pem"]), str(certs["client.key"]))
+        for verify in (str(certs["ca.pem"]), False):
+            with Client(url=f"https://127.0.0.1:{port}", token=READER, verify=verify, cert=client_cert) as cl:
+                assert cl.list_vms().items == []
+                stream = cl.events(bookmarks=True)
+                first = next(iter(stream))
+                stream.close()
+                assert first["type"] == "bookmark" and stream.reconnects == 0
     finally:
         d.stop()
 

@@ -11,6 +11,7 @@ import httpx
 
 from ..settings import default_socket_path
 from ._operations import Call, Operations
+from ._tls import tls_context
 from .errors import TransportError, error_for
 from .events import EventStream, Event
 
@@ -26,14 +27,9 @@ def connection_kwargs(socket: str | None = None, url: str | None = None, token: 
     token = token or os.environ.get("MEMSLOTD_TOKEN")
     headers = {"authorization": f"Bearer {token}"} if token else {}
     if url:
-        if cert is not None:
-            ctx = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context(
-                cafile=verify if isinstance(verify, str) else None)
-            ctx.load_cert_chain(*cert)
-            verify = ctx
         transport_cls = httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport
         return {"base_url": url, "headers": headers, "timeout": timeout,
-                "transport": transport_cls(verify=verify, retries=0)}
+                "transport": transport_cls(verify=tls_context(verify, cert), retries=0)}
     path = socket or os.environ.get("MEMSLOTD_SOCKET") or str(default_socket_path())
     transport = (httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport)(uds=path)
     return {"base_url": "http://memslotd", "headers": headers, "timeout": timeout, "transport": transport,

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect, unix_connect
 from websockets.typing import Subprotocol
 
+from ._tls import tls_context
 from .errors import BadRequest, CursorGone, TransportError, Unauthorized
 
 __all__ = ["Event", "EventStream"]
@@ -67,12 +68,7 @@ class EventStream:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         if self.url:
             base = self.url.replace("https://", "wss://").replace("http://", "ws://")
-            ctx = None
-            if base.startswith("wss://"):
-                ctx = self.verify if isinstance(self.verify, ssl.SSLContext) else ssl.create_default_context(
-                    cafile=self.verify if isinstance(self.verify, str) else None)
-                if self.cert:
-                    ctx.load_cert_chain(*self.cert)
+            ctx = tls_context(self.verify, self.cert) if base.startswith("wss://") else None
             return connect(base + self._query(), additional_headers=headers, ssl=ctx, subprotocols=[SUBPROTOCOL],
                            open_timeout=10, max_size=None)
         return unix_connect(self.socket, "ws://memslotd" + self._query(), additional_headers=headers,
