@@ -13,7 +13,7 @@ from .errors import KVMError
 from .fd import OwnedFd
 from .vm import VMFd
 
-__all__ = ["Cap", "KVMSystem", "HostCapabilities", "VM_TYPES"]
+__all__ = ["Cap", "KVMSystem", "HostCapabilities", "VMTypeCapabilities", "VM_TYPES"]
 
 
 class Cap(enum.IntEnum):
@@ -34,8 +34,19 @@ VM_TYPES = {"default": 0, "sw_protected": 1, "sev": 2, "sev_es": 3, "snp": 4, "t
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class VMTypeCapabilities:
+    """What a VM of one type offers: the per-VM answers of ``KVM_CHECK_EXTENSION`` on a
+    throw-away VM of that type, and whether ``KVM_SET_MEMORY_ATTRIBUTES`` exists for it."""
+
+    memory_attributes: int
+    memory_attributes_ioctl: bool
+    guest_memfd_flags: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class HostCapabilities:
-    """What this host's KVM offers, as probed on a default VM."""
+    """What this host's KVM offers. The flat fields are a default VM's answers; ``per_vm_type``
+    holds every offered type's own (private memory is a property of the VM type)."""
 
     api_version: int
     kernel_release: str
@@ -51,6 +62,7 @@ class HostCapabilities:
     memory_fault_info: bool
     pre_fault_memory: bool
     memory_failure: bool  # CONFIG_MEMORY_FAILURE: hwpoison handling (and injection) exists
+    per_vm_type: dict[str, VMTypeCapabilities] = dataclasses.field(default_factory=dict)
 
 
 class KVMSystem(OwnedFd):
@@ -78,29 +90,46 @@ class KVMSystem(OwnedFd):
         return VMFd(check(lib.msd_create_vm(fd, vm_type), "KVM_CREATE_VM", type=vm_type), self, vm_type)
 
     def probe(self) -> HostCapabilities:
-        """Ask a throw-away default VM (per-VM answers are the ones that count)."""
+        """Ask a throw-away VM of every offered type (per-VM answers are the ones that count)."""
         types_mask = self.check_extension(Cap.VM_TYPES) or 1
-        with self.create_vm(0) as vm:
-            attrs = vm.check_extension(Cap.MEMORY_ATTRIBUTES)
+        offered = tuple(n for n, v in VM_TYPES.items() if types_mask & (1 << v))
+        per_type: dict[str, VMTypeCapabilities] = {}
+        for name in offered:
             try:
-                # attributes=0 on an empty range is a no-op where the ioctl exists
-                vm.set_memory_attributes(0, os.sysconf("SC_PAGE_SIZE"), 0)
-                attrs_ioctl = True
-            except KVMError as exc:
-                attrs_ioctl = exc.errno != errno.ENOTTY  # compiled out
+                with self.create_vm(VM_TYPES[name]) as vm:
+                    per_type[name] = _probe_vm_type(vm)
+            except KVMError:
+                continue  # offered in the mask but not creatable here (e.g. SEV without firmware)
+        with self.create_vm(0) as vm:
+            default = per_type.get("default") or _probe_vm_type(vm)
             return HostCapabilities(
                 api_version=self.api_version(),
                 kernel_release=platform.release(),
                 arch=platform.machine(),
                 page_size=os.sysconf("SC_PAGE_SIZE"),
-                vm_types=tuple(n for n, v in VM_TYPES.items() if types_mask & (1 << v)),
+                vm_types=tuple(n for n in offered if n in per_type),
                 max_memslots=vm.check_extension(Cap.NR_MEMSLOTS),
                 user_memory2=vm.check_extension(Cap.USER_MEMORY2) > 0,
                 guest_memfd=vm.check_extension(Cap.GUEST_MEMFD) > 0,
-                guest_memfd_flags=vm.check_extension(Cap.GUEST_MEMFD_FLAGS),
-                memory_attributes=attrs,
-                memory_attributes_ioctl=attrs_ioctl,
+                guest_memfd_flags=default.guest_memfd_flags,
+                memory_attributes=default.memory_attributes,
+                memory_attributes_ioctl=default.memory_attributes_ioctl,
                 memory_fault_info=vm.check_extension(Cap.MEMORY_FAULT_INFO) > 0,
                 pre_fault_memory=vm.check_extension(Cap.PRE_FAULT_MEMORY) > 0,
                 memory_failure=os.path.exists("/proc/sys/vm/memory_failure_recovery"),
+                per_vm_type=per_type,
             )
+
+
+def _probe_vm_type(vm: VMFd) -> VMTypeCapabilities:
+    try:
+        # attributes=0 on one page is a no-op where the ioctl exists (SA6)
+        vm.set_memory_attributes(0, os.sysconf("SC_PAGE_SIZE"), 0)
+        attrs_ioctl = True
+    except KVMError as exc:
+        attrs_ioctl = exc.errno != errno.ENOTTY  # compiled out (G3)
+    return VMTypeCapabilities(
+        memory_attributes=vm.check_extension(Cap.MEMORY_ATTRIBUTES),
+        memory_attributes_ioctl=attrs_ioctl,
+        guest_memfd_flags=vm.check_extension(Cap.GUEST_MEMFD_FLAGS),
+    )
