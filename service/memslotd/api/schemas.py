@@ -59,6 +59,17 @@ class ReservedRange(Response):
     purpose: str
 
 
+class VMTypeCapabilities(Response):
+    """What a VM of one type offers, asked of a throw-away VM of that type at start."""
+
+    memory_attributes: list[Literal["private"]] = Field(description="KVM_CAP_MEMORY_ATTRIBUTES on such a VM, decoded")
+    memory_attributes_ioctl: bool = Field(description="KVM_SET_MEMORY_ATTRIBUTES exists for such a VM")
+    guest_memfd_flags: list[GmemFlag] = Field(description="KVM_CAP_GUEST_MEMFD_FLAGS on such a VM")
+    conversion_enforcement: Literal["kernel", "daemon"] = Field(
+        description="who enforces private/shared on VMs of this type: 'kernel' (KVM routes each guest fault by "
+                    "attribute) or 'daemon' (only memslotd's attribute map)")
+
+
 class Capabilities(Response):
     api_version: int = Field(description="KVM_GET_API_VERSION")
     kernel_release: str
@@ -74,7 +85,11 @@ class Capabilities(Response):
     memory_fault_info: bool
     pre_fault_memory: bool
     conversion_enforcement: Literal["kernel", "daemon"] = Field(
-        description="'kernel': KVM enforces private/shared; 'daemon': only memslotd's attribute map does")
+        description="for default VMs (see per_vm_type): 'kernel': KVM enforces private/shared; "
+                    "'daemon': only memslotd's attribute map does")
+    per_vm_type: dict[VMType, VMTypeCapabilities] = Field(
+        description="every VM type this host can create, with its own answers: private memory is a property "
+                    "of the VM type (e.g. sw_protected has KVM-enforced attributes where default VMs have none)")
     memory_failure: bool = Field(description="the kernel handles hardware memory errors (CONFIG_MEMORY_FAILURE)")
     memory_error_injection: bool = Field(description="the test-rig memory-error endpoint is enabled (by configuration)")
     reserved_gpa_ranges: list[ReservedRange]

@@ -21,7 +21,8 @@ import os
 from typing import Any
 
 from .errors import Conflict, DomainError, QuotaExceeded, kernel_error
-from .memslots import MemslotService, RegionArgs, SlotRequest, continues_run, initial_state, invalidation_of_run, slot_event
+from .memslots import (MemslotService, RegionArgs, SlotRequest, continues_run, initial_state, invalidation_of_run,
+                       set_kernel_attributes, slot_event)
 from .records import VMRecord
 from .slots import Slot
 from .values import value_type
@@ -80,6 +81,8 @@ class BatchService:
                 self._undo_tables(vm, done)
                 return [self._result(step) for step in done]
             self._apply_to_kernel(vm, done)
+            if vm.kernel_attributes:
+                self._mirror_attributes_in_kernel(vm, done)
             self._update_attributes(vm, done)
             return self._announce(vm, done)
 
@@ -95,14 +98,32 @@ class BatchService:
              for _, step in changes])
         if not error:
             return
-        undo = [self._region(vm, step, forward=False) for _, step in reversed(changes[:applied])]
+        self._undo_kernel(vm, steps, [step for _, step in changes[:applied]])
+        index, step = changes[applied]
+        cause = kernel_error(OSError(error, os.strerror(error)), f"op {index}", ioctl="KVM_SET_USER_MEMORY_REGION2")
+        raise BatchFailed(f"op {index} ({step.op} slot {step.slot.slot_id}): {cause.detail}", cause, index)
+
+    def _undo_kernel(self, vm: VMRecord, steps: list[_Step], applied: list[_Step]) -> None:
+        """Undo the ``applied`` region ioctls (newest first) and restore the tables."""
+        undo = [self._region(vm, step, forward=False) for step in reversed(applied)]
         while undo:  # undoing what the kernel just took; should it refuse one, go on with the rest
             undone, undo_error = vm.port.set_user_memory_regions(undo)
             undo = undo[undone + 1:] if undo_error else []
         self._undo_tables(vm, steps)
-        index, step = changes[applied]
-        cause = kernel_error(OSError(error, os.strerror(error)), f"op {index}", ioctl="KVM_SET_USER_MEMORY_REGION2")
-        raise BatchFailed(f"op {index} ({step.op} slot {step.slot.slot_id}): {cause.detail}", cause, index)
+
+    def _mirror_attributes_in_kernel(self, vm: VMRecord, steps: list[_Step]) -> None:
+        """Kernel-enforced VM: keep KVM's per-GFN attributes equal to the map (see
+        ``MemslotService.kernel_attribute_changes``); a refusal undoes the whole batch."""
+        changes = []
+        for step in steps:
+            if step.op in ("create", "delete"):
+                changes += self.memslots.kernel_attribute_changes(vm, step.slot, create=step.op == "create")
+        try:
+            set_kernel_attributes(vm, changes)
+        except OSError as exc:
+            self._undo_kernel(vm, steps, [step for step in steps if step.op != "unchanged"])
+            cause = kernel_error(exc, "batch attributes", ioctl="KVM_SET_MEMORY_ATTRIBUTES")
+            raise BatchFailed(f"memory attributes of the batch's slots: {cause.detail}", cause, len(steps) - 1) from exc
 
     def _plan_one(self, vm: VMRecord, op: BatchOp) -> _Step:
         """Validate one op against the current (batch-so-far) state and apply it to the tables."""

@@ -3,8 +3,10 @@
 Per changed piece: (1) ``KVM_SET_MEMORY_ATTRIBUTES`` where the host has it, then
 (2) discard the stale side — to shared: punch the guest_memfd; to private: punch
 the shared memfd — then (3) commit the piece to the attribute map and announce it.
-On this host there is no attribute ioctl: the map is the authority
-(``enforcement: "daemon"``) and every response says so.
+Enforcement is a property of the VM: on a VM whose type has memory attributes
+(``sw_protected``, CoCo types) the kernel routes each guest fault by attribute and the
+map mirrors what it was told (``enforcement: "kernel"``); elsewhere (default VMs on
+hosts without attributes) the map is the authority (``"daemon"``) and every response says so.
 
 Pieces are processed in chunks, each chunk's syscalls in one worker-thread call,
 so a huge range neither blocks the event loop nor pays a thread hop per piece.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .attributes import PRIVATE, SHARED
+from .attributes import PRIVATE, SHARED, attribute_bits
 from .errors import Conflict, DomainError, HostResourcesExhausted, kernel_error
 from .memslots import GPA_LIMIT
 from .ranges import Range, check_aligned_range
@@ -101,7 +103,7 @@ class ConversionService:
         vm = self.reg.vm(vm_id)
         async with vm.mutation():
             pieces, unchanged = self._plan(vm, r, to)
-            result = ConversionResult(unchanged=[_range(u) for u in _merge(unchanged)], enforcement=self.reg.enforcement)
+            result = ConversionResult(unchanged=[_range(u) for u in _merge(unchanged)], enforcement=vm.enforcement)
             for start in range(0, len(pieces), CHUNK):
                 await self._convert_chunk(vm, pieces[start:start + CHUNK], to, discard, result)
             return result
@@ -136,15 +138,15 @@ class ConversionService:
         for i, piece in enumerate(chunk):
             attr_set = False
             try:
-                if self.reg.kernel_attributes:
-                    vm.port.set_memory_attributes(piece.gpa.start, piece.gpa.size, 1 << 3 if to == PRIVATE else 0)
+                if vm.kernel_attributes:
+                    vm.port.set_memory_attributes(piece.gpa.start, piece.gpa.size, attribute_bits(to))
                     attr_set = True
                 if discard:
                     self._discard(vm, piece, to)
             except OSError as exc:
                 if attr_set:  # roll back what can be rolled back: the attribute of this piece
                     try:
-                        vm.port.set_memory_attributes(piece.gpa.start, piece.gpa.size, 1 << 3 if piece.old == PRIVATE else 0)
+                        vm.port.set_memory_attributes(piece.gpa.start, piece.gpa.size, attribute_bits(piece.old))
                     except OSError:
                         pass
                 return i, exc
@@ -181,7 +183,7 @@ class ConversionService:
         if info is not None:
             self.reg.emit("memory.invalidate_end", vm.id, **info)
             result.discarded.append({k: v for k, v in info.items() if k != "gpa_ranges"} | _range(piece.gpa))
-        self.reg.emit("memory.converted", vm.id, **changed, enforcement=self.reg.enforcement, discarded=info is not None)
+        self.reg.emit("memory.converted", vm.id, **changed, enforcement=vm.enforcement, discarded=info is not None)
 
 
 def _range(r: Range) -> dict[str, int]:

@@ -10,7 +10,7 @@ import dataclasses
 import time
 from typing import Any
 
-from .attributes import PRIVATE, SHARED
+from .attributes import PRIVATE, SHARED, attribute_bits
 from .errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, QuotaExceeded, kernel_error
 from .records import VMRecord
 from .ranges import Range, check_aligned_range
@@ -18,7 +18,7 @@ from .registry import Registry
 from .slots import Backing, Slot
 from .values import value_type
 
-__all__ = ["RegionArgs", "SlotRequest", "MemslotService", "initial_state", "invalidation_of_run", "continues_run", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
+__all__ = ["RegionArgs", "SlotRequest", "MemslotService", "initial_state", "invalidation_of_run", "set_kernel_attributes", "continues_run", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
 
 SLOT_FLAG_BITS = {"log_dirty_pages": 1 << 0, "readonly": 1 << 1}
 MEM_GUEST_MEMFD = 1 << 2
@@ -150,6 +150,8 @@ class MemslotService:
                 vm.port.set_user_memory_region2(*self.region_args(vm, slot, flags))
             except OSError as exc:
                 raise kernel_error(exc, f"set memslot {slot.slot_id}") from exc
+            if existing is None and vm.kernel_attributes:
+                self._mark_private_in_kernel(vm, slot)
             if existing is None:
                 self.commit_create(vm, slot)
                 self.reg.emit("memslot.created", vm.id, **slot_event(slot))
@@ -157,6 +159,31 @@ class MemslotService:
             self._commit_modify(vm, existing, slot)
             self.reg.emit("memslot.updated", vm.id, **slot_event(slot), previous_guest_phys_addr=existing.guest_phys_addr)
             return slot, False
+
+    @staticmethod
+    def kernel_attribute_changes(vm: VMRecord, slot: Slot, *, create: bool) -> list[tuple[int, int, int, int]]:
+        """On a kernel-enforced VM, the KVM_SET_MEMORY_ATTRIBUTES calls that keep the kernel equal
+        to the map as ``slot`` comes or goes: ``(gpa, size, new bits, old bits)``.
+
+        Attributes are per GFN and outlive memslots (SA*), so the daemon keeps the kernel's
+        attribute shared wherever no slot is: a new slot that starts private is marked private
+        (as QEMU marks guest_memfd RAM), and a deleted slot's private runs are reset to shared.
+        """
+        if create:
+            if initial_state(vm, slot) != PRIVATE:
+                return []
+            return [(slot.guest_phys_addr, slot.memory_size, attribute_bits(PRIVATE), 0)]
+        return [(r.start, r.size, 0, attribute_bits(PRIVATE))
+                for r, state in vm.attributes.runs(slot.gpa_range) if state == PRIVATE]
+
+    def _mark_private_in_kernel(self, vm: VMRecord, slot: Slot) -> None:
+        """After creating ``slot``: set its initial attribute; should the kernel refuse, the slot
+        is deleted again (nothing half-made) and the refusal reported."""
+        try:
+            set_kernel_attributes(vm, self.kernel_attribute_changes(vm, slot, create=True))
+        except OSError as exc:
+            vm.port.delete_user_memory_region(slot.slot_id)
+            raise kernel_error(exc, f"mark slot {slot.slot_id} private", ioctl="KVM_SET_MEMORY_ATTRIBUTES") from exc
 
     @staticmethod
     def lowest_free_id(vm: VMRecord) -> int:
@@ -245,9 +272,17 @@ class MemslotService:
             if dry_run:
                 return slot
             info = invalidation_of_run([slot])
+            resets = self.kernel_attribute_changes(vm, slot, create=False) if vm.kernel_attributes else []
             self.reg.emit("memory.invalidate_start", vm.id, **info)
             try:
-                vm.port.delete_user_memory_region(slot.slot_id)  # microseconds: inline (see put)
+                # The attribute first: while the VM's lock is held no vCPU of ours runs, so
+                # the moment between the two calls is invisible; a refusal leaves the slot as it was.
+                set_kernel_attributes(vm, resets)
+                try:
+                    vm.port.delete_user_memory_region(slot.slot_id)  # microseconds: inline (see put)
+                except OSError:
+                    set_kernel_attributes(vm, resets, undo=True)
+                    raise
             except OSError as exc:
                 self.reg.emit("memory.invalidate_end", vm.id, **info, error=exc.errno)
                 raise kernel_error(exc, f"delete memslot {slot_id}") from exc
@@ -304,6 +339,26 @@ def dirty_ranges(bitmap: bytes, base_gpa: int, page_size: int, pages: int) -> li
             bit += ones
     return [(base_gpa + first * page_size, min(count, pages - first) * page_size)
             for first, count in runs if first < pages]
+
+
+def set_kernel_attributes(vm: VMRecord, changes: list[tuple[int, int, int, int]], *, undo: bool = False) -> int:
+    """Apply ``(gpa, size, new, old)`` attribute changes in order (``undo``: restore ``old``,
+    newest first, best effort). Returns how many were applied; raises the first refusal after
+    undoing the ones before it."""
+    if undo:
+        for gpa, size, _, old in reversed(changes):
+            try:
+                vm.port.set_memory_attributes(gpa, size, old)
+            except OSError:
+                pass
+        return 0
+    for i, (gpa, size, new, _) in enumerate(changes):
+        try:
+            vm.port.set_memory_attributes(gpa, size, new)
+        except OSError:
+            set_kernel_attributes(vm, changes[:i], undo=True)
+            raise
+    return len(changes)
 
 
 def check_preconditions(slot: Slot | None, if_match: str | None, if_none_match: str | None) -> None:

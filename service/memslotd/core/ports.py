@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 __all__ = ["KernelPort", "VMPort", "GuestMemfdPort", "SharedMemoryPort", "MappingPort", "GuestRunnerPort",
-           "ProbeOutcome", "HostInfo"]
+           "ProbeOutcome", "HostInfo", "VMTypeInfo"]
 
 
 class MappingPort(Protocol):
@@ -77,6 +77,17 @@ class VMPort(_Closable, Protocol):
     def get_dirty_log(self, slot: int, pages: int) -> bytes: ...
 
 
+class VMTypeInfo(Protocol):
+    """What a VM of one type offers (``memslotd.kvm.VMTypeCapabilities`` is one)."""
+
+    @property
+    def memory_attributes(self) -> int: ...
+    @property
+    def memory_attributes_ioctl(self) -> bool: ...
+    @property
+    def guest_memfd_flags(self) -> int: ...
+
+
 class HostInfo(Protocol):
     """Read-only facts about the host (``memslotd.kvm.HostCapabilities`` is one)."""
 
@@ -108,6 +119,8 @@ class HostInfo(Protocol):
     def pre_fault_memory(self) -> bool: ...
     @property
     def memory_failure(self) -> bool: ...
+    @property
+    def per_vm_type(self) -> "dict[str, VMTypeInfo]": ...
 
 
 class KernelPort(Protocol):

@@ -57,6 +57,10 @@ class VMRecord:
     shms: dict[str, ShmRecord] = dataclasses.field(default_factory=dict)
     attributes: AttributeMap = dataclasses.field(default_factory=AttributeMap)
     runner: GuestRunnerPort | None = None
+    #: KVM enforces private/shared for this VM (its type has KVM_MEMORY_ATTRIBUTE_PRIVATE and the
+    #: ioctl): conversions call KVM_SET_MEMORY_ATTRIBUTES and the attribute map mirrors the kernel.
+    kernel_attributes: bool = False
+    guest_memfd_flags: int = 0  # KVM_CAP_GUEST_MEMFD_FLAGS answered by a VM of this type
     deleted: bool = False
     _lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     _pending: int = 0
@@ -66,8 +70,9 @@ class VMRecord:
         return sum(g.size for g in self.gmems.values()) + sum(s.size for s in self.shms.values())
 
     @property
-    def pending(self) -> int:
-        return self._pending
+    def enforcement(self) -> str:
+        """Who enforces private/shared for this VM: ``kernel`` or ``daemon`` (the map alone)."""
+        return "kernel" if self.kernel_attributes else "daemon"
 
     @contextlib.asynccontextmanager
     async def mutation(self) -> AsyncIterator[None]:

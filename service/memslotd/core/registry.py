@@ -26,6 +26,7 @@ __all__ = ["Registry", "GMEM_FLAG_BITS"]
 
 T = TypeVar("T")
 GMEM_FLAG_BITS = {"mmap": 1 << 0, "init_shared": 1 << 1}
+MEMORY_ATTRIBUTE_PRIVATE = 1 << 3  # KVM_MEMORY_ATTRIBUTE_PRIVATE
 HUGEPAGE_SIZES = {"2M": 2 << 20, "1G": 1 << 30}
 
 
@@ -39,11 +40,23 @@ class Registry:
         self.stats = Stats()
         self.page_size = self.host.page_size
         self.max_slots = self.host.max_memslots  # slot ids: 0 .. KVM_CAP_NR_MEMSLOTS-1
-        # KVM enforces private/shared only with KVM_MEMORY_ATTRIBUTE_PRIVATE and the ioctl built in.
-        self.kernel_attributes = bool(self.host.memory_attributes & (1 << 3)) and self.host.memory_attributes_ioctl
-        self.enforcement = "kernel" if self.kernel_attributes else "daemon"
+        # Enforcement is a property of the VM type (see enforcement_for); this is a default VM's.
+        self.enforcement = self.enforcement_for("default")
 
     # -- helpers ------------------------------------------------------------------
+    def kernel_attributes_for(self, vm_type: str) -> bool:
+        """KVM enforces private/shared on VMs of ``vm_type`` only when such a VM reports
+        KVM_MEMORY_ATTRIBUTE_PRIVATE and has the ioctl built in."""
+        caps = self.host.per_vm_type.get(vm_type)
+        return caps is not None and bool(caps.memory_attributes & MEMORY_ATTRIBUTE_PRIVATE) and caps.memory_attributes_ioctl
+
+    def enforcement_for(self, vm_type: str) -> str:
+        return "kernel" if self.kernel_attributes_for(vm_type) else "daemon"
+
+    def guest_memfd_flags_for(self, vm_type: str) -> int:
+        caps = self.host.per_vm_type.get(vm_type)
+        return caps.guest_memfd_flags if caps is not None else self.host.guest_memfd_flags
+
     @staticmethod
     async def blocking(fn: Callable[..., T], *args: Any) -> T:
         """Run a kernel call off the event loop (cffi releases the GIL)."""
@@ -90,9 +103,11 @@ class Registry:
             port = await self.blocking(self.kernel.create_vm, vm_type)
         except OSError as exc:
             raise kernel_error(exc, "create VM") from exc
-        vm = VMRecord(new_id("vm"), vm_type, name, port, MemslotTable(self.max_slots), self.limits.max_pending_per_vm)
+        vm = VMRecord(new_id("vm"), vm_type, name, port, MemslotTable(self.max_slots), self.limits.max_pending_per_vm,
+                      kernel_attributes=self.kernel_attributes_for(vm_type),
+                      guest_memfd_flags=self.guest_memfd_flags_for(vm_type))
         self.vms[vm.id] = vm
-        self.emit("vm.created", vm.id, type=vm_type, name=name)
+        self.emit("vm.created", vm.id, type=vm_type, name=name, enforcement=vm.enforcement)
         return vm
 
     async def delete_vm(self, vm_id: str) -> None:
@@ -148,10 +163,10 @@ class Registry:
         bits = 0
         for flag in flags:
             bits |= GMEM_FLAG_BITS[flag]
-        if bits & ~self.host.guest_memfd_flags:
-            supported = [n for n, b in GMEM_FLAG_BITS.items() if b & self.host.guest_memfd_flags]
-            raise CapabilityMissing(f"guest_memfd flags {sorted(flags)} are not all supported here",
-                                    required=sorted(flags), supported=supported)
+        if bits & ~vm.guest_memfd_flags:  # GC1: the flags a VM of this type accepts
+            supported = [n for n, b in GMEM_FLAG_BITS.items() if b & vm.guest_memfd_flags]
+            raise CapabilityMissing(f"guest_memfd flags {sorted(flags)} are not all supported by {vm.type} VMs here",
+                                    required=sorted(flags), supported=supported, vm_type=vm.type)
         if bits == GMEM_FLAG_BITS["init_shared"]:
             raise InvalidRequest("init_shared needs mmap (host faults are only served on mappable guest_memfds)",
                                  code="FLAGS_INCOMPATIBLE")

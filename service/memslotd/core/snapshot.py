@@ -23,7 +23,7 @@ def snapshot(reg: Registry, vm_id: str | None = None) -> Iterator[tuple[str, str
     for vm in reg.vms.values():
         if vm_id is not None and vm.id != vm_id:
             continue
-        yield "vm.created", vm.id, {"type": vm.type, "name": vm.name}
+        yield "vm.created", vm.id, {"type": vm.type, "name": vm.name, "enforcement": vm.enforcement}
         for g in vm.gmems.values():
             yield "guest_memfd.created", vm.id, {"id": g.id, "name": g.name, "size": g.size, "flags": list(g.flags)}
         for m in vm.shms.values():
@@ -34,7 +34,7 @@ def snapshot(reg: Registry, vm_id: str | None = None) -> Iterator[tuple[str, str
         for r, state in vm.attributes.runs(Range(0, 1 << 64)):
             batch.append({"guest_phys_addr": r.start, "size": r.size, "state": state})
             if len(batch) == RANGES_PER_EVENT:
-                yield "memory.attributes", vm.id, {"ranges": batch, "enforcement": reg.enforcement}
+                yield "memory.attributes", vm.id, {"ranges": batch, "enforcement": vm.enforcement}
                 batch = []
         if batch:
-            yield "memory.attributes", vm.id, {"ranges": batch, "enforcement": reg.enforcement}
+            yield "memory.attributes", vm.id, {"ranges": batch, "enforcement": vm.enforcement}

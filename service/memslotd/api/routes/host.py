@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from ... import __version__
 from ...core.memslots import GPA_LIMIT, RESERVED_GPA
 from ...core.probe import MAX_PROBE_BYTES
-from ...core.registry import GMEM_FLAG_BITS
+from ...core.registry import GMEM_FLAG_BITS, MEMORY_ATTRIBUTE_PRIVATE
 from ..deps import CoreDep, SettingsDep
 from ..schemas import Capabilities, Health, Version
 
@@ -18,22 +18,33 @@ router = APIRouter(prefix="/v1", tags=["host"])
 
 @router.get("/capabilities", response_model=Capabilities)
 async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
-    """What this host's KVM offers, reported truthfully (probed at start on a default VM)."""
+    """What this host's KVM offers, reported truthfully: probed at start on a throw-away VM of
+    every type; the flat fields are a default VM's, ``per_vm_type`` each type's own."""
     host = core.host
-    gmem_flags = [name for name, bit in GMEM_FLAG_BITS.items() if host.guest_memfd_flags & bit]
+    gmem_flags = _gmem_flags(host.guest_memfd_flags)
+    per_vm_type = {
+        name: {"memory_attributes": ["private"] if caps.memory_attributes & MEMORY_ATTRIBUTE_PRIVATE else [],
+               "memory_attributes_ioctl": caps.memory_attributes_ioctl,
+               "guest_memfd_flags": _gmem_flags(caps.guest_memfd_flags),
+               "conversion_enforcement": core.registry.enforcement_for(name)}
+        for name, caps in host.per_vm_type.items()}
     return {
         "api_version": host.api_version, "kernel_release": host.kernel_release, "arch": host.arch,
         "page_size": host.page_size, "vm_types": list(host.vm_types), "max_memslots": host.max_memslots,
         "user_memory2": host.user_memory2, "guest_memfd": host.guest_memfd, "guest_memfd_flags": gmem_flags,
-        "memory_attributes": ["private"] if host.memory_attributes & (1 << 3) else [],
+        "memory_attributes": ["private"] if host.memory_attributes & MEMORY_ATTRIBUTE_PRIVATE else [],
         "memory_attributes_ioctl": host.memory_attributes_ioctl, "memory_fault_info": host.memory_fault_info,
         "pre_fault_memory": host.pre_fault_memory, "conversion_enforcement": core.registry.enforcement,
         "memory_failure": host.memory_failure, "memory_error_injection": settings.enable_memory_error_injection,
         "reserved_gpa_ranges": [{"guest_phys_addr": RESERVED_GPA.start, "size": RESERVED_GPA.size,
                                  "purpose": "guest probe window (code and page tables)"}],
         "max_guest_phys_addr": GPA_LIMIT, "max_probe_ops": core.limits.max_probe_ops,
-        "max_probe_bytes": MAX_PROBE_BYTES,
+        "max_probe_bytes": MAX_PROBE_BYTES, "per_vm_type": per_vm_type,
     }
+
+
+def _gmem_flags(bits: int) -> list[str]:
+    return [name for name, bit in GMEM_FLAG_BITS.items() if bits & bit]
 
 
 @router.get("/healthz", response_model=Health)

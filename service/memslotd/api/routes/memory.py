@@ -20,8 +20,8 @@ router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
 async def convert(vm_id: VMId, body: ConvertRequest, core: CoreDep) -> Any:
     """Make ``[guest_phys_addr, +size)`` private or shared (idempotent; may span slots).
 
-    Order as QEMU's ``kvm_convert_memory``: the kernel attribute where the host has
-    ``KVM_SET_MEMORY_ATTRIBUTES``, then discard of the stale side. Only changed sub-ranges
+    Order as QEMU's ``kvm_convert_memory``: the kernel attribute where the VM's type has
+    memory attributes (``enforcement: "kernel"``), then discard of the stale side. Only changed sub-ranges
     are discarded and announced; the rest is reported as ``unchanged``. If a kernel call
     fails part-way, the answer (problem+json ``CONVERSION_PARTIAL``) lists what was converted.
     """
@@ -48,7 +48,7 @@ async def attributes(
             next_cursor = f"{r.start:x}"
             break
         ranges.append({"guest_phys_addr": r.start, "size": r.size, "state": state})
-    return {"ranges": ranges, "enforcement": core.registry.enforcement, "next_cursor": next_cursor}
+    return {"ranges": ranges, "enforcement": vm.enforcement, "next_cursor": next_cursor}
 
 
 @router.post("/probe", response_model=ProbeResponse, responses=problems(400, 404, 422, 429))
@@ -61,4 +61,5 @@ async def probe(vm_id: VMId, body: ProbeRequest, core: CoreDep) -> Any:
     """
     ops = [ProbeOp(o.op, o.guest_phys_addr, o.length, bytes.fromhex(o.data_hex) if o.data_hex is not None else None)
            for o in body.ops]
-    return {"results": await core.probe.probe(vm_id, ops), "enforcement": core.registry.enforcement}
+    results = await core.probe.probe(vm_id, ops)
+    return {"results": results, "enforcement": core.registry.vm(vm_id).enforcement}

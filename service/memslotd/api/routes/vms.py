@@ -18,17 +18,18 @@ router = APIRouter(prefix="/v1/vms", tags=["vms"])
 async def create_vm(body: VMCreate, core: CoreDep, response: Response) -> Any:
     vm = await core.registry.create_vm(body.type, body.name)
     response.headers["Location"] = f"/v1/vms/{vm.id}"
-    return vm_read(vm, core.registry.enforcement)
+    return vm_read(vm, vm.enforcement)
 
 
 @router.get("", response_model=VMList)
 async def list_vms(core: CoreDep) -> Any:
-    return {"items": [vm_read(vm, core.registry.enforcement) for vm in core.registry.vms.values()]}
+    return {"items": [vm_read(vm, vm.enforcement) for vm in core.registry.vms.values()]}
 
 
 @router.get("/{vm_id}", response_model=VMRead, responses=problems(404))
 async def get_vm(vm_id: VMId, core: CoreDep) -> Any:
-    return vm_read(core.registry.vm(vm_id), core.registry.enforcement)
+    vm = core.registry.vm(vm_id)
+    return vm_read(vm, vm.enforcement)
 
 
 @router.delete("/{vm_id}", status_code=204, responses=problems(404, 429))
