@@ -134,7 +134,8 @@ class AccessControl:
         if scope["type"] == "http":
             REQUEST_SECONDS.labels(method, route, str(status)).observe(duration)
         request_log: RequestLog = self.state.request_log
-        audit = need in ("mutate", "admin") or status in (401, 403)
+        # host-view reads too: reading guest memory is as sensitive as writing it
+        audit = need in ("mutate", "admin") or status in (401, 403) or scope["path"].endswith("/bytes")
         if request_log.enabled or audit:
             request_log.write(audit, {"method": method, "route": route, "path": scope["path"], "status": status,
                                       "duration_ms": round(duration * 1e3, 3), "listener": kind, **who})

@@ -20,7 +20,7 @@ from .auth import TokenStore
 from .idempotency import IdempotencyKeys
 from .middleware import LimitsAndHeaders
 from .problems import install_problem_handlers
-from .routes import events, host, memory, memory_objects, memslots, metrics, vms
+from .routes import events, host, host_view, memory, memory_objects, memslots, metrics, vms
 
 __all__ = ["create_app"]
 
@@ -71,7 +71,8 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
                                        json_lines=settings.log_format == "json")
     install_problem_handlers(app)
     documented = [route for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router,
-                                       memslots.router, memslots.batch_router, memory.router, events.router,
+                                       memslots.router, memslots.batch_router, memory.router, host_view.router,
+                                       events.router,
                                        metrics.router) for route in router.routes]
     _document_models(app, documented)
     # The routes go straight into the app's route list (their paths already carry the router

@@ -346,6 +346,25 @@ class ProbeResponse(Response):
     enforcement: Literal["kernel", "daemon"]
 
 
+class HostWriteRequest(Strict):
+    offset: U53
+    data_hex: Annotated[str, Field(min_length=2, max_length=128 << 10, pattern=r"^([0-9a-fA-F]{2})*$")]
+
+
+class BackedRange(Response):
+    slot: int
+    guest_phys_addr: int
+    size: int
+    state: State = Field(description="the attribute map's state of this guest-physical run")
+
+
+class HostBytes(Response):
+    offset: int
+    length: int
+    data_hex: str | None = Field(default=None, description="the bytes read (absent for a write)")
+    backs: list[BackedRange] = Field(description="the guest-physical ranges these bytes back, with their state")
+
+
 class InjectErrorRequest(Strict):
     offset: U53
 

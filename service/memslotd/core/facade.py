@@ -8,6 +8,7 @@ from .events import EventLog
 from .limits import Limits
 from .batch import BatchService
 from .conversion import ConversionService
+from .host_view import HostViewService
 from .memslots import MemslotService
 from .probe import ProbeService
 from .ports import HostInfo, KernelPort
@@ -24,6 +25,7 @@ class MemoryCore:
         self.memslots = MemslotService(self.registry)
         self.conversion = ConversionService(self.registry)
         self.probe = ProbeService(self.registry)
+        self.host_view = HostViewService(self.registry)
         self.batch = BatchService(self.memslots)
         self.on_close: list[Callable[[], None]] = []  # e.g. closing /dev/kvm after every VM
         self.shim_version: int | None = None  # set by whoever wires the kernel layer in
