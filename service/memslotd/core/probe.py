@@ -22,6 +22,14 @@ from .registry import Registry
 __all__ = ["ProbeOp", "ProbeService", "MAX_PROBE_BYTES", "MAX_PROBE_GPA"]
 
 MAX_PROBE_BYTES = 64 << 10
+MEMORY_EXIT_FLAG_PRIVATE = 1 << 3  # KVM_MEMORY_EXIT_FLAG_PRIVATE: the guest wanted the private side
+_EHWPOISON = 133  # Linux's EHWPOISON; Python's errno module has no name for it
+
+
+def errno_name(code: int | None) -> str | None:
+    if code == _EHWPOISON:
+        return "EHWPOISON"
+    return _errno.errorcode.get(code) if code else None
 MAX_PROBE_GPA = 1 << 48  # the guest's MAXPHYADDR on x86-64 with four-level paging
 
 
@@ -106,8 +114,12 @@ class ProbeService:
             ex = outcome.exit
             result["exit"] = {"reason": ex.reason, "gpa": ex.gpa, "size": ex.size, "flags": ex.flags,
                               "is_write": ex.is_write, "errno": ex.errno or None,
-                              "errno_name": _errno.errorcode.get(ex.errno) if ex.errno else None}
-            if ex.reason == "memory_fault":
-                self.reg.emit("memory.fault", vm.id, gpa=ex.gpa, size=ex.size, flags=ex.flags, errno=ex.errno,
-                              errno_name=_errno.errorcode.get(ex.errno), source="probe")
+                              "errno_name": errno_name(ex.errno) if ex.errno else None}
+            if ex.reason in ("memory_fault", "fault"):
+                # "fault": KVM_RUN failed with EFAULT/EHWPOISON but filled in no memory_fault
+                # details; the access's own range is what faulted
+                self.reg.emit("memory.fault", vm.id, gpa=ex.gpa if ex.gpa is not None else op.guest_phys_addr,
+                              size=ex.size if ex.size is not None else op.length, flags=ex.flags,
+                              private=bool((ex.flags or 0) & MEMORY_EXIT_FLAG_PRIVATE), errno=ex.errno,
+                              errno_name=errno_name(ex.errno), exit_reason=ex.reason, source="probe")
         return result

@@ -150,7 +150,7 @@ class GuestRunner:
         result = vcpu.run(self._timeout_ms)
         if result.reason == "mmio":
             self._complete_pending_io(vcpu, budget=2 * length + 16)
-        elif result.reason not in ("hlt", "memory_fault"):
+        elif result.reason not in ("hlt", "memory_fault", "fault"):  # a fault leaves the vCPU re-runnable
             self._retire_vcpu()
         return result
 

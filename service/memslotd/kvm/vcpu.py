@@ -12,6 +12,7 @@ from .fd import OwnedFd
 __all__ = ["VCPUFd", "VCPUExit", "EXIT_REASONS"]
 
 EXIT_MMIO, EXIT_MEMORY_FAULT = 6, 39
+EHWPOISON = getattr(errno, "EHWPOISON", 133)  # Linux's; Python's errno module lacks it
 EXIT_REASONS = {
     0: "unknown", 1: "exception", 2: "io", 3: "hypercall", 4: "debug", 5: "hlt", 6: "mmio",
     8: "shutdown", 9: "fail_entry", 17: "internal_error", 39: "memory_fault",
@@ -63,20 +64,32 @@ class VCPUFd(OwnedFd):
     def set_regs(self, rip: int, rsi: int = 0, rdi: int = 0, rcx: int = 0, rsp: int = 0) -> None:
         check(lib.msd_vcpu_set_regs(self._fd_or_raise("KVM_SET_REGS"), rip, rsi, rdi, rcx, rsp), "KVM_SET_REGS")
 
+    def _fd_and_run(self) -> tuple[int, int]:
+        return self._fd_or_raise("KVM_RUN"), self._run_addr
+
     def set_immediate_exit(self, value: bool) -> None:
         ffi.cast("uint8_t *", self._run_addr)[1] = 1 if value else 0
 
     def run(self, timeout_ms: int) -> VCPUExit:
-        """``KVM_RUN`` bounded by ``timeout_ms`` (a timeout is the exit ``"timeout"``)."""
+        """``KVM_RUN`` bounded by ``timeout_ms`` (a timeout is the exit ``"timeout"``).
+
+        A guest access KVM cannot resolve makes KVM_RUN fail with EFAULT or EHWPOISON: with
+        ``exit_reason`` = KVM_EXIT_MEMORY_FAULT (cleared before each run, so a stale one is never
+        read) it is the exit ``"memory_fault"`` with gpa/size/flags; without it, ``"fault"``
+        (KVM reported no details, e.g. no VMA behind ``userspace_addr``)."""
+        reason = ffi.cast("uint32_t *", self._fd_and_run()[1])
+        reason[2] = 0  # exit_reason is only meaningful if KVM writes it during this run
         rc = lib.msd_vcpu_run(self._fd_or_raise("KVM_RUN"), timeout_ms)
         run = ffi.cast("uint8_t *", self._run_addr)
         u64 = ffi.cast("uint64_t *", self._run_addr)
-        reason_code = ffi.cast("uint32_t *", self._run_addr)[2]
+        reason_code = reason[2]
         if rc == -errno.EINTR:  # our timer fired
             return VCPUExit("timeout", errno=errno.EINTR)
         if rc < 0:
-            if reason_code == EXIT_MEMORY_FAULT:  # only valid with EFAULT/EHWPOISON
-                return VCPUExit("memory_fault", errno=-rc, flags=int(u64[4]), gpa=int(u64[5]), size=int(u64[6]))
+            if -rc in (errno.EFAULT, EHWPOISON):
+                if reason_code == EXIT_MEMORY_FAULT:  # struct { u64 flags, gpa, size; } at offset 32
+                    return VCPUExit("memory_fault", errno=-rc, flags=int(u64[4]), gpa=int(u64[5]), size=int(u64[6]))
+                return VCPUExit("fault", errno=-rc)
             check(rc, "KVM_RUN")
         name = EXIT_REASONS.get(reason_code, f"exit_{reason_code}")
         if reason_code == EXIT_MMIO:  # struct { u64 phys_addr; u8 data[8]; u32 len; u8 is_write; }
