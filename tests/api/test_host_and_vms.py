@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import os
+
 from tests.helpers import fd_count, guest_memory_mappings
+from tests.kernel_facts import kernel_facts
 
 from .conftest import MiB
 
 
-def test_capabilities_are_truthful(client):
+def test_capabilities_agree_with_an_independent_probe_per_vm_type(client):
     caps = client.get("/v1/capabilities").json()
-    assert caps["max_memslots"] == 32764
-    assert caps["guest_memfd_flags"] == ["mmap", "init_shared"]
-    assert caps["memory_attributes"] == [] and caps["memory_attributes_ioctl"] is False
-    assert caps["conversion_enforcement"] == "daemon"
-    assert caps["user_memory2"] and caps["guest_memfd"] and caps["memory_fault_info"]
-    assert caps["page_size"] == 4096 and caps["vm_types"] == ["default"]
+    facts = kernel_facts()
+    assert caps["max_memslots"] == facts.max_memslots
+    assert caps["vm_types"] == list(facts.vm_types) == list(caps["per_vm_type"])
+    assert caps["guest_memfd_flags"] == facts.default.gmem_flag_names
+    assert caps["memory_attributes"] == (["private"] if facts.default.memory_attributes & 8 else [])
+    assert caps["memory_attributes_ioctl"] is facts.default.attributes_ioctl
+    assert caps["conversion_enforcement"] == ("kernel" if facts.default.private_memory else "daemon")
+    for name, per_type in caps["per_vm_type"].items():
+        expected = facts.per_vm_type[name]
+        assert per_type == {"memory_attributes": ["private"] if expected.memory_attributes & 8 else [],
+                            "memory_attributes_ioctl": expected.attributes_ioctl,
+                            "guest_memfd_flags": expected.gmem_flag_names,
+                            "conversion_enforcement": "kernel" if expected.private_memory else "daemon"}, name
+    assert (caps["user_memory2"], caps["guest_memfd"], caps["memory_fault_info"]) == \
+        (facts.user_memory2, facts.guest_memfd, facts.memory_fault_info)
+    assert caps["memory_failure"] is facts.memory_failure
+    assert caps["page_size"] == os.sysconf("SC_PAGE_SIZE")
     assert caps["reserved_gpa_ranges"][0] == {"guest_phys_addr": 0xFFE00000, "size": 2 * MiB,
                                               "purpose": "guest probe window (code and page tables)"}
 
@@ -31,7 +45,8 @@ def test_vm_lifecycle(client):
     assert r.status_code == 201
     vm = r.json()
     assert r.headers["location"] == f"/v1/vms/{vm['id']}"
-    assert vm["memslots"] == {"used": 0, "free": 32764, "max": 32764}
+    slots = kernel_facts().max_memslots
+    assert vm["memslots"] == {"used": 0, "free": slots, "max": slots}
     assert vm["type"] == "default" and vm["name"] == "guest-1"
     assert [v["id"] for v in client.get("/v1/vms").json()["items"]] == [vm["id"]]
     assert client.get(f"/v1/vms/{vm['id']}").json()["id"] == vm["id"]
