@@ -7,6 +7,7 @@ import errno
 import pytest
 
 from .conftest import GiB, MiB, make_client
+from tests.kernel_facts import EHWPOISON
 
 
 class RecordingPort:
@@ -101,7 +102,7 @@ def test_memory_error_injection_is_real_or_honestly_refused():
         assert [e.type for e in c.app.state.core.events.since(seq)] == ["memory.error"]
         seen = c.post(f"{base}/probe", json={"ops": [{"op": "read", "guest_phys_addr": 4 * GiB + 4096, "length": 8}]})
         exit_ = seen.json()["results"][0]["exit"]
-        assert exit_ is not None and exit_["errno"] == errno.EHWPOISON
+        assert exit_ is not None and exit_["errno"] == EHWPOISON
         c.post(f"{base}/guest-memfds/{g}/punch-hole", json={"offset": 4096, "length": 4096})
         assert c.post(f"{base}/probe", json={"ops": [{"op": "read", "guest_phys_addr": 4 * GiB + 4096,
                                                        "length": 8}]}).json()["results"][0]["ok"]
