@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.backing import guest_backing
 from ..core.memslots import slot_event
 from ..core.records import GmemRecord, ShmRecord, VMRecord
 from ..core.slots import Slot
@@ -39,24 +40,11 @@ def shm_read(shm: ShmRecord) -> dict[str, Any]:
             "created_at": shm.created_at, "used_by_slots": sorted(shm.users)}
 
 
-def guest_backing(vm: VMRecord, slot: Slot, kernel_attributes: bool) -> str:
-    if slot.private is not None:
-        gmem = vm.gmems.get(slot.private.object_id)
-        if gmem is not None and "mmap" in gmem.flags:
-            # KVM_MEMSLOT_GMEM_ONLY: guest faults are served from the guest_memfd, but shadow
-            # paging (PVM) reaches guest memory through userspace_addr, which needs init_shared
-            # (the probe shows an MMIO exit otherwise).
-            return "guest_memfd" if slot.userspace_addr_source == "guest_memfd_mmap" else "none"
-        if kernel_attributes:
-            return "per_attribute"
-    return "shared_memory" if slot.shared is not None else "none"
-
-
-def slot_read(vm: VMRecord, slot: Slot, kernel_attributes: bool) -> dict[str, Any]:
+def slot_read(vm: VMRecord, slot: Slot, gmem_only_honoured: bool | None) -> dict[str, Any]:
     """The slot as events show it, plus what only a read carries."""
     return {
         **slot_event(slot), "address_space": 0,
-        "guest_backing": guest_backing(vm, slot, kernel_attributes),
+        "guest_backing": guest_backing(vm, slot, gmem_only_honoured),
         "userspace_addr_source": slot.userspace_addr_source, "immutable": slot.immutable,
         "created_at": slot.created_at, "generation": slot.generation,
     }

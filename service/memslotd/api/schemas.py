@@ -96,6 +96,9 @@ class Capabilities(Response):
     max_guest_phys_addr: int = Field(description="exclusive upper bound for memslot GPAs")
     max_probe_ops: int
     max_probe_bytes: int
+    guest_memfd_only_honoured: bool | None = Field(
+        description="asked of the kernel at start: guest faults in a slot whose guest_memfd has mmap are served from "
+                    "the guest_memfd (TDP) rather than from userspace_addr (shadow paging, e.g. PVM); null if unknown")
 
 
 class Health(Response):
@@ -243,7 +246,9 @@ class MemslotRead(Response):
     shared: SharedPart | None
     private: PrivatePart | None
     guest_backing: Literal["shared_memory", "guest_memfd", "per_attribute", "none"] = Field(
-        description="what the guest's accesses reach on this host (an mmap-able guest_memfd makes the slot guest_memfd-only)")
+        description="the backing the guest's accesses really reach on this host: per_attribute = the guest_memfd "
+                    "while private, the shared part while shared (kernel-enforced VMs); none = no backing (MMIO exit). "
+                    "Derived from what the kernel does (see capabilities.guest_memfd_only_honoured)")
     userspace_addr_source: Literal["shared_memory", "guest_memfd_mmap", "none"]
     immutable: bool
     created_at: float

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from .memory import SharedMemory
+from .memory import GMEM_FLAG_INIT_SHARED, GMEM_FLAG_MMAP, SharedMemory
 from .vcpu import VCPUExit, VCPUFd
-from .vm import VMFd
+from .vm import MEM_GUEST_MEMFD, VMFd
 
-__all__ = ["GuestRunner", "ProbeAccess", "WINDOW_GPA", "WINDOW_SIZE", "MAX_OP_BYTES", "GuestTablesExhausted"]
+__all__ = ["GuestRunner", "ProbeAccess", "WINDOW_GPA", "WINDOW_SIZE", "MAX_OP_BYTES", "GuestTablesExhausted",
+           "guest_memfd_only_is_honoured"]
 
 WINDOW_GPA = 0xFFE0_0000  # top 2 MiB below 4 GiB: the x86 firmware/flash hole, never RAM
 WINDOW_SIZE = 2 << 20
@@ -195,3 +196,31 @@ class GuestRunner:
         self._window.close()
 
 
+
+
+def guest_memfd_only_is_honoured(vm: VMFd) -> bool | None:
+    """Does this host serve guest faults in a slot whose guest_memfd has ``mmap`` from the
+    guest_memfd (``KVM_MEMSLOT_GMEM_ONLY``), or from ``userspace_addr``?
+
+    Mainline with TDP follows the guest_memfd; PVM's shadow paging walks ``userspace_addr``
+    instead. Asked of the kernel, not assumed: one slot backed by both, two patterns, one
+    guest read. ``None`` where a guest_memfd cannot be both mmap-ed and host-written here.
+    """
+    both = GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED
+    if vm.check_extension(244) & both != both:  # KVM_CAP_GUEST_MEMFD_FLAGS
+        return None
+    gpa, size = 1 << 32, 2 << 20
+    with SharedMemory.create("memslotd-fault-path", size) as shm, vm.create_guest_memfd(size, both) as gmem:
+        gmem.map().write(0, b"G" * 8)
+        assert shm.mapping is not None
+        shm.mapping.write(0, b"S" * 8)
+        vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, gpa, size, shm.address, 0, gmem.fd)
+        runner = GuestRunner(vm)
+        try:
+            runner.install(1)
+            seen = runner.read(gpa, 8)
+            runner.uninstall(1)
+        finally:
+            runner.close()
+            vm.delete_user_memory_region(0)
+    return seen.data == b"G" * 8 if seen.ok else None

@@ -11,6 +11,7 @@ import platform
 from ._lib import check, lib
 from .errors import KVMError
 from .fd import OwnedFd
+from .guest import guest_memfd_only_is_honoured
 from .vm import VMFd
 
 __all__ = ["Cap", "KVMSystem", "HostCapabilities", "VMTypeCapabilities", "VM_TYPES"]
@@ -63,6 +64,9 @@ class HostCapabilities:
     pre_fault_memory: bool
     memory_failure: bool  # CONFIG_MEMORY_FAILURE: hwpoison handling (and injection) exists
     per_vm_type: dict[str, VMTypeCapabilities] = dataclasses.field(default_factory=dict)
+    #: guest faults in a slot whose guest_memfd has mmap are served from it (TDP) rather than
+    #: from userspace_addr (shadow paging); None where it could not be asked
+    guest_memfd_only_honoured: bool | None = None
 
 
 class KVMSystem(OwnedFd):
@@ -100,6 +104,8 @@ class KVMSystem(OwnedFd):
                     per_type[name] = _probe_vm_type(vm)
             except KVMError:
                 continue  # offered in the mask but not creatable here (e.g. SEV without firmware)
+        with self.create_vm(0) as probe_vm:
+            honoured = guest_memfd_only_is_honoured(probe_vm)
         with self.create_vm(0) as vm:
             default = per_type.get("default") or _probe_vm_type(vm)
             return HostCapabilities(
@@ -118,6 +124,7 @@ class KVMSystem(OwnedFd):
                 pre_fault_memory=vm.check_extension(Cap.PRE_FAULT_MEMORY) > 0,
                 memory_failure=os.path.exists("/proc/sys/vm/memory_failure_recovery"),
                 per_vm_type=per_type,
+                guest_memfd_only_honoured=honoured,
             )
 
 

@@ -40,6 +40,7 @@ async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
                                  "purpose": "guest probe window (code and page tables)"}],
         "max_guest_phys_addr": GPA_LIMIT, "max_probe_ops": core.limits.max_probe_ops,
         "max_probe_bytes": MAX_PROBE_BYTES, "per_vm_type": per_vm_type,
+        "guest_memfd_only_honoured": host.guest_memfd_only_honoured,
     }
 
 

@@ -94,7 +94,7 @@ def _slot_answer(core: MemoryCore, vm_id: str, slot: Slot, created: bool, respon
     else:
         response.headers["ETag"] = slot.etag
     vm = core.registry.vm(vm_id)
-    return slot_read(vm, slot, vm.kernel_attributes)
+    return slot_read(vm, slot, core.host.guest_memfd_only_honoured)
 
 
 @router.post("", status_code=201, response_model=MemslotRead, responses=ERRORS)
@@ -117,7 +117,7 @@ async def list_memslots(
     vm = core.registry.vm(vm_id)
     after = int(cursor, 16) if cursor else None
     items, last = vm.slots.page(Range(gpa_start, max(gpa_end, gpa_start + 1)), after, limit)
-    return {"items": [slot_read(vm, s, vm.kernel_attributes) for s in items],
+    return {"items": [slot_read(vm, s, core.host.guest_memfd_only_honoured) for s in items],
             "next_cursor": f"{last:x}" if last is not None else None, "total": len(vm.slots)}
 
 
@@ -144,7 +144,7 @@ async def get_memslot(vm_id: VMId, slot: SlotId, core: CoreDep, response: Respon
     vm = core.registry.vm(vm_id)
     found = core.memslots.get(vm, slot)
     response.headers["ETag"] = found.etag
-    return slot_read(vm, found, vm.kernel_attributes)
+    return slot_read(vm, found, core.host.guest_memfd_only_honoured)
 
 
 @router.delete("/{slot}", status_code=204, responses=problems(404, 412, 429))
