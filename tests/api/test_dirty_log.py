@@ -7,7 +7,16 @@ from .conftest import GiB, MiB
 PAGE = 4096
 
 
-def test_dirty_log_reports_exactly_what_the_guest_wrote(client, vm):
+def pages_of(ranges: list[dict]) -> set[int]:
+    return {(r["guest_phys_addr"] - GiB) // PAGE + i for r in ranges for i in range(r["size"] // PAGE)}
+
+
+def test_dirty_log_holds_every_page_the_guest_wrote_and_no_page_it_never_touched(client, vm):
+    """The rule (KVM_GET_DIRTY_LOG): every page the guest wrote since the previous fetch is
+    dirty; a page it only read may be too. With TDP and no PML (AMD SVM, the lab) KVM maps a
+    page writable on its first fault, read or write, and counts it dirty at that moment
+    (``make_spte``); shadow paging (PVM) write-protects and counts only real writes. A page
+    the guest never touched is never dirty, and a fetch re-arms the log."""
     s = vm.shm(2 * MiB)
     assert vm.put_slot(0, GiB, 2 * MiB, shm=s, flags=["log_dirty_pages"]).status_code == 201
     assert client.post(f"{vm.base}/memslots/0/dirty-log").json()["dirty_pages"] == 0
@@ -17,9 +26,10 @@ def test_dirty_log_reports_exactly_what_the_guest_wrote(client, vm):
         {"op": "read", "guest_phys_addr": GiB + 200 * PAGE, "length": 8},
     ]})
     log = client.post(f"{vm.base}/memslots/0/dirty-log").json()
-    assert log["pages"] == 512 and log["dirty_pages"] == 3
-    assert log["ranges"] == [{"guest_phys_addr": GiB + 3 * PAGE, "size": PAGE},
-                             {"guest_phys_addr": GiB + 63 * PAGE, "size": 2 * PAGE}]  # across a 64-page word
+    written, read = {3, 63, 64}, {200}  # 63 and 64 straddle a 64-page word of the bitmap
+    assert log["pages"] == 512
+    assert written <= pages_of(log["ranges"]) <= written | read, log["ranges"]
+    assert log["dirty_pages"] == len(pages_of(log["ranges"]))
     assert client.post(f"{vm.base}/memslots/0/dirty-log").json()["ranges"] == []  # fetching re-arms
     client.post(f"{vm.base}/probe", json={"ops": [{"op": "write", "guest_phys_addr": GiB, "length": 1, "data_hex": "01"}]})
     raw = client.post(f"{vm.base}/memslots/0/dirty-log", params={"format": "bitmap"})
