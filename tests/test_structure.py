@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "service" / "memslotd"
 
-# layer -> modules it must never import (docs/design.md, STYLE.md)
+# layer -> modules it must never import (docs/design.md, STYLE.md); memslotd.uapi is open to all
 FORBIDDEN = {
     "kvm": ("memslotd.core", "memslotd.api", "memslotd.client", "memslotd.cli", "fastapi", "pydantic"),
     "core": ("memslotd.kvm", "memslotd._native", "memslotd.api", "memslotd.client", "memslotd.cli", "fastapi",
@@ -44,6 +44,14 @@ def test_layers_import_one_way():
                 if any(name == f or name.startswith(f + ".") for f in forbidden):
                     broken.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not broken, "\n".join(broken)
+
+
+def test_uapi_is_a_leaf_of_the_standard_library():
+    """memslotd.uapi (constants, limits, value types) imports nothing of the project nor any
+    third-party package, so that every layer may import it (FORBIDDEN lists no layer's uapi)."""
+    names = {name.split(".")[0] for name in _imports(PKG / "uapi.py")} - {"__future__"}
+    assert names <= sys.stdlib_module_names, names - sys.stdlib_module_names
+    assert not any(f.startswith("memslotd.uapi") for forbidden in FORBIDDEN.values() for f in forbidden)
 
 
 def test_the_package_type_checks():

@@ -8,11 +8,9 @@ import os
 
 import pytest
 
-from memslotd.kvm import (
-    GMEM_FLAG_INIT_SHARED, GMEM_FLAG_MMAP, MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES, Cap, FdClosedError, KVMError,
-    KVMSystem, SharedMemory,
-)
+from memslotd.kvm import FdClosedError, KVMError, KVMSystem, SharedMemory
 from memslotd.kvm._lib import lib
+from memslotd.uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, Cap
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 MiB = 1 << 20
@@ -41,13 +39,13 @@ def test_api_version_and_capabilities(system, vm):
     assert vm.check_extension(Cap.NR_MEMSLOTS) == 32764
     assert vm.check_extension(Cap.USER_MEMORY2) == 1
     assert vm.check_extension(Cap.GUEST_MEMFD) == 1
-    assert vm.check_extension(Cap.GUEST_MEMFD_FLAGS) & (GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED)
+    assert vm.check_extension(Cap.GUEST_MEMFD_FLAGS) & (GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
 
 
 def test_probe_reports_this_host_truthfully(system):
     caps = system.probe()
     assert caps.max_memslots == 32764 and caps.user_memory2 and caps.guest_memfd
-    assert caps.guest_memfd_flags == GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED
+    assert caps.guest_memfd_flags == GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
     assert caps.memory_attributes == 0 and not caps.memory_attributes_ioctl
     assert "default" in caps.vm_types
 
@@ -83,21 +81,21 @@ def test_fallocate_needs_keep_size_and_alignment(vm):
 
 def test_region2_create_overlap_delete_and_errnos(vm):
     with vm.create_guest_memfd(4 * MiB, 0) as gmem, SharedMemory.create("t", 4 * MiB) as shm:
-        vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, gmem.fd)
+        vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, gmem.fd)
         with pytest.raises(KVMError) as e:  # O1: GPA overlap
             vm.set_user_memory_region2(1, 0, (1 << 32) + MiB, 2 * MiB, shm.address)
         assert e.value.errno == errno.EEXIST
         with pytest.raises(KVMError) as e:  # B5: gmem range overlap is EINVAL
-            vm.set_user_memory_region2(2, MEM_GUEST_MEMFD, 1 << 33, 2 * MiB, shm.address, MiB, gmem.fd)
+            vm.set_user_memory_region2(2, KVM_MEM_GUEST_MEMFD, 1 << 33, 2 * MiB, shm.address, MiB, gmem.fd)
         assert e.value.errno == errno.EINVAL
         with pytest.raises(KVMError) as e:  # M3: log_dirty_pages with guest_memfd
-            vm.set_user_memory_region2(3, MEM_GUEST_MEMFD | MEM_LOG_DIRTY_PAGES, 1 << 34, 2 * MiB, shm.address, 2 * MiB, gmem.fd)
+            vm.set_user_memory_region2(3, KVM_MEM_GUEST_MEMFD | KVM_MEM_LOG_DIRTY_PAGES, 1 << 34, 2 * MiB, shm.address, 2 * MiB, gmem.fd)
         assert e.value.errno == errno.EINVAL
         with pytest.raises(KVMError) as e:  # M2: slot id out of range
             vm.set_user_memory_region2(32764, 0, 1 << 35, 2 * MiB, shm.address)
         assert e.value.errno == errno.EINVAL
         with pytest.raises(KVMError) as e:  # M11: a guest_memfd slot is immutable
-            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 36, 2 * MiB, shm.address, 0, gmem.fd)
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 36, 2 * MiB, shm.address, 0, gmem.fd)
         assert e.value.errno == errno.EINVAL
         vm.delete_user_memory_region(0)
         with pytest.raises(KVMError) as e:  # D1: deleting an empty slot
@@ -122,10 +120,10 @@ def test_region_batch_stops_at_the_first_kernel_refusal(vm):
 def test_region2_bad_guest_memfd_fd(vm):
     with SharedMemory.create("t", 2 * MiB) as shm:
         with pytest.raises(KVMError) as e:  # B1: not an open fd
-            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, 1000)
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, 1000)
         assert e.value.errno == errno.EBADF
         with pytest.raises(KVMError) as e:  # B2: an fd that is not a guest_memfd
-            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, shm.fd)
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, shm.fd)
         assert e.value.errno == errno.EINVAL
 
 
@@ -133,7 +131,7 @@ def test_guest_memfd_of_another_vm_is_refused(system, vm):
     with system.create_vm(0) as other, other.create_guest_memfd(2 * MiB, 0) as foreign, \
             SharedMemory.create("t", 2 * MiB) as shm:
         with pytest.raises(KVMError) as e:  # B3
-            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, foreign.fd)
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, foreign.fd)
         assert e.value.errno == errno.EINVAL
 
 
@@ -160,7 +158,7 @@ def test_use_after_close_raises_ebadf(system):
 def test_guarded_access_turns_sigbus_into_efault(vm):
     """mmap of a guest_memfd without INIT_SHARED succeeds, but touching it SIGBUSes;
     the shim's guard must turn that into EFAULT instead of killing the interpreter."""
-    with vm.create_guest_memfd(MiB, GMEM_FLAG_MMAP) as gmem:
+    with vm.create_guest_memfd(MiB, GUEST_MEMFD_FLAG_MMAP) as gmem:
         mapping = gmem.map()
         with pytest.raises(KVMError) as e:
             mapping.read(0, 8)
@@ -170,7 +168,7 @@ def test_guarded_access_turns_sigbus_into_efault(vm):
 
 
 def test_mappable_guest_memfd_roundtrip_and_punch(vm):
-    with vm.create_guest_memfd(MiB, GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED) as gmem:
+    with vm.create_guest_memfd(MiB, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED) as gmem:
         m = gmem.map()
         m.write(4096, b"pattern")
         assert m.read(4096, 7) == b"pattern"

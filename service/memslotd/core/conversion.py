@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE
 from .attributes import PRIVATE, SHARED
 from .errors import Conflict, DomainError, HostResourcesExhausted, kernel_error
 from .memslots import GPA_LIMIT
@@ -137,14 +138,14 @@ class ConversionService:
             attr_set = False
             try:
                 if self.reg.kernel_attributes:
-                    vm.port.set_memory_attributes(piece.gpa.start, piece.gpa.size, 1 << 3 if to == PRIVATE else 0)
+                    vm.port.set_memory_attributes(piece.gpa.start, piece.gpa.size, KVM_MEMORY_ATTRIBUTE_PRIVATE if to == PRIVATE else 0)
                     attr_set = True
                 if discard:
                     self._discard(vm, piece, to)
             except OSError as exc:
                 if attr_set:  # roll back what can be rolled back: the attribute of this piece
                     try:
-                        vm.port.set_memory_attributes(piece.gpa.start, piece.gpa.size, 1 << 3 if piece.old == PRIVATE else 0)
+                        vm.port.set_memory_attributes(piece.gpa.start, piece.gpa.size, KVM_MEMORY_ATTRIBUTE_PRIVATE if piece.old == PRIVATE else 0)
                     except OSError:
                         pass
                 return i, exc

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..uapi import HostCapabilities
 from .events import EventLog
 from .limits import Limits
 from .batch import BatchService
 from .conversion import ConversionService
 from .memslots import MemslotService
 from .probe import ProbeService
-from .ports import HostInfo, KernelPort
+from .ports import KernelPort
 from .registry import Registry
 
 __all__ = ["MemoryCore"]
@@ -29,7 +30,7 @@ class MemoryCore:
         self.shim_version: int | None = None  # set by whoever wires the kernel layer in
 
     @property
-    def host(self) -> HostInfo:
+    def host(self) -> HostCapabilities:
         return self.registry.host
 
     async def close(self) -> None:

@@ -13,6 +13,8 @@ import errno as _errno
 import time
 from typing import Any
 
+from ..uapi import PROBE_MAX_GPA as MAX_PROBE_GPA
+from ..uapi import PROBE_MAX_OP_BYTES as MAX_PROBE_BYTES
 from .errors import InvalidRequest, QuotaExceeded, kernel_error
 from .memslots import RESERVED_GPA
 from .ranges import Range
@@ -21,8 +23,6 @@ from .registry import Registry
 
 __all__ = ["ProbeOp", "ProbeService", "MAX_PROBE_BYTES", "MAX_PROBE_GPA"]
 
-MAX_PROBE_BYTES = 64 << 10
-MAX_PROBE_GPA = 1 << 48  # the guest's MAXPHYADDR on x86-64 with four-level paging
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEMORY_ATTRIBUTE_PRIVATE
 from .errors import CapabilityMissing, Conflict, DomainError, InvalidRequest, NotFound, QuotaExceeded, kernel_error
 from .events import EventLog
 from .limits import Limits
@@ -25,7 +26,7 @@ from .stats import Stats
 __all__ = ["Registry", "GMEM_FLAG_BITS"]
 
 T = TypeVar("T")
-GMEM_FLAG_BITS = {"mmap": 1 << 0, "init_shared": 1 << 1}
+GMEM_FLAG_BITS = {"mmap": GUEST_MEMFD_FLAG_MMAP, "init_shared": GUEST_MEMFD_FLAG_INIT_SHARED}
 HUGEPAGE_SIZES = {"2M": 2 << 20, "1G": 1 << 30}
 
 
@@ -40,7 +41,7 @@ class Registry:
         self.page_size = self.host.page_size
         self.max_slots = self.host.max_memslots  # slot ids: 0 .. KVM_CAP_NR_MEMSLOTS-1
         # KVM enforces private/shared only with KVM_MEMORY_ATTRIBUTE_PRIVATE and the ioctl built in.
-        self.kernel_attributes = bool(self.host.memory_attributes & (1 << 3)) and self.host.memory_attributes_ioctl
+        self.kernel_attributes = bool(self.host.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE) and self.host.memory_attributes_ioctl
         self.enforcement = "kernel" if self.kernel_attributes else "daemon"
 
     # -- helpers ------------------------------------------------------------------

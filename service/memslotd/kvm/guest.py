@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..uapi import PROBE_MAX_GPA as MAX_GPA
+from ..uapi import PROBE_MAX_OP_BYTES as MAX_OP_BYTES
+from ..uapi import PROBE_WINDOW_GPA as WINDOW_GPA
+from ..uapi import PROBE_WINDOW_SIZE as WINDOW_SIZE
 from .memory import SharedMemory
 from .vcpu import VCPUExit, VCPUFd
 from .vm import VMFd
 
 __all__ = ["GuestRunner", "ProbeAccess", "WINDOW_GPA", "WINDOW_SIZE", "MAX_OP_BYTES", "GuestTablesExhausted"]
-
-WINDOW_GPA = 0xFFE0_0000  # top 2 MiB below 4 GiB: the x86 firmware/flash hole, never RAM
-WINDOW_SIZE = 2 << 20
-MAX_OP_BYTES = 64 << 10
-MAX_GPA = 1 << 48  # four-level paging and this host's guest MAXPHYADDR (48 bits)
 
 _CODE, _PML4, _BUFFER, _POOL = 0x0, 0x1000, 0x40000, 0x80000
 _GUEST_CODE = bytes([0xF3, 0xA4, 0xF4])  # rep movsb; hlt

@@ -2,55 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import errno
 import os
 import platform
 
+from ..uapi import VM_TYPES, Cap, HostCapabilities
 from ._lib import check, lib
 from .errors import KVMError
 from .fd import OwnedFd
 from .vm import VMFd
 
-__all__ = ["Cap", "KVMSystem", "HostCapabilities", "VM_TYPES"]
-
-
-class Cap(enum.IntEnum):
-    """``KVM_CHECK_EXTENSION`` numbers used by memslotd (never beyond 244, see §2.2)."""
-
-    NR_MEMSLOTS = 10
-    USER_MEMORY2 = 231
-    MEMORY_FAULT_INFO = 232
-    MEMORY_ATTRIBUTES = 233
-    GUEST_MEMFD = 234
-    VM_TYPES = 235
-    PRE_FAULT_MEMORY = 236
-    GUEST_MEMFD_FLAGS = 244
-
-
-#: x86 VM types (arch/x86/include/uapi/asm/kvm.h), name -> KVM_CREATE_VM argument.
-VM_TYPES = {"default": 0, "sw_protected": 1, "sev": 2, "sev_es": 3, "snp": 4, "tdx": 5}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HostCapabilities:
-    """What this host's KVM offers, as probed on a default VM."""
-
-    api_version: int
-    kernel_release: str
-    arch: str
-    page_size: int
-    vm_types: tuple[str, ...]
-    max_memslots: int
-    user_memory2: bool
-    guest_memfd: bool
-    guest_memfd_flags: int
-    memory_attributes: int
-    memory_attributes_ioctl: bool
-    memory_fault_info: bool
-    pre_fault_memory: bool
-    memory_failure: bool  # CONFIG_MEMORY_FAILURE: hwpoison handling (and injection) exists
+__all__ = ["KVMSystem"]
 
 
 class KVMSystem(OwnedFd):

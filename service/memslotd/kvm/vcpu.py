@@ -6,16 +6,11 @@ import dataclasses
 import errno
 import mmap
 
+from ..uapi import ExitReason
 from ._lib import check, ffi, lib
 from .fd import OwnedFd
 
-__all__ = ["VCPUFd", "VCPUExit", "EXIT_REASONS"]
-
-EXIT_MMIO, EXIT_MEMORY_FAULT = 6, 39
-EXIT_REASONS = {
-    0: "unknown", 1: "exception", 2: "io", 3: "hypercall", 4: "debug", 5: "hlt", 6: "mmio",
-    8: "shutdown", 9: "fail_entry", 17: "internal_error", 39: "memory_fault",
-}
+__all__ = ["VCPUFd", "VCPUExit"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,10 +70,10 @@ class VCPUFd(OwnedFd):
         if rc == -errno.EINTR:  # our timer fired
             return VCPUExit("timeout", errno=errno.EINTR)
         if rc < 0:
-            if reason_code == EXIT_MEMORY_FAULT:  # only valid with EFAULT/EHWPOISON
+            if reason_code == ExitReason.MEMORY_FAULT:  # only valid with EFAULT/EHWPOISON
                 return VCPUExit("memory_fault", errno=-rc, flags=int(u64[4]), gpa=int(u64[5]), size=int(u64[6]))
             check(rc, "KVM_RUN")
-        name = EXIT_REASONS.get(reason_code, f"exit_{reason_code}")
-        if reason_code == EXIT_MMIO:  # struct { u64 phys_addr; u8 data[8]; u32 len; u8 is_write; }
+        name = ExitReason.name_of(reason_code)
+        if reason_code == ExitReason.MMIO:  # struct { u64 phys_addr; u8 data[8]; u32 len; u8 is_write; }
             return VCPUExit(name, gpa=int(u64[4]), size=int(ffi.cast("uint32_t *", run + 48)[0]), is_write=bool(run[52]))
         return VCPUExit(name)

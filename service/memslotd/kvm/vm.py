@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..uapi import RegionArgs
 from ._lib import check, ffi, lib
 from .fd import OwnedFd
 from .memory import GuestMemfd
@@ -14,12 +15,7 @@ if TYPE_CHECKING:
     from .system import KVMSystem
     from .vcpu import VCPUFd
 
-__all__ = ["VMFd", "MEM_LOG_DIRTY_PAGES", "MEM_READONLY", "MEM_GUEST_MEMFD", "MEMORY_ATTRIBUTE_PRIVATE"]
-
-MEM_LOG_DIRTY_PAGES = 1 << 0
-MEM_READONLY = 1 << 1
-MEM_GUEST_MEMFD = 1 << 2
-MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
+__all__ = ["VMFd"]
 
 
 class VMFd(OwnedFd):
@@ -67,7 +63,7 @@ class VMFd(OwnedFd):
     def delete_user_memory_region(self, slot: int) -> None:
         self.set_user_memory_region2(slot, 0, 0, 0, 0)
 
-    def set_user_memory_regions(self, regions: Sequence[tuple[int, int, int, int, int, int, int]]) -> tuple[int, int]:
+    def set_user_memory_regions(self, regions: Sequence[RegionArgs]) -> tuple[int, int]:
         """Many ``KVM_SET_USER_MEMORY_REGION2`` calls in one trip into C, in order, stopping at the
         first failure. Each region is ``set_user_memory_region2``'s arguments. Returns how many
         were applied and the errno of the one that failed (0 when all were); undoing the applied
