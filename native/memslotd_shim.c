@@ -24,7 +24,7 @@
 #include <unistd.h>
 #include <linux/kvm.h>
 
-#define MSD_SHIM_VERSION 2
+#define MSD_SHIM_VERSION 3
 
 /* ---- uAPI absent from the 6.1 headers ------------------------------------ */
 
@@ -70,6 +70,14 @@ _Static_assert(MSD_IOC_CREATE_GUEST_MEMFD == 0xC040AED4, "CREATE_GUEST_MEMFD ioc
  * fault exit lives in its union at offset 32 (read from Python). */
 _Static_assert(offsetof(struct kvm_run, exit_reason) == 8, "kvm_run exit_reason");
 _Static_assert(offsetof(struct kvm_run, mmio) == 32, "kvm_run union");
+
+/* KVM_GET_SUPPORTED_CPUID's answer with room for its entries (as QEMU declares it). */
+enum { MSD_CPUID_MAX_ENTRIES = 256 };
+struct msd_cpuid {
+    struct kvm_cpuid2 header;
+    struct kvm_cpuid_entry2 entries[MSD_CPUID_MAX_ENTRIES];
+};
+_Static_assert(offsetof(struct msd_cpuid, entries) == offsetof(struct kvm_cpuid2, entries), "cpuid entries");
 
 static int neg_errno(void) { return -errno; }
 
@@ -315,33 +323,27 @@ int msd_vcpu_enter_long_mode(int vcpu_fd, uint64_t cr3)
     return ioctl(vcpu_fd, KVM_SET_SREGS, &s) < 0 ? neg_errno() : 0;
 }
 
-/* Give the vCPU the CPUID KVM supports (KVM_GET_SUPPORTED_CPUID -> KVM_SET_CPUID2).
- * Without it the guest's MAXPHYADDR is 36 bits and page tables pointing above
- * 64 GiB fault with reserved bits set. Returns the guest's MAXPHYADDR. */
-int msd_vcpu_set_supported_cpuid(int kvm_fd, int vcpu_fd)
+/* KVM_GET_SUPPORTED_CPUID on /dev/kvm, read once and given to every vCPU with
+ * KVM_SET_CPUID2: without it the guest's MAXPHYADDR is 36 bits and page tables
+ * pointing above 64 GiB fault with reserved bits set. Returns the guest's
+ * MAXPHYADDR (leaf 0x80000008, EAX[7:0]; 36 if absent). */
+int msd_get_supported_cpuid(int kvm_fd, struct msd_cpuid *cpuid)
 {
-    enum { MAX_ENTRIES = 256 };
-    size_t bytes = sizeof(struct kvm_cpuid2) + MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2);
-    struct kvm_cpuid2 *cpuid = calloc(1, bytes);
-    int r;
-    if (!cpuid)
-        return -ENOMEM;
-    cpuid->nent = MAX_ENTRIES;
-    r = ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid);
-    if (r == 0)
-        r = ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid);
-    if (r < 0) {
-        r = neg_errno();
-    } else {
-        /* return the guest's MAXPHYADDR (leaf 0x80000008, EAX[7:0]); 36 if absent */
-        uint32_t i;
-        r = 36;
-        for (i = 0; i < cpuid->nent; i++)
-            if (cpuid->entries[i].function == 0x80000008)
-                r = (int)(cpuid->entries[i].eax & 0xff);
-    }
-    free(cpuid);
-    return r;
+    uint32_t i;
+    int bits = 36;
+    memset(cpuid, 0, sizeof(*cpuid));
+    cpuid->header.nent = MSD_CPUID_MAX_ENTRIES;
+    if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0)
+        return neg_errno();
+    for (i = 0; i < cpuid->header.nent; i++)
+        if (cpuid->entries[i].function == 0x80000008)
+            bits = (int)(cpuid->entries[i].eax & 0xff);
+    return bits;
+}
+
+int msd_vcpu_set_cpuid2(int vcpu_fd, const struct msd_cpuid *cpuid)
+{
+    return ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0 ? neg_errno() : 0;
 }
 
 int msd_vcpu_set_regs(int vcpu_fd, uint64_t rip, uint64_t rsi, uint64_t rdi, uint64_t rcx,

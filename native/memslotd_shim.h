@@ -7,11 +7,15 @@
 
 #define MSD_SHIM_VERSION ...
 
+/* KVM_GET_SUPPORTED_CPUID's answer; its size comes from the compiler */
+struct msd_cpuid { ...; };
+
 /* /dev/kvm and capabilities */
 int msd_open_kvm(void);
 int msd_get_api_version(int);
 long msd_check_extension(int, unsigned long);
 int msd_get_vcpu_mmap_size(int);
+int msd_get_supported_cpuid(int, struct msd_cpuid *);  /* returns the guest's MAXPHYADDR */
 
 /* VM */
 int msd_create_vm(int, unsigned long);
@@ -37,7 +41,7 @@ int msd_guarded_copy(uint64_t, uint64_t, uint64_t);
 /* vCPU */
 int msd_create_vcpu(int, unsigned long);
 int msd_vcpu_enter_long_mode(int, uint64_t);
-int msd_vcpu_set_supported_cpuid(int, int);
+int msd_vcpu_set_cpuid2(int, const struct msd_cpuid *);
 int msd_vcpu_set_regs(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 int msd_vcpu_run(int, int);
 

@@ -50,6 +50,17 @@ def test_probe_reports_this_host_truthfully(system):
     assert "default" in caps.vm_types
 
 
+def test_a_vm_makes_vcpus_after_its_system_fd_is_closed():
+    """The VM was handed the kvm_run size and the supported CPUID at creation (kvm-ioctls'
+    shape): it keeps no reference to /dev/kvm, and its vCPUs get the host's MAXPHYADDR."""
+    system = KVMSystem.open()
+    phys_bits = system.get_supported_cpuid().phys_bits
+    with system.create_vm(0) as vm:
+        system.close()
+        with vm.create_vcpu(0) as vcpu:
+            assert vcpu.phys_bits == phys_bits > 36
+
+
 def test_every_fd_is_close_on_exec(system, vm):
     with vm.create_guest_memfd(MiB, 0) as gmem, SharedMemory.create("t", MiB) as shm:
         for fd in (system.fd, vm.fd, gmem.fd, shm.fd):

@@ -7,9 +7,10 @@ import os
 import platform
 
 from ..uapi import VM_TYPES, Cap, HostCapabilities
-from ._lib import check, lib
+from ._lib import check, ffi, lib
 from .errors import KVMError
 from .fd import OwnedFd
+from .vcpu import SupportedCPUID
 from .vm import VMFd
 
 __all__ = ["KVMSystem"]
@@ -19,6 +20,10 @@ class KVMSystem(OwnedFd):
     """The ``/dev/kvm`` fd. Creates VMs; probes capabilities."""
 
     kind = "kvm"
+
+    def __init__(self, fd: int):
+        super().__init__(fd)
+        self._vcpu_setup: tuple[int, SupportedCPUID] | None = None  # read at the first create_vm
 
     @classmethod
     def open(cls) -> "KVMSystem":
@@ -35,9 +40,20 @@ class KVMSystem(OwnedFd):
         fd = self._fd_or_raise("KVM_GET_VCPU_MMAP_SIZE")
         return check(lib.msd_get_vcpu_mmap_size(fd), "KVM_GET_VCPU_MMAP_SIZE")
 
+    def get_supported_cpuid(self) -> SupportedCPUID:
+        """``KVM_GET_SUPPORTED_CPUID``: what every vCPU is given with ``KVM_SET_CPUID2``."""
+        fd = self._fd_or_raise("KVM_GET_SUPPORTED_CPUID")
+        entries = ffi.new("struct msd_cpuid *")
+        phys_bits = check(lib.msd_get_supported_cpuid(fd, entries), "KVM_GET_SUPPORTED_CPUID")
+        return SupportedCPUID(entries, phys_bits)
+
     def create_vm(self, vm_type: int = 0) -> VMFd:
+        """``KVM_CREATE_VM``; the VM gets what its vCPUs need from here, read once."""
         fd = self._fd_or_raise("KVM_CREATE_VM")
-        return VMFd(check(lib.msd_create_vm(fd, vm_type), "KVM_CREATE_VM", type=vm_type), self, vm_type)
+        if self._vcpu_setup is None:
+            self._vcpu_setup = (self.vcpu_mmap_size(), self.get_supported_cpuid())
+        new = check(lib.msd_create_vm(fd, vm_type), "KVM_CREATE_VM", type=vm_type)
+        return VMFd(new, vm_type, *self._vcpu_setup)
 
     def probe(self) -> HostCapabilities:
         """Ask a throw-away default VM (per-VM answers are the ones that count)."""

@@ -5,12 +5,22 @@ from __future__ import annotations
 import dataclasses
 import errno
 import mmap
+from typing import Any
 
 from ..uapi import ExitReason
 from ._lib import check, ffi, lib
 from .fd import OwnedFd
 
-__all__ = ["VCPUFd", "VCPUExit"]
+__all__ = ["VCPUFd", "VCPUExit", "SupportedCPUID"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SupportedCPUID:
+    """``KVM_GET_SUPPORTED_CPUID``'s answer (:meth:`KVMSystem.get_supported_cpuid`), read once
+    per ``/dev/kvm`` and applied to every vCPU with ``KVM_SET_CPUID2``."""
+
+    entries: Any  # struct msd_cpuid * (cffi): never leaves memslotd.kvm
+    phys_bits: int  # the guest's MAXPHYADDR (CPUID 0x80000008 EAX[7:0]; 36 when absent)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,10 +57,10 @@ class VCPUFd(OwnedFd):
             lib.msd_munmap(self._run_addr, self._run_size)
             self._run_addr = 0
 
-    def set_supported_cpuid(self, kvm_fd: int) -> int:
-        """KVM_GET_SUPPORTED_CPUID then KVM_SET_CPUID2; returns the guest's MAXPHYADDR in bits."""
-        self.phys_bits = check(lib.msd_vcpu_set_supported_cpuid(kvm_fd, self._fd_or_raise("KVM_SET_CPUID2")), "KVM_SET_CPUID2")
-        return self.phys_bits
+    def set_cpuid2(self, cpuid: SupportedCPUID) -> None:
+        """``KVM_SET_CPUID2``: give the guest the CPUID KVM supports (and its MAXPHYADDR)."""
+        check(lib.msd_vcpu_set_cpuid2(self._fd_or_raise("KVM_SET_CPUID2"), cpuid.entries), "KVM_SET_CPUID2")
+        self.phys_bits = cpuid.phys_bits
 
     def enter_long_mode(self, cr3: int) -> None:
         check(lib.msd_vcpu_enter_long_mode(self._fd_or_raise("KVM_SET_SREGS"), cr3), "KVM_SET_SREGS")

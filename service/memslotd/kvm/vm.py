@@ -4,29 +4,31 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from ..uapi import RegionArgs
 from ._lib import check, ffi, lib
 from .fd import OwnedFd
 from .memory import GuestMemfd
-
-if TYPE_CHECKING:
-    from .system import KVMSystem
-    from .vcpu import VCPUFd
+from .vcpu import SupportedCPUID, VCPUFd
 
 __all__ = ["VMFd"]
 
 
 class VMFd(OwnedFd):
-    """``KVM_CREATE_VM``'s fd. Every ioctl must come from the creating process."""
+    """``KVM_CREATE_VM``'s fd. Every ioctl must come from the creating process.
+
+    Made only by :meth:`KVMSystem.create_vm`, which hands over what the VM's vCPUs need (the
+    ``kvm_run`` mmap size and the supported CPUID, read once from ``/dev/kvm``): the VM keeps
+    no reference to the system fd, which may be closed first.
+    """
 
     kind = "vm"
 
-    def __init__(self, fd: int, system: "KVMSystem", vm_type: int):
+    def __init__(self, fd: int, vm_type: int, vcpu_mmap_size: int, cpuid: SupportedCPUID):
         super().__init__(fd)
-        self.system = system
         self.vm_type = vm_type
+        self._vcpu_mmap_size = vcpu_mmap_size
+        self._cpuid = cpuid
 
     def check_extension(self, cap: int) -> int:
         fd = self._fd_or_raise("KVM_CHECK_EXTENSION")
@@ -95,15 +97,14 @@ class VMFd(OwnedFd):
         check(lib.msd_get_dirty_log(fd, slot, int(ffi.cast("uint64_t", buf))), "KVM_GET_DIRTY_LOG", slot=slot)
         return bytes(ffi.buffer(buf, size))
 
-    def create_vcpu(self, vcpu_id: int) -> "VCPUFd":
-        from .vcpu import VCPUFd
-
+    def create_vcpu(self, vcpu_id: int) -> VCPUFd:
+        """``KVM_CREATE_VCPU``, its ``kvm_run`` mapped and the supported CPUID applied."""
         fd = self._fd_or_raise("KVM_CREATE_VCPU")
         new = check(lib.msd_create_vcpu(fd, vcpu_id), "KVM_CREATE_VCPU", id=vcpu_id)
         vcpu = VCPUFd(new, vcpu_id)
         try:
-            vcpu.map_run(self.system.vcpu_mmap_size())
-            vcpu.set_supported_cpuid(self.system.fd)
+            vcpu.map_run(self._vcpu_mmap_size)
+            vcpu.set_cpuid2(self._cpuid)
         except BaseException:
             vcpu.close()
             raise
