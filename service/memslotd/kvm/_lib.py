@@ -16,7 +16,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         "memslotd._native is not built: run 'make install' (pip install -e .) to build the cffi shim"
     ) from exc
 
-SHIM_VERSION = 3
+SHIM_VERSION = 4
 if lib.MSD_SHIM_VERSION != SHIM_VERSION:  # pragma: no cover - only on a stale build
     raise ImportError(
         f"memslotd._native is version {lib.MSD_SHIM_VERSION}, the package expects {SHIM_VERSION}: rebuild it"

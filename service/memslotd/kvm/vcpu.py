@@ -43,19 +43,20 @@ class VCPUFd(OwnedFd):
     def __init__(self, fd: int, vcpu_id: int):
         super().__init__(fd)
         self.vcpu_id = vcpu_id
-        self._run_addr = 0
+        self._run = ffi.NULL  # the kvm_run page, read and written through the shim's accessors
         self._run_size = 0
+        self._exit = ffi.new("struct msd_run_exit *")
         self.phys_bits = 36
 
     def map_run(self, size: int) -> None:
-        out = ffi.new("uint64_t *")
+        out = ffi.new("void **")
         check(lib.msd_mmap(self._fd, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, 0, out), "mmap(kvm_run)")
-        self._run_addr, self._run_size = int(out[0]), size
+        self._run, self._run_size = out[0], size
 
     def _release(self) -> None:
-        if self._run_addr:
-            lib.msd_munmap(self._run_addr, self._run_size)
-            self._run_addr = 0
+        if self._run != ffi.NULL:
+            lib.msd_munmap(self._run, self._run_size)
+            self._run = ffi.NULL
 
     def set_cpuid2(self, cpuid: SupportedCPUID) -> None:
         """``KVM_SET_CPUID2``: give the guest the CPUID KVM supports (and its MAXPHYADDR)."""
@@ -69,21 +70,20 @@ class VCPUFd(OwnedFd):
         check(lib.msd_vcpu_set_regs(self._fd_or_raise("KVM_SET_REGS"), rip, rsi, rdi, rcx, rsp), "KVM_SET_REGS")
 
     def set_immediate_exit(self, value: bool) -> None:
-        ffi.cast("uint8_t *", self._run_addr)[1] = 1 if value else 0
+        lib.msd_run_set_immediate_exit(self._run, value)
 
     def run(self, timeout_ms: int) -> VCPUExit:
         """``KVM_RUN`` bounded by ``timeout_ms`` (a timeout is the exit ``"timeout"``)."""
         rc = lib.msd_vcpu_run(self._fd_or_raise("KVM_RUN"), timeout_ms)
-        run = ffi.cast("uint8_t *", self._run_addr)
-        u64 = ffi.cast("uint64_t *", self._run_addr)
-        reason_code = ffi.cast("uint32_t *", self._run_addr)[2]
         if rc == -errno.EINTR:  # our timer fired
             return VCPUExit("timeout", errno=errno.EINTR)
+        out = self._exit
+        lib.msd_read_run_exit(self._run, out)
         if rc < 0:
-            if reason_code == ExitReason.MEMORY_FAULT:  # only valid with EFAULT/EHWPOISON
-                return VCPUExit("memory_fault", errno=-rc, flags=int(u64[4]), gpa=int(u64[5]), size=int(u64[6]))
+            if out.reason == ExitReason.MEMORY_FAULT:  # only valid with EFAULT/EHWPOISON
+                return VCPUExit("memory_fault", errno=-rc, flags=out.flags, gpa=out.gpa, size=out.size)
             check(rc, "KVM_RUN")
-        name = ExitReason.name_of(reason_code)
-        if reason_code == ExitReason.MMIO:  # struct { u64 phys_addr; u8 data[8]; u32 len; u8 is_write; }
-            return VCPUExit(name, gpa=int(u64[4]), size=int(ffi.cast("uint32_t *", run + 48)[0]), is_write=bool(run[52]))
+        name = ExitReason.name_of(out.reason)
+        if out.reason == ExitReason.MMIO:
+            return VCPUExit(name, gpa=out.gpa, size=out.size, is_write=bool(out.is_write))
         return VCPUExit(name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 from ..uapi import RegionArgs
@@ -73,9 +72,9 @@ class VMFd(OwnedFd):
         fd = self._fd_or_raise("KVM_SET_USER_MEMORY_REGION2")
         if not regions:
             return 0, 0
-        packed = ffi.new("uint64_t[]", list(itertools.chain.from_iterable(regions)))
+        structs = ffi.new("struct msd_userspace_memory_region2[]", regions)  # pads zeroed
         err = ffi.new("int *")
-        applied = lib.msd_set_user_memory_regions(fd, packed, len(regions), err)
+        applied = lib.msd_set_user_memory_regions(fd, structs, len(regions), err)
         return applied, -err[0]
 
     def set_memory_attributes(self, address: int, size: int, attributes: int) -> None:
@@ -94,7 +93,7 @@ class VMFd(OwnedFd):
         fd = self._fd_or_raise("KVM_GET_DIRTY_LOG")
         size = (pages + 63) // 64 * 8
         buf = ffi.new("uint8_t[]", size)
-        check(lib.msd_get_dirty_log(fd, slot, int(ffi.cast("uint64_t", buf))), "KVM_GET_DIRTY_LOG", slot=slot)
+        check(lib.msd_get_dirty_log(fd, slot, buf), "KVM_GET_DIRTY_LOG", slot=slot)
         return bytes(ffi.buffer(buf, size))
 
     def create_vcpu(self, vcpu_id: int) -> VCPUFd:
