@@ -25,7 +25,7 @@
 #include <unistd.h>
 #include <linux/kvm.h>
 
-#define MSD_SHIM_VERSION 4
+/* MSD_SHIM_VERSION is defined by build_shim.py: a checksum of this file and the header. */
 
 /* ---- uAPI absent from the 6.1 headers ------------------------------------ */
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import runpy
+import shutil
+from pathlib import Path
 
 import pytest
 
 from memslotd.kvm import FdClosedError, KVMError, KVMSystem, SharedMemory
-from memslotd.kvm._lib import lib
+from memslotd.kvm._lib import SHIM_VERSION, checkout_version, lib
 from memslotd.uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, Cap
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
@@ -29,6 +32,20 @@ def system():
 def vm(system):
     with system.create_vm(0) as v:
         yield v
+
+
+NATIVE = Path(__file__).resolve().parents[2] / "native"
+
+
+def test_shim_version_is_derived_from_its_sources(tmp_path):
+    """build_shim.py and the import check compute one formula; any edit of the shim changes
+    the version, so a module built from other sources is refused at import."""
+    assert runpy.run_path(str(NATIVE / "build_shim.py"))["SHIM_VERSION"] == SHIM_VERSION == checkout_version(NATIVE)
+    shutil.copytree(NATIVE, tmp_path / "native")
+    with open(tmp_path / "native" / "memslotd_shim.c", "a") as source:
+        source.write("/* edited */\n")
+    assert checkout_version(tmp_path / "native") != SHIM_VERSION
+    assert checkout_version(tmp_path) is None  # an installed wheel has no sources to compare
 
 
 def test_api_version_and_capabilities(system, vm):
