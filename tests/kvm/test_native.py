@@ -16,7 +16,9 @@ import pytest
 
 from memslotd.kvm import FdClosedError, KVMError, KVMSystem, SharedMemory
 from memslotd.kvm._lib import SHIM_VERSION, checkout_version, lib
-from memslotd.uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, Cap
+from memslotd.uapi import (
+    GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_MAX_NR_PAGES, Cap,
+)
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 MiB = 1 << 20
@@ -135,6 +137,23 @@ def test_region2_create_overlap_delete_and_errnos(vm):
         with pytest.raises(KVMError) as e:  # D1: deleting an empty slot
             vm.delete_user_memory_region(0)
         assert e.value.errno == errno.EINVAL
+
+
+def test_m10_a_slot_of_more_than_kvm_mem_max_nr_pages_is_einval(vm):
+    """The size check comes before any allocation: no memory is needed to hear the refusal
+    (access_ok only wants the range inside the user address space, not mapped)."""
+    with pytest.raises(KVMError) as e:
+        vm.set_user_memory_region2(0, 0, 0, (KVM_MEM_MAX_NR_PAGES + 1) * 4096, 1 << 44)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_b4_a_binding_past_the_guest_memfd_end_is_einval(vm):
+    with vm.create_guest_memfd(2 * MiB, 0) as gmem, SharedMemory.create("t", 2 * MiB) as shm:
+        with pytest.raises(KVMError) as e:
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 4096, gmem.fd)
+        assert e.value.errno == errno.EINVAL
+        vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, gmem.fd)
+        vm.delete_user_memory_region(0)
 
 
 def test_region_batch_stops_at_the_first_kernel_refusal(vm):
