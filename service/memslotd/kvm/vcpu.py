@@ -70,6 +70,8 @@ class VCPUFd(OwnedFd):
         check(lib.msd_vcpu_set_regs(self._fd_or_raise("KVM_SET_REGS"), rip, rsi, rdi, rcx, rsp), "KVM_SET_REGS")
 
     def set_immediate_exit(self, value: bool) -> None:
+        """``kvm_run.immediate_exit``: the next ``KVM_RUN`` returns EINTR at once."""
+        self._fd_or_raise("kvm_run.immediate_exit")  # closed: the page is unmapped
         lib.msd_run_set_immediate_exit(self._run, value)
 
     def run(self, timeout_ms: int) -> VCPUExit:
