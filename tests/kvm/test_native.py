@@ -208,6 +208,15 @@ def test_use_after_close_raises_ebadf(system):
         assert e.value.errno == errno.EBADF
 
 
+def test_a_closed_vcpu_raises_ebadf_instead_of_touching_its_unmapped_run_page(vm):
+    vcpu = vm.create_vcpu(0)
+    vcpu.close()
+    for call in (lambda: vcpu.set_immediate_exit(True), lambda: vcpu.run(100)):
+        with pytest.raises(FdClosedError) as e:
+            call()
+        assert e.value.errno == errno.EBADF
+
+
 def test_guarded_access_turns_sigbus_into_efault(vm):
     """mmap of a guest_memfd without INIT_SHARED succeeds, but touching it SIGBUSes;
     the shim's guard must turn that into EFAULT instead of killing the interpreter."""
