@@ -2,8 +2,9 @@
  *
  * The machine's kernel headers are 6.1 and lack every guest_memfd definition, so
  * this file carries its own copies (prefixed MSD_, checked by _Static_assert
- * against the layouts in shared/reference/kernel-semantics.md §2). Policy lives
- * in Python; this file only turns syscalls into "value or -errno".
+ * against the 6.18 layouts of include/uapi/linux/kvm.h; cffi checks that the
+ * cdef's structs match them). Policy lives in Python; this file only turns
+ * syscalls into "value or -errno", and kvm_run into a struct (msd_read_run_exit).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -24,7 +25,7 @@
 #include <unistd.h>
 #include <linux/kvm.h>
 
-#define MSD_SHIM_VERSION 2
+/* MSD_SHIM_VERSION is defined by build_shim.py: a checksum of this file and the header. */
 
 /* ---- uAPI absent from the 6.1 headers ------------------------------------ */
 
@@ -66,10 +67,35 @@ _Static_assert(MSD_IOC_SET_USER_MEMORY_REGION2 == 0x40A0AE49, "REGION2 ioctl num
 _Static_assert(MSD_IOC_SET_MEMORY_ATTRIBUTES == 0x4020AED2, "SET_MEMORY_ATTRIBUTES ioctl number");
 _Static_assert(MSD_IOC_CREATE_GUEST_MEMFD == 0xC040AED4, "CREATE_GUEST_MEMFD ioctl number");
 
-/* The 6.1 struct kvm_run already has the layout the kernel uses; the memory
- * fault exit lives in its union at offset 32 (read from Python). */
+/* The 6.1 struct kvm_run already has the layout the kernel uses, but its exit
+ * union predates the memory fault exit (6.8): that member is declared here. */
+#define MSD_EXIT_MEMORY_FAULT 39
+struct msd_memory_fault {
+    uint64_t flags;
+    uint64_t gpa;
+    uint64_t size;
+};
 _Static_assert(offsetof(struct kvm_run, exit_reason) == 8, "kvm_run exit_reason");
 _Static_assert(offsetof(struct kvm_run, mmio) == 32, "kvm_run union");
+_Static_assert(offsetof(struct kvm_run, mmio) == offsetof(struct kvm_run, hypercall), "mmio starts the union");
+_Static_assert(sizeof(struct msd_memory_fault) <= sizeof(((struct kvm_run *)0)->padding), "memory_fault fits");
+
+/* What memslotd reads of kvm_run after KVM_RUN (see msd_read_run_exit). */
+struct msd_run_exit {
+    uint32_t reason;   /* exit_reason */
+    uint8_t is_write;  /* mmio.is_write */
+    uint64_t gpa;      /* mmio.phys_addr or memory_fault.gpa */
+    uint64_t size;     /* mmio.len or memory_fault.size */
+    uint64_t flags;    /* memory_fault.flags */
+};
+
+/* KVM_GET_SUPPORTED_CPUID's answer with room for its entries (as QEMU declares it). */
+enum { MSD_CPUID_MAX_ENTRIES = 256 };
+struct msd_cpuid {
+    struct kvm_cpuid2 header;
+    struct kvm_cpuid_entry2 entries[MSD_CPUID_MAX_ENTRIES];
+};
+_Static_assert(offsetof(struct msd_cpuid, entries) == offsetof(struct kvm_cpuid2, entries), "cpuid entries");
 
 static int neg_errno(void) { return -errno; }
 
@@ -144,25 +170,16 @@ int msd_set_user_memory_region2(int vm_fd, uint32_t slot, uint32_t flags, uint64
     return ioctl(vm_fd, MSD_IOC_SET_USER_MEMORY_REGION2, &r) < 0 ? neg_errno() : 0;
 }
 
-/* A memslot batch: regions[i] = {slot, flags, gpa, size, uaddr, gmem_offset, gmem_fd} as
- * 7 uint64s (size 0 deletes). Applied in order, stopping at the first failure; returns how
- * many were applied and stores -errno of the failing one in *err (0 when all were).
- * One call for the whole batch keeps Python off the CPU between the ioctls. */
-int msd_set_user_memory_regions(int vm_fd, const uint64_t *regions, int n, int *err)
+/* A memslot batch: n regions, each passed to the kernel as it is (memory_size 0
+ * deletes; the caller zeroes the pads). Applied in order, stopping at the first
+ * failure; returns how many were applied and stores -errno of the failing one
+ * in *err (0 when all were). One call for the whole batch keeps Python off the
+ * CPU between the ioctls. */
+int msd_set_user_memory_regions(int vm_fd, const struct msd_userspace_memory_region2 *regions, int n, int *err)
 {
-    struct msd_userspace_memory_region2 r;
-    memset(&r, 0, sizeof(r));
     *err = 0;
     for (int i = 0; i < n; i++) {
-        const uint64_t *a = regions + 7 * (size_t)i;
-        r.slot = (uint32_t)a[0];
-        r.flags = (uint32_t)a[1];
-        r.guest_phys_addr = a[2];
-        r.memory_size = a[3];
-        r.userspace_addr = a[4];
-        r.guest_memfd_offset = a[5];
-        r.guest_memfd = (uint32_t)a[6];
-        if (ioctl(vm_fd, MSD_IOC_SET_USER_MEMORY_REGION2, &r) < 0) {
+        if (ioctl(vm_fd, MSD_IOC_SET_USER_MEMORY_REGION2, &regions[i]) < 0) {
             *err = neg_errno();
             return i;
         }
@@ -178,12 +195,12 @@ int msd_set_memory_attributes(int vm_fd, uint64_t address, uint64_t size, uint64
 
 /* KVM_GET_DIRTY_LOG: copies the slot's bitmap (one bit per page, 64-bit aligned) into
  * bitmap and re-arms write tracking (no manual-protect cap is enabled). */
-int msd_get_dirty_log(int vm_fd, uint32_t slot, uint64_t bitmap)
+int msd_get_dirty_log(int vm_fd, uint32_t slot, void *bitmap)
 {
     struct kvm_dirty_log log;
     memset(&log, 0, sizeof(log));
     log.slot = slot;
-    log.dirty_bitmap = (void *)(uintptr_t)bitmap;
+    log.dirty_bitmap = bitmap;
     return ioctl(vm_fd, KVM_GET_DIRTY_LOG, &log) < 0 ? neg_errno() : 0;
 }
 
@@ -205,23 +222,23 @@ int msd_ftruncate(int fd, int64_t size)
     return ftruncate(fd, size) < 0 ? neg_errno() : 0;
 }
 
-int msd_mmap(int fd, uint64_t len, int prot, int flags, int64_t offset, uint64_t *addr)
+int msd_mmap(int fd, uint64_t len, int prot, int flags, int64_t offset, void **addr)
 {
     void *p = mmap(NULL, len, prot, flags, fd, offset);
     if (p == MAP_FAILED)
         return neg_errno();
-    *addr = (uint64_t)(uintptr_t)p;
+    *addr = p;
     return 0;
 }
 
-int msd_munmap(uint64_t addr, uint64_t len)
+int msd_munmap(void *addr, uint64_t len)
 {
-    return munmap((void *)(uintptr_t)addr, len) < 0 ? neg_errno() : 0;
+    return munmap(addr, len) < 0 ? neg_errno() : 0;
 }
 
-int msd_madvise(uint64_t addr, uint64_t len, int advice)
+int msd_madvise(void *addr, uint64_t len, int advice)
 {
-    return madvise((void *)(uintptr_t)addr, len, advice) < 0 ? neg_errno() : 0;
+    return madvise(addr, len, advice) < 0 ? neg_errno() : 0;
 }
 
 int msd_close(int fd)
@@ -267,7 +284,7 @@ static void install_sigbus_guard(void)
     sigaction(SIGBUS, &sa, &previous_sigbus);
 }
 
-int msd_guarded_copy(uint64_t dst, uint64_t src, uint64_t len)
+int msd_guarded_copy(void *dst, const void *src, uint64_t len)
 {
     sigjmp_buf jmp;
     pthread_once(&guard_once, install_sigbus_guard);
@@ -277,7 +294,7 @@ int msd_guarded_copy(uint64_t dst, uint64_t src, uint64_t len)
     }
     guard_jmp = &jmp;
     __asm__ __volatile__("" ::: "memory");
-    memcpy((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, len);
+    memcpy(dst, src, len);
     __asm__ __volatile__("" ::: "memory");
     guard_jmp = NULL;
     return 0;
@@ -315,33 +332,27 @@ int msd_vcpu_enter_long_mode(int vcpu_fd, uint64_t cr3)
     return ioctl(vcpu_fd, KVM_SET_SREGS, &s) < 0 ? neg_errno() : 0;
 }
 
-/* Give the vCPU the CPUID KVM supports (KVM_GET_SUPPORTED_CPUID -> KVM_SET_CPUID2).
- * Without it the guest's MAXPHYADDR is 36 bits and page tables pointing above
- * 64 GiB fault with reserved bits set. Returns the guest's MAXPHYADDR. */
-int msd_vcpu_set_supported_cpuid(int kvm_fd, int vcpu_fd)
+/* KVM_GET_SUPPORTED_CPUID on /dev/kvm, read once and given to every vCPU with
+ * KVM_SET_CPUID2: without it the guest's MAXPHYADDR is 36 bits and page tables
+ * pointing above 64 GiB fault with reserved bits set. Returns the guest's
+ * MAXPHYADDR (leaf 0x80000008, EAX[7:0]; 36 if absent). */
+int msd_get_supported_cpuid(int kvm_fd, struct msd_cpuid *cpuid)
 {
-    enum { MAX_ENTRIES = 256 };
-    size_t bytes = sizeof(struct kvm_cpuid2) + MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2);
-    struct kvm_cpuid2 *cpuid = calloc(1, bytes);
-    int r;
-    if (!cpuid)
-        return -ENOMEM;
-    cpuid->nent = MAX_ENTRIES;
-    r = ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid);
-    if (r == 0)
-        r = ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid);
-    if (r < 0) {
-        r = neg_errno();
-    } else {
-        /* return the guest's MAXPHYADDR (leaf 0x80000008, EAX[7:0]); 36 if absent */
-        uint32_t i;
-        r = 36;
-        for (i = 0; i < cpuid->nent; i++)
-            if (cpuid->entries[i].function == 0x80000008)
-                r = (int)(cpuid->entries[i].eax & 0xff);
-    }
-    free(cpuid);
-    return r;
+    uint32_t i;
+    int bits = 36;
+    memset(cpuid, 0, sizeof(*cpuid));
+    cpuid->header.nent = MSD_CPUID_MAX_ENTRIES;
+    if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0)
+        return neg_errno();
+    for (i = 0; i < cpuid->header.nent; i++)
+        if (cpuid->entries[i].function == 0x80000008)
+            bits = (int)(cpuid->entries[i].eax & 0xff);
+    return bits;
+}
+
+int msd_vcpu_set_cpuid2(int vcpu_fd, const struct msd_cpuid *cpuid)
+{
+    return ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0 ? neg_errno() : 0;
 }
 
 int msd_vcpu_set_regs(int vcpu_fd, uint64_t rip, uint64_t rsi, uint64_t rdi, uint64_t rcx,
@@ -393,15 +404,47 @@ int msd_vcpu_run(int vcpu_fd, int timeout_ms)
     its.it_value.tv_sec = timeout_ms / 1000;
     its.it_value.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
     its.it_interval = its.it_value;
-    timer_settime(timer, 0, &its, NULL);
+    if (timer_settime(timer, 0, &its, NULL) < 0) { /* unarmed, KVM_RUN could hang */
+        err = errno;
+        timer_delete(timer);
+        return -err;
+    }
     r = ioctl(vcpu_fd, KVM_RUN, 0);
     err = errno;
     timer_delete(timer);
     return r < 0 ? -err : 0;
 }
 
-/* ---- layout probes -------------------------------------------------------- */
+/* The exit KVM_RUN left in the vCPU's kvm_run page: the reason and, for the two
+ * exits the probe meets, their union member. memory_fault is valid only when
+ * KVM_RUN failed with EFAULT or EHWPOISON (api.rst); the caller knows which. */
+void msd_read_run_exit(const void *run_page, struct msd_run_exit *out)
+{
+    const struct kvm_run *run = run_page;
+    memset(out, 0, sizeof(*out));
+    out->reason = run->exit_reason;
+    if (run->exit_reason == KVM_EXIT_MMIO) {
+        out->gpa = run->mmio.phys_addr;
+        out->size = run->mmio.len;
+        out->is_write = run->mmio.is_write;
+    } else if (run->exit_reason == MSD_EXIT_MEMORY_FAULT) {
+        const struct msd_memory_fault *fault = (const void *)&run->mmio;
+        out->flags = fault->flags;
+        out->gpa = fault->gpa;
+        out->size = fault->size;
+    }
+}
 
-int msd_sizeof_region2(void) { return (int)sizeof(struct msd_userspace_memory_region2); }
-int msd_sizeof_create_guest_memfd(void) { return (int)sizeof(struct msd_create_guest_memfd); }
-int msd_sizeof_memory_attributes(void) { return (int)sizeof(struct msd_memory_attributes); }
+/* KVM completes an MMIO exit only on the next KVM_RUN; with immediate_exit set
+ * that run returns EINTR right after (api.rst, "immediate_exit"). */
+void msd_run_set_immediate_exit(void *run_page, int value)
+{
+    ((struct kvm_run *)run_page)->immediate_exit = value ? 1 : 0;
+}
+
+/* exit_reason is only meaningful if KVM writes it during the next run: clear it first, so a
+ * failed KVM_RUN that filled in no exit is never read as the previous one. */
+void msd_run_clear_exit_reason(void *run_page)
+{
+    ((struct kvm_run *)run_page)->exit_reason = 0;
+}

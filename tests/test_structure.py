@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "service" / "memslotd"
 
-# layer -> modules it must never import (docs/design.md, STYLE.md)
+# layer -> modules it must never import (docs/design.md, STYLE.md); memslotd.uapi is open to all
 FORBIDDEN = {
     "kvm": ("memslotd.core", "memslotd.api", "memslotd.client", "memslotd.cli", "fastapi", "pydantic"),
     "core": ("memslotd.kvm", "memslotd._native", "memslotd.api", "memslotd.client", "memslotd.cli", "fastapi",
@@ -44,6 +44,46 @@ def test_layers_import_one_way():
                 if any(name == f or name.startswith(f + ".") for f in forbidden):
                     broken.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not broken, "\n".join(broken)
+
+
+def test_uapi_is_a_leaf_of_the_standard_library():
+    """memslotd.uapi (constants, limits, value types) imports nothing of the project nor any
+    third-party package, so that every layer may import it (FORBIDDEN lists no layer's uapi)."""
+    names = {name.split(".")[0] for name in _imports(PKG / "uapi.py")} - {"__future__"}
+    assert names <= sys.stdlib_module_names, names - sys.stdlib_module_names
+    assert not any(f.startswith("memslotd.uapi") for forbidden in FORBIDDEN.values() for f in forbidden)
+
+
+# kernel object -> the one module that constructs it: its parent's (as in kvm-ioctls)
+PARENTS = {"VMFd": "kvm/system.py", "VCPUFd": "kvm/vm.py", "GuestMemfd": "kvm/vm.py"}
+
+
+def test_kernel_objects_are_made_by_their_parent_only():
+    wrong = []
+    for path in [*PKG.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in PARENTS:
+                where = path.relative_to(PKG).as_posix() if path.is_relative_to(PKG) else str(path.relative_to(ROOT))
+                if where != PARENTS[node.func.id]:
+                    wrong.append(f"{where}:{node.lineno} makes a {node.func.id}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_kvm_modules_import_no_cycle():
+    """kvm/system.py imports kvm/vm.py, never the other way (TYPE_CHECKING imports count too)."""
+    graph = {f"memslotd.kvm.{p.stem}": {n for n in _imports(p) if n.startswith("memslotd.kvm.")}
+             for p in (PKG / "kvm").glob("*.py")}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, " -> ".join((*path, module))
+        if module not in done:
+            for dep in graph.get(module, ()):
+                visit(dep, (*path, module))
+            done.add(module)
+
+    for module in graph:
+        visit(module, ())
 
 
 def test_the_package_type_checks():

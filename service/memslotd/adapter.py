@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from .core import EventLog, Limits, MemoryCore
 from .core.ports import VMPort
-from .kvm import VM_TYPES, HostCapabilities, KVMSystem, SharedMemory, VMFd
+from .kvm import KVMSystem, SharedMemory, VMFd
 from .kvm._lib import SHIM_VERSION
 from .kvm.guest import GuestRunner
 from .settings import Settings
+from .uapi import VM_TYPES, HostCapabilities
 
 __all__ = ["KernelAdapter", "build_core"]
 

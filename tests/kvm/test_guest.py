@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from memslotd.kvm import GMEM_FLAG_INIT_SHARED, GMEM_FLAG_MMAP, MEM_GUEST_MEMFD, KVMSystem, SharedMemory
-from memslotd.kvm.guest import WINDOW_GPA, GuestRunner
+from memslotd.kvm import KVMSystem, SharedMemory
+from memslotd.kvm.guest import GuestRunner
+from memslotd.uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, PROBE_WINDOW_GPA
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 MiB, GiB = 1 << 20, 1 << 30
@@ -28,10 +29,10 @@ def runner(vm):
 
 
 def test_guest_reads_guest_memfd_only_slot_and_sees_punch(vm, runner):
-    with vm.create_guest_memfd(4 * MiB, GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED) as gmem:
+    with vm.create_guest_memfd(4 * MiB, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED) as gmem:
         host = gmem.map()
         # shadow paging reads guest memory through userspace_addr: the gmem's own mapping
-        vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 4 * GiB, 4 * MiB, host.address, 0, gmem.fd)
+        vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 4 * GiB, 4 * MiB, host.address, 0, gmem.fd)
         host.write(0x1234, b"written-by-host")
         seen = runner.read(4 * GiB + 0x1234, 15)
         assert seen.ok and seen.data == b"written-by-host"
@@ -82,4 +83,4 @@ def test_deleted_slot_becomes_mmio(vm, runner):
 
 def test_probe_refuses_its_own_window(runner):
     with pytest.raises(ValueError):
-        runner.read(WINDOW_GPA, 8)
+        runner.read(PROBE_WINDOW_GPA, 8)

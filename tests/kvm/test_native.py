@@ -1,18 +1,24 @@
-"""The native shim and the kernel-object layer against the real /dev/kvm: sizes, success and errno paths."""
+"""The native shim and the kernel-object layer against the real /dev/kvm: success and errno paths.
+
+Struct layouts need no test here: the shim's _Static_asserts and cffi's layout checks fail the build.
+"""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
+import runpy
+import shutil
+from pathlib import Path
 
 import pytest
 
-from memslotd.kvm import (
-    GMEM_FLAG_INIT_SHARED, GMEM_FLAG_MMAP, MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES, Cap, FdClosedError, KVMError,
-    KVMSystem, SharedMemory,
+from memslotd.kvm import FdClosedError, KVMError, KVMSystem, SharedMemory
+from memslotd.kvm._lib import SHIM_VERSION, checkout_version, lib
+from memslotd.uapi import (
+    GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_MAX_NR_PAGES, Cap,
 )
-from memslotd.kvm._lib import lib
 from tests.kernel_facts import kernel_facts
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
@@ -31,10 +37,18 @@ def vm(system):
         yield v
 
 
-def test_uapi_struct_sizes_match_the_kernel_layout():
-    assert lib.msd_sizeof_region2() == 160
-    assert lib.msd_sizeof_create_guest_memfd() == 64
-    assert lib.msd_sizeof_memory_attributes() == 32
+NATIVE = Path(__file__).resolve().parents[2] / "native"
+
+
+def test_shim_version_is_derived_from_its_sources(tmp_path):
+    """build_shim.py and the import check compute one formula; any edit of the shim changes
+    the version, so a module built from other sources is refused at import."""
+    assert runpy.run_path(str(NATIVE / "build_shim.py"))["SHIM_VERSION"] == SHIM_VERSION == checkout_version(NATIVE)
+    shutil.copytree(NATIVE, tmp_path / "native")
+    with open(tmp_path / "native" / "memslotd_shim.c", "a") as source:
+        source.write("/* edited */\n")
+    assert checkout_version(tmp_path / "native") != SHIM_VERSION
+    assert checkout_version(tmp_path) is None  # an installed wheel has no sources to compare
 
 
 def test_api_version_and_capabilities(system, vm):
@@ -42,7 +56,7 @@ def test_api_version_and_capabilities(system, vm):
     assert vm.check_extension(Cap.NR_MEMSLOTS) == kernel_facts().max_memslots
     assert vm.check_extension(Cap.USER_MEMORY2) == 1
     assert vm.check_extension(Cap.GUEST_MEMFD) == 1
-    assert vm.check_extension(Cap.GUEST_MEMFD_FLAGS) & (GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED)
+    assert vm.check_extension(Cap.GUEST_MEMFD_FLAGS) & (GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
 
 
 def test_probe_agrees_with_an_independent_probe_for_every_vm_type(system):
@@ -56,6 +70,26 @@ def test_probe_agrees_with_an_independent_probe_for_every_vm_type(system):
             (expected.memory_attributes, expected.attributes_ioctl, expected.guest_memfd_flags), name
     assert caps.guest_memfd_flags == facts.default.guest_memfd_flags
     assert caps.memory_failure is facts.memory_failure
+
+
+def test_a_vm_makes_vcpus_after_its_system_fd_is_closed():
+    """The VM was handed the kvm_run size and the supported CPUID at creation (kvm-ioctls'
+    shape): it keeps no reference to /dev/kvm, and its vCPUs get the host's MAXPHYADDR."""
+    system = KVMSystem.open()
+    phys_bits = system.get_supported_cpuid().phys_bits
+    with system.create_vm(0) as vm:
+        system.close()
+        with vm.create_vcpu(0) as vcpu:
+            assert vcpu.phys_bits == phys_bits > 36
+
+
+def test_kvm_run_is_refused_when_its_timer_cannot_be_armed(vm):
+    """msd_vcpu_run checks timer_settime: an invalid timeout (negative nanoseconds) is EINVAL
+    before KVM_RUN, never an unbounded KVM_RUN."""
+    with vm.create_vcpu(0) as vcpu:
+        with pytest.raises(KVMError) as e:
+            vcpu.run(-1)
+        assert e.value.errno == errno.EINVAL and e.value.ioctl == "KVM_RUN"
 
 
 def test_every_fd_is_close_on_exec(system, vm):
@@ -89,21 +123,21 @@ def test_fallocate_needs_keep_size_and_alignment(vm):
 
 def test_region2_create_overlap_delete_and_errnos(vm):
     with vm.create_guest_memfd(4 * MiB, 0) as gmem, SharedMemory.create("t", 4 * MiB) as shm:
-        vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, gmem.fd)
+        vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, gmem.fd)
         with pytest.raises(KVMError) as e:  # O1: GPA overlap
             vm.set_user_memory_region2(1, 0, (1 << 32) + MiB, 2 * MiB, shm.address)
         assert e.value.errno == errno.EEXIST
         with pytest.raises(KVMError) as e:  # B5: gmem range overlap
-            vm.set_user_memory_region2(2, MEM_GUEST_MEMFD, 1 << 33, 2 * MiB, shm.address, MiB, gmem.fd)
+            vm.set_user_memory_region2(2, KVM_MEM_GUEST_MEMFD, 1 << 33, 2 * MiB, shm.address, MiB, gmem.fd)
         assert e.value.errno in b5_errnos()
         with pytest.raises(KVMError) as e:  # M3: log_dirty_pages with guest_memfd
-            vm.set_user_memory_region2(3, MEM_GUEST_MEMFD | MEM_LOG_DIRTY_PAGES, 1 << 34, 2 * MiB, shm.address, 2 * MiB, gmem.fd)
+            vm.set_user_memory_region2(3, KVM_MEM_GUEST_MEMFD | KVM_MEM_LOG_DIRTY_PAGES, 1 << 34, 2 * MiB, shm.address, 2 * MiB, gmem.fd)
         assert e.value.errno == errno.EINVAL
         with pytest.raises(KVMError) as e:  # M2: slot id out of range
             vm.set_user_memory_region2(32764, 0, 1 << 35, 2 * MiB, shm.address)
         assert e.value.errno == errno.EINVAL
         with pytest.raises(KVMError) as e:  # M11: a guest_memfd slot is immutable
-            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 36, 2 * MiB, shm.address, 0, gmem.fd)
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 36, 2 * MiB, shm.address, 0, gmem.fd)
         assert e.value.errno == errno.EINVAL
         vm.delete_user_memory_region(0)
         with pytest.raises(KVMError) as e:  # D1: deleting an empty slot
@@ -124,6 +158,23 @@ def b5_errnos() -> set[int]:
     return {errno.EINVAL, errno.EEXIST}
 
 
+def test_m10_a_slot_of_more_than_kvm_mem_max_nr_pages_is_einval(vm):
+    """The size check comes before any allocation: no memory is needed to hear the refusal
+    (access_ok only wants the range inside the user address space, not mapped)."""
+    with pytest.raises(KVMError) as e:
+        vm.set_user_memory_region2(0, 0, 0, (KVM_MEM_MAX_NR_PAGES + 1) * 4096, 1 << 44)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_b4_a_binding_past_the_guest_memfd_end_is_einval(vm):
+    with vm.create_guest_memfd(2 * MiB, 0) as gmem, SharedMemory.create("t", 2 * MiB) as shm:
+        with pytest.raises(KVMError) as e:
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 4096, gmem.fd)
+        assert e.value.errno == errno.EINVAL
+        vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, gmem.fd)
+        vm.delete_user_memory_region(0)
+
+
 def test_region_batch_stops_at_the_first_kernel_refusal(vm):
     """msd_set_user_memory_regions: in order, stops at the first errno, reports how many the
     kernel took; the real kernel refuses op 2 (EEXIST: it overlaps op 0's range)."""
@@ -141,10 +192,10 @@ def test_region_batch_stops_at_the_first_kernel_refusal(vm):
 def test_region2_bad_guest_memfd_fd(vm):
     with SharedMemory.create("t", 2 * MiB) as shm:
         with pytest.raises(KVMError) as e:  # B1: not an open fd
-            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, 1000)
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, 1000)
         assert e.value.errno == errno.EBADF
         with pytest.raises(KVMError) as e:  # B2: an fd that is not a guest_memfd
-            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, shm.fd)
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, shm.fd)
         assert e.value.errno == errno.EINVAL
 
 
@@ -152,7 +203,7 @@ def test_guest_memfd_of_another_vm_is_refused(system, vm):
     with system.create_vm(0) as other, other.create_guest_memfd(2 * MiB, 0) as foreign, \
             SharedMemory.create("t", 2 * MiB) as shm:
         with pytest.raises(KVMError) as e:  # B3
-            vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, foreign.fd)
+            vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, foreign.fd)
         assert e.value.errno == errno.EINVAL
 
 
@@ -185,10 +236,19 @@ def test_use_after_close_raises_ebadf(system):
         assert e.value.errno == errno.EBADF
 
 
+def test_a_closed_vcpu_raises_ebadf_instead_of_touching_its_unmapped_run_page(vm):
+    vcpu = vm.create_vcpu(0)
+    vcpu.close()
+    for call in (lambda: vcpu.set_immediate_exit(True), lambda: vcpu.run(100)):
+        with pytest.raises(FdClosedError) as e:
+            call()
+        assert e.value.errno == errno.EBADF
+
+
 def test_guarded_access_turns_sigbus_into_efault(vm):
     """mmap of a guest_memfd without INIT_SHARED succeeds, but touching it SIGBUSes;
     the shim's guard must turn that into EFAULT instead of killing the interpreter."""
-    with vm.create_guest_memfd(MiB, GMEM_FLAG_MMAP) as gmem:
+    with vm.create_guest_memfd(MiB, GUEST_MEMFD_FLAG_MMAP) as gmem:
         mapping = gmem.map()
         with pytest.raises(KVMError) as e:
             mapping.read(0, 8)
@@ -198,7 +258,7 @@ def test_guarded_access_turns_sigbus_into_efault(vm):
 
 
 def test_mappable_guest_memfd_roundtrip_and_punch(vm):
-    with vm.create_guest_memfd(MiB, GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED) as gmem:
+    with vm.create_guest_memfd(MiB, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED) as gmem:
         m = gmem.map()
         m.write(4096, b"pattern")
         assert m.read(4096, 7) == b"pattern"

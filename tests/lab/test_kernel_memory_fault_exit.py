@@ -7,7 +7,8 @@ import errno
 
 import pytest
 
-from memslotd.kvm import VM_TYPES, KVMSystem, SharedMemory
+from memslotd.kvm import KVMSystem, SharedMemory
+from memslotd.uapi import VM_TYPES
 from memslotd.kvm.guest import GuestRunner
 from tests.kernel_facts import ATTRIBUTE_PRIVATE, kernel_facts, need
 

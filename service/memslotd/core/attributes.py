@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from sortedcontainers import SortedDict
 
+from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE
 from .ranges import Range
 from .sorted_keys import floor_key
 
@@ -18,12 +19,11 @@ __all__ = ["AttributeMap", "PRIVATE", "SHARED", "attribute_bits"]
 
 PRIVATE = "private"
 SHARED = "shared"
-_KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
 
 
 def attribute_bits(state: str) -> int:
     """The ``KVM_SET_MEMORY_ATTRIBUTES`` value that means ``state`` (shared is 0)."""
-    return _KVM_MEMORY_ATTRIBUTE_PRIVATE if state == PRIVATE else 0
+    return KVM_MEMORY_ATTRIBUTE_PRIVATE if state == PRIVATE else 0
 
 
 def _pack(end: int, state: str) -> int:

@@ -20,8 +20,9 @@ import itertools
 import os
 from typing import Any
 
+from ..uapi import RegionArgs
 from .errors import Conflict, DomainError, QuotaExceeded, kernel_error
-from .memslots import (MemslotService, RegionArgs, SlotRequest, continues_run, initial_state, invalidation_of_run,
+from .memslots import (MemslotService, SlotRequest, continues_run, initial_state, invalidation_of_run,
                        set_kernel_attributes, slot_event)
 from .records import VMRecord
 from .slots import Slot

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..uapi import HostCapabilities
 from .events import EventLog
 from .limits import Limits
 from .batch import BatchService
@@ -11,7 +12,7 @@ from .conversion import ConversionService
 from .host_view import HostViewService
 from .memslots import MemslotService
 from .probe import ProbeService
-from .ports import HostInfo, KernelPort
+from .ports import KernelPort
 from .registry import Registry
 
 __all__ = ["MemoryCore"]
@@ -31,7 +32,7 @@ class MemoryCore:
         self.shim_version: int | None = None  # set by whoever wires the kernel layer in
 
     @property
-    def host(self) -> HostInfo:
+    def host(self) -> HostCapabilities:
         return self.registry.host
 
     async def close(self) -> None:

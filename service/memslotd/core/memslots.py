@@ -1,6 +1,7 @@
 """Memslot use cases: create (PUT by id / POST auto id), modify, delete, list.
 
-Every rule of KVM_SET_USER_MEMORY_REGION2 (kernel-semantics §3.2) is checked
+Every rule of KVM_SET_USER_MEMORY_REGION2 (M1-M12, D1, C1, O1, B1-B5, X1 in
+docs/kernel-rules.md) is checked
 here first, in the kernel's order, so the first failing rule names the error.
 """
 
@@ -10,6 +11,9 @@ import dataclasses
 import time
 from typing import Any
 
+from ..uapi import KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_MAX_NR_PAGES, KVM_MEM_READONLY
+from ..uapi import MMU_MAX_GPA as GPA_LIMIT
+from ..uapi import PROBE_WINDOW_GPA, PROBE_WINDOW_SIZE, RegionArgs
 from .attributes import PRIVATE, SHARED, attribute_bits
 from .errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, QuotaExceeded, kernel_error
 from .records import VMRecord
@@ -18,18 +22,11 @@ from .registry import Registry
 from .slots import Backing, Slot
 from .values import value_type
 
-__all__ = ["RegionArgs", "SlotRequest", "MemslotService", "initial_state", "invalidation_of_run", "set_kernel_attributes", "continues_run", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
+__all__ = ["SlotRequest", "MemslotService", "initial_state", "invalidation_of_run", "set_kernel_attributes", "continues_run", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
 
-SLOT_FLAG_BITS = {"log_dirty_pages": 1 << 0, "readonly": 1 << 1}
-MEM_GUEST_MEMFD = 1 << 2
-MAX_SLOT_PAGES = (1 << 31) - 1  # KVM_MEM_MAX_NR_PAGES (M10)
-GPA_LIMIT = 1 << 52  # shadow paging: kvm_mmu_max_gfn() covers 52 bits (X1)
+SLOT_FLAG_BITS = {"log_dirty_pages": KVM_MEM_LOG_DIRTY_PAGES, "readonly": KVM_MEM_READONLY}
 #: The probe's window (see memslotd.kvm.guest): no user slot may overlap it.
-RESERVED_GPA = Range(0xFFE0_0000, 0x1_0000_0000)
-
-
-#: KVM_SET_USER_MEMORY_REGION2's arguments: slot, flags, gpa, size, userspace_addr, gmem offset, gmem fd
-RegionArgs = tuple[int, int, int, int, int, int, int]
+RESERVED_GPA = Range.of(PROBE_WINDOW_GPA, PROBE_WINDOW_SIZE)
 
 
 @value_type
@@ -77,10 +74,10 @@ class MemslotService:
             if req.flags:
                 raise InvalidRequest(f"flags {list(req.flags)} cannot be combined with a private (guest_memfd) part",
                                      code="FLAGS_INCOMPATIBLE")
-            flags |= MEM_GUEST_MEMFD
+            flags |= KVM_MEM_GUEST_MEMFD
         gpa = check_aligned_range(req.guest_phys_addr, req.memory_size, page, what="memslot", limit=GPA_LIMIT)  # M4 M5 M9 X1
-        if req.memory_size // page > MAX_SLOT_PAGES:  # M10
-            raise InvalidRequest(f"a slot holds at most {MAX_SLOT_PAGES} pages", code="SLOT_TOO_LARGE")
+        if req.memory_size // page > KVM_MEM_MAX_NR_PAGES:  # M10
+            raise InvalidRequest(f"a slot holds at most {KVM_MEM_MAX_NR_PAGES} pages", code="SLOT_TOO_LARGE")
         if req.shared is None and req.private is None:
             raise InvalidRequest("a memslot needs a shared part, a private part, or both", code="SLOT_NO_BACKING")
         uaddr, source = 0, "none"
@@ -211,7 +208,7 @@ class MemslotService:
 
     @staticmethod
     def kernel_flags(slot: Slot) -> int:
-        flags = MEM_GUEST_MEMFD if slot.private is not None else 0
+        flags = KVM_MEM_GUEST_MEMFD if slot.private is not None else 0
         for name in slot.flags:
             flags |= SLOT_FLAG_BITS[name]
         return flags

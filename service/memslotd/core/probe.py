@@ -13,6 +13,9 @@ import errno as _errno
 import time
 from typing import Any
 
+from ..uapi import KVM_MEMORY_EXIT_FLAG_PRIVATE
+from ..uapi import PROBE_MAX_GPA as MAX_PROBE_GPA
+from ..uapi import PROBE_MAX_OP_BYTES as MAX_PROBE_BYTES
 from .errors import InvalidRequest, QuotaExceeded, kernel_error
 from .memslots import RESERVED_GPA
 from .ranges import Range
@@ -21,8 +24,7 @@ from .registry import Registry
 
 __all__ = ["ProbeOp", "ProbeService", "MAX_PROBE_BYTES", "MAX_PROBE_GPA"]
 
-MAX_PROBE_BYTES = 64 << 10
-MEMORY_EXIT_FLAG_PRIVATE = 1 << 3  # KVM_MEMORY_EXIT_FLAG_PRIVATE: the guest wanted the private side
+MEMORY_EXIT_FLAG_PRIVATE = KVM_MEMORY_EXIT_FLAG_PRIVATE  # the guest wanted the private side
 _EHWPOISON = 133  # Linux's EHWPOISON; Python's errno module has no name for it
 
 
@@ -30,7 +32,6 @@ def errno_name(code: int | None) -> str | None:
     if code == _EHWPOISON:
         return "EHWPOISON"
     return _errno.errorcode.get(code) if code else None
-MAX_PROBE_GPA = 1 << 48  # the guest's MAXPHYADDR on x86-64 with four-level paging
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEMORY_ATTRIBUTE_PRIVATE
 from .errors import CapabilityMissing, Conflict, DomainError, InvalidRequest, NotFound, QuotaExceeded, kernel_error
 from .events import EventLog
 from .limits import Limits
@@ -25,8 +26,7 @@ from .stats import Stats
 __all__ = ["Registry", "GMEM_FLAG_BITS"]
 
 T = TypeVar("T")
-GMEM_FLAG_BITS = {"mmap": 1 << 0, "init_shared": 1 << 1}
-MEMORY_ATTRIBUTE_PRIVATE = 1 << 3  # KVM_MEMORY_ATTRIBUTE_PRIVATE
+GMEM_FLAG_BITS = {"mmap": GUEST_MEMFD_FLAG_MMAP, "init_shared": GUEST_MEMFD_FLAG_INIT_SHARED}
 HUGEPAGE_SIZES = {"2M": 2 << 20, "1G": 1 << 30}
 
 
@@ -48,7 +48,7 @@ class Registry:
         """KVM enforces private/shared on VMs of ``vm_type`` only when such a VM reports
         KVM_MEMORY_ATTRIBUTE_PRIVATE and has the ioctl built in."""
         caps = self.host.per_vm_type.get(vm_type)
-        return caps is not None and bool(caps.memory_attributes & MEMORY_ATTRIBUTE_PRIVATE) and caps.memory_attributes_ioctl
+        return caps is not None and bool(caps.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE) and caps.memory_attributes_ioctl
 
     def enforcement_for(self, vm_type: str) -> str:
         return "kernel" if self.kernel_attributes_for(vm_type) else "daemon"

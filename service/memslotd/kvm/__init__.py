@@ -1,14 +1,14 @@
-"""Kernel objects: one class per fd kind, each owning exactly one fd or mapping."""
+"""Kernel objects: one class per fd kind, each owning exactly one fd or mapping.
+
+The constants they take and the values they return (flags, capability numbers, VM types,
+``HostCapabilities``) live in :mod:`memslotd.uapi`.
+"""
 
 from .errors import FdClosedError, KVMError
 from .mapping import Mapping
-from .memory import GMEM_FLAG_INIT_SHARED, GMEM_FLAG_MMAP, GuestMemfd, SharedMemory
-from .system import VM_TYPES, Cap, HostCapabilities, KVMSystem, VMTypeCapabilities
+from .memory import GuestMemfd, SharedMemory
+from .system import KVMSystem
 from .vcpu import VCPUExit, VCPUFd
-from .vm import MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES, MEM_READONLY, MEMORY_ATTRIBUTE_PRIVATE, VMFd
+from .vm import VMFd
 
-__all__ = [
-    "Cap", "FdClosedError", "GMEM_FLAG_INIT_SHARED", "GMEM_FLAG_MMAP", "GuestMemfd", "HostCapabilities",
-    "KVMError", "KVMSystem", "MEM_GUEST_MEMFD", "MEM_LOG_DIRTY_PAGES", "MEM_READONLY",
-    "MEMORY_ATTRIBUTE_PRIVATE", "Mapping", "SharedMemory", "VCPUExit", "VCPUFd", "VMFd", "VMTypeCapabilities", "VM_TYPES",
-]
+__all__ = ["FdClosedError", "GuestMemfd", "KVMError", "KVMSystem", "Mapping", "SharedMemory", "VCPUExit", "VCPUFd", "VMFd"]

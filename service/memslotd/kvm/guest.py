@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from .memory import GMEM_FLAG_INIT_SHARED, GMEM_FLAG_MMAP, SharedMemory
+from ..uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, Cap
+from ..uapi import PROBE_MAX_GPA as MAX_GPA
+from ..uapi import PROBE_MAX_OP_BYTES as MAX_OP_BYTES
+from ..uapi import PROBE_WINDOW_GPA as WINDOW_GPA
+from ..uapi import PROBE_WINDOW_SIZE as WINDOW_SIZE
+from .memory import SharedMemory
 from .vcpu import VCPUExit, VCPUFd
-from .vm import MEM_GUEST_MEMFD, VMFd
+from .vm import VMFd
 
 __all__ = ["GuestRunner", "ProbeAccess", "WINDOW_GPA", "WINDOW_SIZE", "MAX_OP_BYTES", "GuestTablesExhausted",
            "guest_memfd_only_is_honoured"]
-
-WINDOW_GPA = 0xFFE0_0000  # top 2 MiB below 4 GiB: the x86 firmware/flash hole, never RAM
-WINDOW_SIZE = 2 << 20
-MAX_OP_BYTES = 64 << 10
-MAX_GPA = 1 << 48  # four-level paging and this host's guest MAXPHYADDR (48 bits)
 
 _CODE, _PML4, _BUFFER, _POOL = 0x0, 0x1000, 0x40000, 0x80000
 _GUEST_CODE = bytes([0xF3, 0xA4, 0xF4])  # rep movsb; hlt
@@ -206,15 +206,15 @@ def guest_memfd_only_is_honoured(vm: VMFd) -> bool | None:
     instead. Asked of the kernel, not assumed: one slot backed by both, two patterns, one
     guest read. ``None`` where a guest_memfd cannot be both mmap-ed and host-written here.
     """
-    both = GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED
-    if vm.check_extension(244) & both != both:  # KVM_CAP_GUEST_MEMFD_FLAGS
+    both = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
+    if vm.check_extension(Cap.GUEST_MEMFD_FLAGS) & both != both:
         return None
     gpa, size = 1 << 32, 2 << 20
     with SharedMemory.create("memslotd-fault-path", size) as shm, vm.create_guest_memfd(size, both) as gmem:
         gmem.map().write(0, b"G" * 8)
         assert shm.mapping is not None
         shm.mapping.write(0, b"S" * 8)
-        vm.set_user_memory_region2(0, MEM_GUEST_MEMFD, gpa, size, shm.address, 0, gmem.fd)
+        vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, gpa, size, shm.address, 0, gmem.fd)
         runner = GuestRunner(vm)
         try:
             runner.install(1)

@@ -23,9 +23,10 @@ class Mapping:
     """
 
     def __init__(self, fd: int, length: int, offset: int = 0):
-        out = ffi.new("uint64_t *")
+        out = ffi.new("void **")
         check(lib.msd_mmap(fd, length, PROT_RW, mmap.MAP_SHARED, offset, out), "mmap", length=length)
-        self.address: int = int(out[0])
+        self._base = ffi.cast("char *", out[0])
+        self.address: int = int(ffi.cast("uintptr_t", self._base))
         self.length = length
         self._mapped = True
 
@@ -39,7 +40,7 @@ class Mapping:
         self._check_range(offset, length)
         buf = ffi.new("char[]", max(length, 1))
         check(
-            lib.msd_guarded_copy(int(ffi.cast("uint64_t", buf)), self.address + offset, length),
+            lib.msd_guarded_copy(buf, self._base + offset, length),
             "guarded_copy",
             offset=offset,
         )
@@ -47,21 +48,20 @@ class Mapping:
 
     def write(self, offset: int, data: bytes) -> None:
         self._check_range(offset, len(data))
-        src = ffi.from_buffer(data)
         check(
-            lib.msd_guarded_copy(self.address + offset, int(ffi.cast("uint64_t", src)), len(data)),
+            lib.msd_guarded_copy(self._base + offset, ffi.from_buffer(data), len(data)),
             "guarded_copy",
             offset=offset,
         )
 
     def madvise(self, offset: int, length: int, advice: int) -> None:
         self._check_range(offset, length)
-        check(lib.msd_madvise(self.address + offset, length, advice), "madvise", advice=advice)
+        check(lib.msd_madvise(self._base + offset, length, advice), "madvise", advice=advice)
 
     def close(self) -> None:
         if self._mapped:
             self._mapped = False
-            check(lib.msd_munmap(self.address, self.length), "munmap")
+            check(lib.msd_munmap(self._base, self.length), "munmap")
 
     @property
     def closed(self) -> bool:

@@ -8,15 +8,14 @@ import signal
 import subprocess
 import sys
 
+from ..uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP
 from ._lib import check, ffi, lib
 from .errors import KVMError
 from .fd import OwnedFd
 from .mapping import Mapping
 
-__all__ = ["GuestMemfd", "SharedMemory", "GMEM_FLAG_MMAP", "GMEM_FLAG_INIT_SHARED"]
+__all__ = ["GuestMemfd", "SharedMemory"]
 
-GMEM_FLAG_MMAP = 1 << 0
-GMEM_FLAG_INIT_SHARED = 1 << 1
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 MFD_HUGETLB = 0x0004
@@ -76,7 +75,7 @@ class GuestMemfd(_FileBacked):
     @property
     def mappable(self) -> bool:
         """Host faults are served only with MMAP and INIT_SHARED (else SIGBUS)."""
-        both = GMEM_FLAG_MMAP | GMEM_FLAG_INIT_SHARED
+        both = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
         return self.flags & both == both
 
     def inject_hwpoison(self, offset: int) -> tuple[int, str]:

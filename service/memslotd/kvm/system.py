@@ -2,77 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import errno
 import os
 import platform
 
-from ._lib import check, lib
+from ..uapi import VM_TYPES, Cap, HostCapabilities, VMTypeCapabilities
+from ._lib import check, ffi, lib
 from .errors import KVMError
 from .fd import OwnedFd
 from .guest import guest_memfd_only_is_honoured
+from .vcpu import SupportedCPUID
 from .vm import VMFd
 
-__all__ = ["Cap", "KVMSystem", "HostCapabilities", "VMTypeCapabilities", "VM_TYPES"]
-
-
-class Cap(enum.IntEnum):
-    """``KVM_CHECK_EXTENSION`` numbers used by memslotd (never beyond 244, see §2.2)."""
-
-    NR_MEMSLOTS = 10
-    USER_MEMORY2 = 231
-    MEMORY_FAULT_INFO = 232
-    MEMORY_ATTRIBUTES = 233
-    GUEST_MEMFD = 234
-    VM_TYPES = 235
-    PRE_FAULT_MEMORY = 236
-    GUEST_MEMFD_FLAGS = 244
-
-
-#: x86 VM types (arch/x86/include/uapi/asm/kvm.h), name -> KVM_CREATE_VM argument.
-VM_TYPES = {"default": 0, "sw_protected": 1, "sev": 2, "sev_es": 3, "snp": 4, "tdx": 5}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class VMTypeCapabilities:
-    """What a VM of one type offers: the per-VM answers of ``KVM_CHECK_EXTENSION`` on a
-    throw-away VM of that type, and whether ``KVM_SET_MEMORY_ATTRIBUTES`` exists for it."""
-
-    memory_attributes: int
-    memory_attributes_ioctl: bool
-    guest_memfd_flags: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HostCapabilities:
-    """What this host's KVM offers. The flat fields are a default VM's answers; ``per_vm_type``
-    holds every offered type's own (private memory is a property of the VM type)."""
-
-    api_version: int
-    kernel_release: str
-    arch: str
-    page_size: int
-    vm_types: tuple[str, ...]
-    max_memslots: int
-    user_memory2: bool
-    guest_memfd: bool
-    guest_memfd_flags: int
-    memory_attributes: int
-    memory_attributes_ioctl: bool
-    memory_fault_info: bool
-    pre_fault_memory: bool
-    memory_failure: bool  # CONFIG_MEMORY_FAILURE: hwpoison handling (and injection) exists
-    per_vm_type: dict[str, VMTypeCapabilities] = dataclasses.field(default_factory=dict)
-    #: guest faults in a slot whose guest_memfd has mmap are served from it (TDP) rather than
-    #: from userspace_addr (shadow paging); None where it could not be asked
-    guest_memfd_only_honoured: bool | None = None
+__all__ = ["KVMSystem"]
 
 
 class KVMSystem(OwnedFd):
     """The ``/dev/kvm`` fd. Creates VMs; probes capabilities."""
 
     kind = "kvm"
+
+    def __init__(self, fd: int):
+        super().__init__(fd)
+        self._vcpu_setup: tuple[int, SupportedCPUID] | None = None  # read at the first create_vm
 
     @classmethod
     def open(cls) -> "KVMSystem":
@@ -89,9 +41,20 @@ class KVMSystem(OwnedFd):
         fd = self._fd_or_raise("KVM_GET_VCPU_MMAP_SIZE")
         return check(lib.msd_get_vcpu_mmap_size(fd), "KVM_GET_VCPU_MMAP_SIZE")
 
+    def get_supported_cpuid(self) -> SupportedCPUID:
+        """``KVM_GET_SUPPORTED_CPUID``: what every vCPU is given with ``KVM_SET_CPUID2``."""
+        fd = self._fd_or_raise("KVM_GET_SUPPORTED_CPUID")
+        entries = ffi.new("struct msd_cpuid *")
+        phys_bits = check(lib.msd_get_supported_cpuid(fd, entries), "KVM_GET_SUPPORTED_CPUID")
+        return SupportedCPUID(entries, phys_bits)
+
     def create_vm(self, vm_type: int = 0) -> VMFd:
+        """``KVM_CREATE_VM``; the VM gets what its vCPUs need from here, read once."""
         fd = self._fd_or_raise("KVM_CREATE_VM")
-        return VMFd(check(lib.msd_create_vm(fd, vm_type), "KVM_CREATE_VM", type=vm_type), self, vm_type)
+        if self._vcpu_setup is None:
+            self._vcpu_setup = (self.vcpu_mmap_size(), self.get_supported_cpuid())
+        new = check(lib.msd_create_vm(fd, vm_type), "KVM_CREATE_VM", type=vm_type)
+        return VMFd(new, vm_type, *self._vcpu_setup)
 
     def probe(self) -> HostCapabilities:
         """Ask a throw-away VM of every offered type (per-VM answers are the ones that count)."""

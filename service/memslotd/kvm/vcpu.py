@@ -5,18 +5,23 @@ from __future__ import annotations
 import dataclasses
 import errno
 import mmap
+from typing import Any
 
+from ..uapi import ExitReason
 from ._lib import check, ffi, lib
 from .fd import OwnedFd
 
-__all__ = ["VCPUFd", "VCPUExit", "EXIT_REASONS"]
+__all__ = ["VCPUFd", "VCPUExit", "SupportedCPUID"]
 
-EXIT_MMIO, EXIT_MEMORY_FAULT = 6, 39
 EHWPOISON = getattr(errno, "EHWPOISON", 133)  # Linux's; Python's errno module lacks it
-EXIT_REASONS = {
-    0: "unknown", 1: "exception", 2: "io", 3: "hypercall", 4: "debug", 5: "hlt", 6: "mmio",
-    8: "shutdown", 9: "fail_entry", 17: "internal_error", 39: "memory_fault",
-}
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SupportedCPUID:
+    """``KVM_GET_SUPPORTED_CPUID``'s answer (:meth:`KVMSystem.get_supported_cpuid`), read once
+    per ``/dev/kvm`` and applied to every vCPU with ``KVM_SET_CPUID2``."""
+
+    entries: Any  # struct msd_cpuid * (cffi): never leaves memslotd.kvm
+    phys_bits: int  # the guest's MAXPHYADDR (CPUID 0x80000008 EAX[7:0]; 36 when absent)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,24 +44,25 @@ class VCPUFd(OwnedFd):
     def __init__(self, fd: int, vcpu_id: int):
         super().__init__(fd)
         self.vcpu_id = vcpu_id
-        self._run_addr = 0
+        self._run = ffi.NULL  # the kvm_run page, read and written through the shim's accessors
         self._run_size = 0
+        self._exit = ffi.new("struct msd_run_exit *")
         self.phys_bits = 36
 
     def map_run(self, size: int) -> None:
-        out = ffi.new("uint64_t *")
+        out = ffi.new("void **")
         check(lib.msd_mmap(self._fd, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, 0, out), "mmap(kvm_run)")
-        self._run_addr, self._run_size = int(out[0]), size
+        self._run, self._run_size = out[0], size
 
     def _release(self) -> None:
-        if self._run_addr:
-            lib.msd_munmap(self._run_addr, self._run_size)
-            self._run_addr = 0
+        if self._run != ffi.NULL:
+            lib.msd_munmap(self._run, self._run_size)
+            self._run = ffi.NULL
 
-    def set_supported_cpuid(self, kvm_fd: int) -> int:
-        """KVM_GET_SUPPORTED_CPUID then KVM_SET_CPUID2; returns the guest's MAXPHYADDR in bits."""
-        self.phys_bits = check(lib.msd_vcpu_set_supported_cpuid(kvm_fd, self._fd_or_raise("KVM_SET_CPUID2")), "KVM_SET_CPUID2")
-        return self.phys_bits
+    def set_cpuid2(self, cpuid: SupportedCPUID) -> None:
+        """``KVM_SET_CPUID2``: give the guest the CPUID KVM supports (and its MAXPHYADDR)."""
+        check(lib.msd_vcpu_set_cpuid2(self._fd_or_raise("KVM_SET_CPUID2"), cpuid.entries), "KVM_SET_CPUID2")
+        self.phys_bits = cpuid.phys_bits
 
     def enter_long_mode(self, cr3: int) -> None:
         check(lib.msd_vcpu_enter_long_mode(self._fd_or_raise("KVM_SET_SREGS"), cr3), "KVM_SET_SREGS")
@@ -64,11 +70,10 @@ class VCPUFd(OwnedFd):
     def set_regs(self, rip: int, rsi: int = 0, rdi: int = 0, rcx: int = 0, rsp: int = 0) -> None:
         check(lib.msd_vcpu_set_regs(self._fd_or_raise("KVM_SET_REGS"), rip, rsi, rdi, rcx, rsp), "KVM_SET_REGS")
 
-    def _fd_and_run(self) -> tuple[int, int]:
-        return self._fd_or_raise("KVM_RUN"), self._run_addr
-
     def set_immediate_exit(self, value: bool) -> None:
-        ffi.cast("uint8_t *", self._run_addr)[1] = 1 if value else 0
+        """``kvm_run.immediate_exit``: the next ``KVM_RUN`` returns EINTR at once."""
+        self._fd_or_raise("kvm_run.immediate_exit")  # closed: the page is unmapped
+        lib.msd_run_set_immediate_exit(self._run, value)
 
     def run(self, timeout_ms: int) -> VCPUExit:
         """``KVM_RUN`` bounded by ``timeout_ms`` (a timeout is the exit ``"timeout"``).
@@ -77,21 +82,20 @@ class VCPUFd(OwnedFd):
         ``exit_reason`` = KVM_EXIT_MEMORY_FAULT (cleared before each run, so a stale one is never
         read) it is the exit ``"memory_fault"`` with gpa/size/flags; without it, ``"fault"``
         (KVM reported no details, e.g. no VMA behind ``userspace_addr``)."""
-        reason = ffi.cast("uint32_t *", self._fd_and_run()[1])
-        reason[2] = 0  # exit_reason is only meaningful if KVM writes it during this run
-        rc = lib.msd_vcpu_run(self._fd_or_raise("KVM_RUN"), timeout_ms)
-        run = ffi.cast("uint8_t *", self._run_addr)
-        u64 = ffi.cast("uint64_t *", self._run_addr)
-        reason_code = reason[2]
+        fd = self._fd_or_raise("KVM_RUN")
+        lib.msd_run_clear_exit_reason(self._run)
+        rc = lib.msd_vcpu_run(fd, timeout_ms)
         if rc == -errno.EINTR:  # our timer fired
             return VCPUExit("timeout", errno=errno.EINTR)
+        out = self._exit
+        lib.msd_read_run_exit(self._run, out)
         if rc < 0:
             if -rc in (errno.EFAULT, EHWPOISON):
-                if reason_code == EXIT_MEMORY_FAULT:  # struct { u64 flags, gpa, size; } at offset 32
-                    return VCPUExit("memory_fault", errno=-rc, flags=int(u64[4]), gpa=int(u64[5]), size=int(u64[6]))
+                if out.reason == ExitReason.MEMORY_FAULT:
+                    return VCPUExit("memory_fault", errno=-rc, flags=out.flags, gpa=out.gpa, size=out.size)
                 return VCPUExit("fault", errno=-rc)
             check(rc, "KVM_RUN")
-        name = EXIT_REASONS.get(reason_code, f"exit_{reason_code}")
-        if reason_code == EXIT_MMIO:  # struct { u64 phys_addr; u8 data[8]; u32 len; u8 is_write; }
-            return VCPUExit(name, gpa=int(u64[4]), size=int(ffi.cast("uint32_t *", run + 48)[0]), is_write=bool(run[52]))
+        name = ExitReason.name_of(out.reason)
+        if out.reason == ExitReason.MMIO:
+            return VCPUExit(name, gpa=out.gpa, size=out.size, is_write=bool(out.is_write))
         return VCPUExit(name)

@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from ..uapi import RegionArgs
 from ._lib import check, ffi, lib
 from .fd import OwnedFd
 from .memory import GuestMemfd
+from .vcpu import SupportedCPUID, VCPUFd
 
-if TYPE_CHECKING:
-    from .system import KVMSystem
-    from .vcpu import VCPUFd
-
-__all__ = ["VMFd", "MEM_LOG_DIRTY_PAGES", "MEM_READONLY", "MEM_GUEST_MEMFD", "MEMORY_ATTRIBUTE_PRIVATE"]
-
-MEM_LOG_DIRTY_PAGES = 1 << 0
-MEM_READONLY = 1 << 1
-MEM_GUEST_MEMFD = 1 << 2
-MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
+__all__ = ["VMFd"]
 
 
 class VMFd(OwnedFd):
-    """``KVM_CREATE_VM``'s fd. Every ioctl must come from the creating process."""
+    """``KVM_CREATE_VM``'s fd. Every ioctl must come from the creating process.
+
+    Made only by :meth:`KVMSystem.create_vm`, which hands over what the VM's vCPUs need (the
+    ``kvm_run`` mmap size and the supported CPUID, read once from ``/dev/kvm``): the VM keeps
+    no reference to the system fd, which may be closed first.
+    """
 
     kind = "vm"
 
-    def __init__(self, fd: int, system: "KVMSystem", vm_type: int):
+    def __init__(self, fd: int, vm_type: int, vcpu_mmap_size: int, cpuid: SupportedCPUID):
         super().__init__(fd)
-        self.system = system
         self.vm_type = vm_type
+        self._vcpu_mmap_size = vcpu_mmap_size
+        self._cpuid = cpuid
 
     def check_extension(self, cap: int) -> int:
         fd = self._fd_or_raise("KVM_CHECK_EXTENSION")
@@ -67,7 +64,7 @@ class VMFd(OwnedFd):
     def delete_user_memory_region(self, slot: int) -> None:
         self.set_user_memory_region2(slot, 0, 0, 0, 0)
 
-    def set_user_memory_regions(self, regions: Sequence[tuple[int, int, int, int, int, int, int]]) -> tuple[int, int]:
+    def set_user_memory_regions(self, regions: Sequence[RegionArgs]) -> tuple[int, int]:
         """Many ``KVM_SET_USER_MEMORY_REGION2`` calls in one trip into C, in order, stopping at the
         first failure. Each region is ``set_user_memory_region2``'s arguments. Returns how many
         were applied and the errno of the one that failed (0 when all were); undoing the applied
@@ -75,9 +72,9 @@ class VMFd(OwnedFd):
         fd = self._fd_or_raise("KVM_SET_USER_MEMORY_REGION2")
         if not regions:
             return 0, 0
-        packed = ffi.new("uint64_t[]", list(itertools.chain.from_iterable(regions)))
+        structs = ffi.new("struct msd_userspace_memory_region2[]", regions)  # pads zeroed
         err = ffi.new("int *")
-        applied = lib.msd_set_user_memory_regions(fd, packed, len(regions), err)
+        applied = lib.msd_set_user_memory_regions(fd, structs, len(regions), err)
         return applied, -err[0]
 
     def set_memory_attributes(self, address: int, size: int, attributes: int) -> None:
@@ -96,18 +93,17 @@ class VMFd(OwnedFd):
         fd = self._fd_or_raise("KVM_GET_DIRTY_LOG")
         size = (pages + 63) // 64 * 8
         buf = ffi.new("uint8_t[]", size)
-        check(lib.msd_get_dirty_log(fd, slot, int(ffi.cast("uint64_t", buf))), "KVM_GET_DIRTY_LOG", slot=slot)
+        check(lib.msd_get_dirty_log(fd, slot, buf), "KVM_GET_DIRTY_LOG", slot=slot)
         return bytes(ffi.buffer(buf, size))
 
-    def create_vcpu(self, vcpu_id: int) -> "VCPUFd":
-        from .vcpu import VCPUFd
-
+    def create_vcpu(self, vcpu_id: int) -> VCPUFd:
+        """``KVM_CREATE_VCPU``, its ``kvm_run`` mapped and the supported CPUID applied."""
         fd = self._fd_or_raise("KVM_CREATE_VCPU")
         new = check(lib.msd_create_vcpu(fd, vcpu_id), "KVM_CREATE_VCPU", id=vcpu_id)
         vcpu = VCPUFd(new, vcpu_id)
         try:
-            vcpu.map_run(self.system.vcpu_mmap_size())
-            vcpu.set_supported_cpuid(self.system.fd)
+            vcpu.map_run(self._vcpu_mmap_size)
+            vcpu.set_cpuid2(self._cpuid)
         except BaseException:
             vcpu.close()
             raise

@@ -9,7 +9,8 @@ from fastapi import APIRouter
 from ... import __version__
 from ...core.memslots import GPA_LIMIT, RESERVED_GPA
 from ...core.probe import MAX_PROBE_BYTES
-from ...core.registry import GMEM_FLAG_BITS, MEMORY_ATTRIBUTE_PRIVATE
+from ...core.registry import GMEM_FLAG_BITS
+from ...uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE
 from ..deps import CoreDep, SettingsDep
 from ..schemas import Capabilities, Health, Version
 
@@ -23,7 +24,7 @@ async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
     host = core.host
     gmem_flags = _gmem_flags(host.guest_memfd_flags)
     per_vm_type = {
-        name: {"memory_attributes": ["private"] if caps.memory_attributes & MEMORY_ATTRIBUTE_PRIVATE else [],
+        name: {"memory_attributes": ["private"] if caps.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE else [],
                "memory_attributes_ioctl": caps.memory_attributes_ioctl,
                "guest_memfd_flags": _gmem_flags(caps.guest_memfd_flags),
                "conversion_enforcement": core.registry.enforcement_for(name)}
@@ -32,7 +33,7 @@ async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
         "api_version": host.api_version, "kernel_release": host.kernel_release, "arch": host.arch,
         "page_size": host.page_size, "vm_types": list(host.vm_types), "max_memslots": host.max_memslots,
         "user_memory2": host.user_memory2, "guest_memfd": host.guest_memfd, "guest_memfd_flags": gmem_flags,
-        "memory_attributes": ["private"] if host.memory_attributes & MEMORY_ATTRIBUTE_PRIVATE else [],
+        "memory_attributes": ["private"] if host.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE else [],
         "memory_attributes_ioctl": host.memory_attributes_ioctl, "memory_fault_info": host.memory_fault_info,
         "pre_fault_memory": host.pre_fault_memory, "conversion_enforcement": core.registry.enforcement,
         "memory_failure": host.memory_failure, "memory_error_injection": settings.enable_memory_error_injection,
