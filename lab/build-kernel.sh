@@ -10,7 +10,8 @@
 #   3. otherwise: install the build dependencies (Debian), fetch the kernel source from
 #      Debian's archive (linux-source-7.3 from trixie-backports through a private apt state
 #      derived from this machine's own Debian source entry; LOUD fallback to linux-source-6.12
-#      from the machine's own release), build, verify the fragment against the final .config.
+#      from the machine's own sources, bookworm(-security)), build, verify the fragment
+#      against the final .config.
 #
 # Environment:
 #   MEMSLOTD_LAB_CACHE     cache root (default /var/cache/memslotd-lab when writable,
@@ -50,12 +51,34 @@ loud() {
 }
 info_get() { sed -n "s/^$2=//p" "$1" | head -n1; }
 
-# Every line of the fragment must be in the final .config; a "# CONFIG_X is not set" line is
-# also satisfied when X is not offered at all (its dependencies are off).
-verify_fragment() {
-    local config=$1 line sym bad=0
+# The fragments for a source package: kvm-lab.config, then lab/kvm-lab.<package>.config when
+# that source needs adapting (only the fallback does). KEY names the cache entry: with no
+# adaptation it is the fragment's own sha256 prefix.
+FRAGMENTS=("$FRAGMENT")
+KEY=$FRAG_HASH
+fragments_for() {  # $1 = package -> FRAGMENTS, KEY
+    FRAGMENTS=("$FRAGMENT")
+    [[ ! -f $LAB_DIR/kvm-lab.$1.config ]] || FRAGMENTS+=("$LAB_DIR/kvm-lab.$1.config")
+    KEY=$(cat "${FRAGMENTS[@]}" | sha256sum | cut -c1-12)
+}
+
+# Every line of the fragments must be in the final .config; a "# CONFIG_X is not set" line is
+# also satisfied when X is not offered at all (its dependencies are off). The only exemption:
+# an adaptation's "# absent: CONFIG_X" — and then X must really be undefined in that source.
+verify_fragment() {  # $1 = .config, $2 = kernel source tree (optional: checks "absent:" claims)
+    local config=$1 src=${2:-} line sym bad=0 absent
+    absent=" $(sed -n 's/^# absent: \(CONFIG_[A-Za-z0-9_]*\).*/\1/p' "${FRAGMENTS[@]}" | tr '\n' ' ') "
+    for sym in $absent; do
+        if [[ -n $src ]] && grep -rqE --include='Kconfig*' "^(menu)?config ${sym#CONFIG_}[[:space:]]*$" "$src"; then
+            say "$sym is declared absent, but this kernel defines it: fix the adaptation"; bad=1
+        else
+            say "note: $sym is not in this kernel (declared absent by its adaptation)"
+        fi
+    done
     while IFS= read -r line; do
-        if [[ $line =~ ^CONFIG_[A-Za-z0-9_]+= ]]; then
+        if [[ $line =~ ^(# )?(CONFIG_[A-Za-z0-9_]+)[=\ ] && $absent == *" ${BASH_REMATCH[2]} "* ]]; then
+            continue
+        elif [[ $line =~ ^CONFIG_[A-Za-z0-9_]+= ]]; then
             grep -qxF -- "$line" "$config" || { say "fragment line not in $config: $line"; bad=1; }
         elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
             sym=${BASH_REMATCH[1]}
@@ -63,14 +86,15 @@ verify_fragment() {
                 say "fragment says '$line' but $config has: $(grep "^$sym=" "$config")"; bad=1
             fi
         fi
-    done <"$FRAGMENT"
+    done < <(cat "${FRAGMENTS[@]}")
     return $bad
 }
 
 # A finished cache entry: <cache>/<version>-<hash>/{bzImage,config,info}
 cached_entry() {  # $1 = package
     local d
-    for d in $(ls -1d "$CACHE"/*-"$FRAG_HASH" 2>/dev/null | sort -rV); do
+    fragments_for "$1"
+    for d in $(ls -1d "$CACHE"/*-"$KEY" 2>/dev/null | sort -rV); do
         [[ -s $d/bzImage && -s $d/info ]] || continue
         [[ $(info_get "$d/info" package) == "$1" ]] || continue
         echo "$d"; return 0
@@ -78,9 +102,9 @@ cached_entry() {  # $1 = package
     return 1
 }
 
-publish() {  # $1 = dir with bzImage/config/info to move to <version>-<hash>
-    local version=$2 dest="$CACHE/$2-$FRAG_HASH"
-    verify_fragment "$1/config" || die "the final .config lacks lines of $FRAGMENT (see above)"
+publish() {  # $1 = dir with bzImage/config/info, $2 = version: moved to <version>-<key>
+    local version=$2 dest="$CACHE/$2-$KEY"
+    verify_fragment "$1/config" >/dev/null 2>&1 || { verify_fragment "$1/config"; die "the final .config lacks lines of ${FRAGMENTS[*]} (see above)"; }
     rm -rf "$dest"
     mv "$1" "$dest"
     echo "$dest"
@@ -88,14 +112,15 @@ publish() {  # $1 = dir with bzImage/config/info to move to <version>-<hash>
 
 try_prebuilt() {
     [[ -n $PREBUILT && -d $PREBUILT ]] || return 1
+    fragments_for "$PACKAGE"
     local inf
     for inf in "$PREBUILT"/bzImage-*.info; do
         [[ -f $inf ]] || continue
         local img=${inf%.info}
         [[ $(info_get "$inf" package) == "$PACKAGE" ]] || continue
-        [[ $(info_get "$inf" fragment_sha256_12) == "$FRAG_HASH" ]] || continue
+        [[ $(info_get "$inf" fragment_sha256_12) == "$KEY" ]] || continue
         [[ -f $img && -f $img.config && -f $PREBUILT/SHA256SUMS ]] || continue
-        if ! (cd "$PREBUILT" && grep -F " $(basename "$img")" SHA256SUMS | sha256sum --quiet -c -); then
+        if ! (cd "$PREBUILT" && grep -F " $(basename "$img")" SHA256SUMS | sha256sum --quiet -c - >&2); then
             say "prebuilt $img does not match its SHA256SUMS: ignored"; continue
         fi
         local version tmp
@@ -130,9 +155,18 @@ need_packages() {
 
 # A private apt state (lists, cache, sources) so the machine's own apt configuration is
 # never changed: the suite's entry reuses this machine's Debian URIs and Signed-By.
+# "own" = the machine's own source entries as they are (the release, its updates and security).
 APT_OPTS=()
-private_apt() {  # $1 = suite -> sets APT_OPTS
+private_apt() {  # $1 = suite or "own" -> sets APT_OPTS
     local suite=$1 dir="$CACHE/apt/$1" src=/etc/apt/sources.list.d/debian.sources
+    if [[ $suite == own ]]; then
+        mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
+        APT_OPTS=(-o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache" -o "Dir::Cache::pkgcache="
+                  -o "Dir::Cache::srcpkgcache=" -o "APT::Sandbox::User=$(id -un)")
+        say "apt-get update (private state, this machine's own Debian sources)"
+        apt-get "${APT_OPTS[@]}" update -qq >&2 || { say "apt-get update failed"; return 1; }
+        return 0
+    fi
     [[ -r $src ]] || { say "$src is missing: cannot derive a Debian source entry"; return 1; }
     local codename
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
@@ -167,6 +201,7 @@ private_apt() {  # $1 = suite -> sets APT_OPTS
 fetch_source() {  # $1 = package, $2 = suite; sets SRC_DEB, SRC_VERSION
     local pkg=$1 suite=$2
     private_apt "$suite" || return 1
+    [[ $suite != own ]] || suite="this machine's own sources"
     SRC_VERSION=$(apt-cache "${APT_OPTS[@]}" show "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | sort -rV | head -n1)
     [[ -n $SRC_VERSION ]] || { say "$pkg is not in $suite"; return 1; }
     local d="$CACHE/debs"
@@ -196,10 +231,11 @@ build() {  # $1 = package, $2 = version, $3 = .deb
         mv "$src.part" "$src"
     fi
     mkdir -p "$out"
-    local start=$SECONDS
-    say "configuring: allnoconfig + $(basename "$FRAGMENT") ($FRAG_HASH) in $out"
-    make -s -C "$src" O="$out" KCONFIG_ALLCONFIG="$FRAGMENT" allnoconfig >&2
-    verify_fragment "$out/.config" || die "allnoconfig + $FRAGMENT lost lines (see above): fix the fragment"
+    local start=$SECONDS allconfig="$out/kvm-lab.allconfig"
+    cat "${FRAGMENTS[@]}" >"$allconfig"
+    say "configuring: allnoconfig + $(cd "$LAB_DIR" && basename -a "${FRAGMENTS[@]}" | paste -sd+) ($KEY) in $out"
+    make -s -C "$src" O="$out" KCONFIG_ALLCONFIG="$allconfig" allnoconfig >&2
+    verify_fragment "$out/.config" "$src" >&2 || die "allnoconfig + ${FRAGMENTS[*]} lost lines (see above): fix the fragment"
     say "building bzImage with -j$JOBS (a cold build takes ~5-10 min on 2 cores)"
     make -s -C "$src" O="$out" -j"$JOBS" bzImage >&2
     local tmp
@@ -210,7 +246,7 @@ build() {  # $1 = package, $2 = version, $3 = .deb
         echo "package=$pkg"
         echo "version=$version"
         echo "kernelrelease=$(make -s -C "$src" O="$out" kernelrelease)"
-        echo "fragment_sha256_12=$FRAG_HASH"
+        echo "fragment_sha256_12=$KEY"
         echo "build_seconds=$((SECONDS - start))"
         echo "jobs=$JOBS"
         echo "bzImage_bytes=$(stat -c %s "$tmp/bzImage")"
@@ -222,6 +258,7 @@ build() {  # $1 = package, $2 = version, $3 = .deb
 
 main() {
     local entry
+    fragments_for "$PACKAGE"
     need_packages qemu-system-x86
     if [[ ${MEMSLOTD_LAB_REFRESH:-0} != 1 ]]; then
         if entry=$(cached_entry "$PACKAGE"); then
@@ -235,15 +272,16 @@ main() {
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     if ! fetch_source "$PACKAGE" trixie-backports; then
         loud "$PACKAGE could not be had from trixie-backports." \
-             "FALLING BACK to $FALLBACK from $codename: the lab runs an OLDER kernel than the one measured."
+             "FALLING BACK to $FALLBACK from this machine's own $codename sources: the lab runs an OLDER kernel than the one measured."
         pkg=$FALLBACK
-        fetch_source "$FALLBACK" "$codename" ||
+        fragments_for "$FALLBACK"
+        fetch_source "$FALLBACK" own ||
             { loud "NO KERNEL SOURCE: neither $PACKAGE nor $FALLBACK could be had from Debian's archive." \
                    "The lab cannot run; nothing was tested."; exit 1; }
     fi
-    if [[ -s $CACHE/$SRC_VERSION-$FRAG_HASH/bzImage && $(info_get "$CACHE/$SRC_VERSION-$FRAG_HASH/info" package) == "$pkg" ]]; then
-        say "cached: $CACHE/$SRC_VERSION-$FRAG_HASH"
-        echo "$CACHE/$SRC_VERSION-$FRAG_HASH/bzImage"; return 0
+    if [[ -s $CACHE/$SRC_VERSION-$KEY/bzImage && $(info_get "$CACHE/$SRC_VERSION-$KEY/info" package) == "$pkg" ]]; then
+        say "cached: $CACHE/$SRC_VERSION-$KEY"
+        echo "$CACHE/$SRC_VERSION-$KEY/bzImage"; return 0
     fi
     entry=$(build "$pkg" "$SRC_VERSION" "$SRC_DEB")
     echo "$entry/bzImage"
