@@ -46,7 +46,7 @@ bench: install  ## benchmarks (not part of `make test`)
 # The KVM lab (lab/): a kernel with memory attributes under QEMU TCG, the host's root inside.
 # `make lab` installs QEMU and the build deps (Debian), builds or reuses the cached lab kernel.
 lab:  ## the lab kernel (cached by source version + fragment hash) and QEMU
-	@echo "lab kernel: $$(lab/build-kernel.sh)"
+	@kernel=$$(lab/build-kernel.sh) && echo "lab kernel: $$kernel"
 
 # `make lab-test`: the lab suite (`pytest -m lab`) inside the lab; ALL=1: the whole suite, 8 GiB.
 LAB_MEM     ?= $(if $(ALL),8G,4G)
