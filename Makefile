@@ -51,7 +51,7 @@ lab:  ## the lab kernel (cached by source version + fragment hash) and QEMU
 # `make lab-test`: the lab suite (`pytest -m lab`) inside the lab; ALL=1: the whole suite, 8 GiB.
 LAB_MEM     ?= $(if $(ALL),8G,4G)
 LAB_TIMEOUT ?= $(if $(ALL),3600,1800)
-lab-test: install lab  ## the lab suite inside the lab (ALL=1: the whole suite there)
+lab-test: install  ## the lab suite inside the lab (ALL=1: the whole suite there; lab/run makes the lab first)
 	lab/run --mem $(LAB_MEM) --timeout $(LAB_TIMEOUT) -- $(PY) -m pytest $(if $(ALL),,-m lab) $(PYTEST_ARGS)
 
 clean:

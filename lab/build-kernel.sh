@@ -105,6 +105,7 @@ cached_entry() {  # $1 = package
 publish() {  # $1 = dir with bzImage/config/info, $2 = version: moved to <version>-<key>
     local version=$2 dest="$CACHE/$2-$KEY"
     verify_fragment "$1/config" >/dev/null 2>&1 || { verify_fragment "$1/config"; die "the final .config lacks lines of ${FRAGMENTS[*]} (see above)"; }
+    chmod 755 "$1"
     rm -rf "$dest"
     mv "$1" "$dest"
     echo "$dest"
