@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import require_feature
+from tests.conftest import IN_LAB_TEST_TIMEOUT, in_lab, require_feature
 
 
 def test_a_missing_feature_skips_on_a_host_with_the_reason(monkeypatch):
@@ -25,8 +25,12 @@ def test_a_present_feature_goes_on_everywhere(monkeypatch):
         require_feature(True, "unused")
 
 
-def test_lab_tests_get_a_default_timeout(request):
-    assert request.node.get_closest_marker("timeout") is None  # not a lab test, not in the lab
+def test_other_tests_get_a_default_timeout_only_inside_the_lab(request):
+    marker = request.node.get_closest_marker("timeout")
+    if in_lab():
+        assert marker is not None and marker.args[0] == IN_LAB_TEST_TIMEOUT
+    else:
+        assert marker is None
 
 
 @pytest.mark.lab
