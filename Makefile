@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := service/memslotd/_native.abi3.so
 
-.PHONY: run test install browser openapi openapi-check bench clean
+.PHONY: run test install browser openapi openapi-check bench clean lab lab-test
 
 $(STAMP): pyproject.toml setup.py native/build_shim.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,17 @@ openapi-check: install  ## fail when openapi.yaml differs from the app
 
 bench: install  ## benchmarks (not part of `make test`)
 	$(PY) -m benchmarks $(ARGS)
+
+# The KVM lab (lab/): a kernel with memory attributes under QEMU TCG, the host's root inside.
+# `make lab` installs QEMU and the build deps (Debian), builds or reuses the cached lab kernel.
+lab:  ## the lab kernel (cached by source version + fragment hash) and QEMU
+	@kernel=$$(lab/build-kernel.sh) && echo "lab kernel: $$kernel"
+
+# `make lab-test`: the lab suite (`pytest -m lab`) inside the lab; ALL=1: the whole suite, 8 GiB.
+LAB_MEM     ?= $(if $(ALL),8G,4G)
+LAB_TIMEOUT ?= $(if $(ALL),3600,1800)
+lab-test: install  ## the lab suite inside the lab (ALL=1: the whole suite there; lab/run makes the lab first)
+	lab/run --mem $(LAB_MEM) --timeout $(LAB_TIMEOUT) -- $(PY) -m pytest $(if $(ALL),,-m lab) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build service/*.egg-info service/memslotd/_native*.so .pytest_cache

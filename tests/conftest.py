@@ -1,16 +1,24 @@
-"""Shared fixtures. Kernel tests need a working /dev/kvm; without it they skip and say why."""
+"""Shared fixtures. Kernel tests need a working /dev/kvm; without it they skip and say why.
+
+Lab tests (marker ``lab``) prove what only a kernel with memory attributes can show. They run
+wherever the feature exists: inside the KVM lab (``make lab-test``; lab/run sets
+``MEMSLOTD_LAB=1``) a missing feature FAILS, on any other host it skips with the reason
+(``require_feature``). Lab tests, and every test inside the lab, have a timeout: TCG turns a
+hang into an hour.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import Daemon, start_daemon
+from tests.kernel_facts import in_lab, require_feature
 
 
 def _kvm_unavailable_reason() -> str | None:
@@ -23,14 +31,29 @@ def _kvm_unavailable_reason() -> str | None:
 
 KVM_SKIP_REASON = _kvm_unavailable_reason()
 #: every test below these runs the real daemon or core on /dev/kvm
-KVM_TEST_DIRS = ("kvm", "api", "e2e", "client", "ui", "contract")
+KVM_TEST_DIRS = ("kvm", "api", "e2e", "client", "ui", "contract", "lab")
+#: default per-test timeouts (seconds; a test's own ``pytest.mark.timeout`` wins)
+LAB_TEST_TIMEOUT = int(os.environ.get("MEMSLOTD_LAB_TEST_TIMEOUT", "300"))
+IN_LAB_TEST_TIMEOUT = int(os.environ.get("MEMSLOTD_IN_LAB_TEST_TIMEOUT", "600"))
+
+
+@pytest.fixture(name="require_feature")
+def require_feature_fixture() -> Callable[[object, str], None]:
+    """``require_feature(cond, reason)``: skip on this host, fail in the lab, when ``cond`` is false."""
+    return require_feature
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    lab = in_lab()
     for item in items:
         if any(part in KVM_TEST_DIRS for part in Path(str(item.fspath)).parts[-3:-1]):
             item.add_marker(pytest.mark.kvm)
+        is_lab_test = item.get_closest_marker("lab") is not None
+        if not item.get_closest_marker("timeout") and (lab or is_lab_test):
+            item.add_marker(pytest.mark.timeout(IN_LAB_TEST_TIMEOUT if lab and not is_lab_test else LAB_TEST_TIMEOUT))
         if KVM_SKIP_REASON and item.get_closest_marker("kvm"):
+            if lab and is_lab_test:
+                continue  # the lab has /dev/kvm or it is broken: let the test fail on it
             item.add_marker(pytest.mark.skip(reason=f"needs KVM: {KVM_SKIP_REASON}"))
 
 

@@ -112,16 +112,17 @@ def kernel_facts() -> KernelFacts:
 
 
 def in_lab() -> bool:
-    """Inside the lab kernel (lab/run sets MEMSLOTD_LAB=1): features the lab exists for must be there."""
+    """True inside the KVM lab (lab/run sets MEMSLOTD_LAB=1), where every lab feature must exist."""
     return os.environ.get("MEMSLOTD_LAB") == "1"
 
 
-def need(condition: bool, reason: str) -> None:
-    """Skip with ``reason`` where this host lacks a feature; inside the lab, fail instead."""
+def require_feature(present: object, reason: str) -> None:
+    """Go on when the feature is ``present``; else skip with ``reason`` on an ordinary host and
+    fail inside the lab (there the feature is the point of the test)."""
     import pytest
 
-    if condition:
+    if present:
         return
     if in_lab():
-        pytest.fail(f"the lab kernel must offer this, but: {reason}")
+        pytest.fail(f"the lab must offer this, but: {reason}", pytrace=False)
     pytest.skip(reason)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kernel_facts import kernel_facts, need
+from tests.kernel_facts import kernel_facts, require_feature
 
 from .conftest import GiB, MiB
 
@@ -79,6 +79,6 @@ def test_guest_backing_names_what_the_guest_reads_on_a_default_vm(client, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_guest_backing_names_what_the_guest_reads_on_a_private_memory_vm(client, kind):
     vm_type = kernel_facts().private_vm_type()
-    need(vm_type is not None, "no VM type with kernel-enforced private memory on this host")
+    require_feature(vm_type is not None, "no VM type with kernel-enforced private memory on this host")
     assert vm_type is not None
     check_kind(client, vm_type, kind)

@@ -9,7 +9,7 @@ import errno
 import pytest
 
 from tests.api.conftest import GiB, MiB, make_client
-from tests.kernel_facts import EHWPOISON, kernel_facts, need
+from tests.kernel_facts import EHWPOISON, kernel_facts, require_feature
 
 pytestmark = [pytest.mark.lab, pytest.mark.kvm]
 
@@ -17,8 +17,8 @@ GPA, PAGE = 4 * GiB, 4096
 
 
 def test_poisoned_guest_memfd_page_is_announced_faulted_by_the_guest_and_recovered_by_punch():
-    need(kernel_facts().memory_failure, "this kernel has no CONFIG_MEMORY_FAILURE (/proc/sys/vm/memory_failure_recovery)")
-    need("init_shared" in kernel_facts().default.gmem_flag_names, "default VMs here cannot host-map a guest_memfd")
+    require_feature(kernel_facts().memory_failure, "this kernel has no CONFIG_MEMORY_FAILURE (/proc/sys/vm/memory_failure_recovery)")
+    require_feature("init_shared" in kernel_facts().default.gmem_flag_names, "default VMs here cannot host-map a guest_memfd")
     with make_client(enable_memory_error_injection=True) as c:
         base = f"/v1/vms/{c.post('/v1/vms', json={}).json()['id']}"
         g = c.post(f"{base}/guest-memfds", json={"size": 2 * MiB, "flags": ["mmap", "init_shared"]}).json()["id"]

@@ -10,7 +10,7 @@ import pytest
 from memslotd.kvm import KVMSystem, SharedMemory
 from memslotd.uapi import VM_TYPES
 from memslotd.kvm.guest import GuestRunner
-from tests.kernel_facts import ATTRIBUTE_PRIVATE, kernel_facts, need
+from tests.kernel_facts import ATTRIBUTE_PRIVATE, kernel_facts, require_feature
 
 pytestmark = [pytest.mark.lab, pytest.mark.kvm, pytest.mark.usefixtures("no_fd_leak")]
 
@@ -20,7 +20,7 @@ KVM_MEMORY_EXIT_FLAG_PRIVATE = 1 << 3
 
 def test_private_gpa_without_guest_memfd_exits_with_memory_fault_flags_private():
     vm_type = kernel_facts().private_vm_type()
-    need(vm_type is not None, "no VM type with kernel-enforced private memory on this host")
+    require_feature(vm_type is not None, "no VM type with kernel-enforced private memory on this host")
     assert vm_type is not None
     with KVMSystem.open() as system, system.create_vm(VM_TYPES[vm_type]) as vm, \
             SharedMemory.create("t", 2 * MiB) as shm:

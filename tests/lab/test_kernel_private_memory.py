@@ -13,7 +13,7 @@ import errno
 import pytest
 
 from tests.api.conftest import GiB, MiB, make_client
-from tests.kernel_facts import EHWPOISON, kernel_facts, need
+from tests.kernel_facts import EHWPOISON, kernel_facts, require_feature
 
 pytestmark = [pytest.mark.lab, pytest.mark.kvm]
 
@@ -24,7 +24,7 @@ A, B = "a5" * 16, "b7" * 16
 
 def private_vm(c) -> str:
     vm_type = kernel_facts().private_vm_type()
-    need(vm_type is not None, "this host offers no VM type with kernel-enforced private memory "
+    require_feature(vm_type is not None, "this host offers no VM type with kernel-enforced private memory "
                               f"(VM types: {list(kernel_facts().vm_types)}, none with KVM_MEMORY_ATTRIBUTE_PRIVATE)")
     r = c.post("/v1/vms", json={"type": vm_type})
     assert r.status_code == 201, r.text
