@@ -11,8 +11,9 @@ import platform
 
 import pytest
 
-from memslotd.kvm import VM_TYPES, Cap, KVMSystem
-from memslotd.kvm.vm import MEMORY_ATTRIBUTE_PRIVATE
+from memslotd.kvm import KVMSystem
+from memslotd.uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE as MEMORY_ATTRIBUTE_PRIVATE
+from memslotd.uapi import VM_TYPES, Cap
 from tests.conftest import in_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("no_fd_leak")]
