@@ -102,17 +102,32 @@ function later(key, fn, ms) {
 // ---- rendering -----------------------------------------------------------------------------
 function select(id) { state.selected = id; state.slot = null; renderVMList(); loadDetail().catch(explainRest); }
 
+// Updated in place once a second (charts): a VM's button is kept, so keyboard focus stays on it.
 function renderVMList() {
-  $("vm-list").replaceChildren(...[...state.vms.values()].map((vm) => {
+  const ul = $("vm-list"), had = new Map([...ul.children].map((li) => [li.dataset.vm, li]));
+  const items = [...state.vms.values()].map((vm) => {
+    const li = had.get(vm.id) ?? el("li", { "data-vm": vm.id }, el("button", { type: "button", class: "vm-pick", onclick: () => select(vm.id) }));
     const shared = Math.max(0, vm.slot_bytes - vm.private_bytes);
-    return el("li", { "data-vm": vm.id, class: vm.id === state.selected ? "selected" : "" },
-      el("button", { type: "button", class: "vm-pick", "aria-pressed": String(vm.id === state.selected), onclick: () => select(vm.id) },
-        el("span", { class: "vm-name" }, vm.name || vm.id), vm.name ? el("span", { class: "muted vm-id" }, vm.id) : null,
-        el("span", { class: "vm-stats" }, `${vm.memslots.used} slots · `, el("span", { class: "k-private" }, `${fmtSize(vm.private_bytes)} private`),
-          " · ", el("span", { class: "k-shared" }, `${fmtSize(shared)} shared`)),
-        bytesChart(bytes.get(vm.id), vm.name || vm.id)));
-  }));
+    li.className = vm.id === state.selected ? "selected" : "";
+    li.firstChild.setAttribute("aria-pressed", String(vm.id === state.selected));
+    li.firstChild.replaceChildren(el("span", { class: "vm-name" }, vm.name || vm.id), vm.name ? el("span", { class: "muted vm-id" }, vm.id) : "",
+      el("span", { class: "vm-stats" }, `${vm.memslots.used} slots · `, el("span", { class: "k-private" }, `${fmtSize(vm.private_bytes)} private`),
+        " · ", el("span", { class: "k-shared" }, `${fmtSize(shared)} shared`)),
+      bytesChart(bytes.get(vm.id), vm.name || vm.id));
+    return li;
+  });
+  if (items.length !== ul.children.length || items.some((li, i) => ul.children[i] !== li)) ul.replaceChildren(...items);
   $("vm-count").textContent = state.vms.size ? `(${state.vms.size})` : "";
+}
+
+/** Re-rendering replaces elements: put keyboard focus back on the same slot or header. */
+function keepingFocus(render) {
+  const a = document.activeElement;
+  const slot = a?.closest?.("#map .slot")?.dataset.slot;
+  const header = a?.closest?.("#slots th") ? [...document.querySelectorAll("#slots th")].indexOf(a.closest("th")) : -1;
+  render();
+  if (slot !== undefined) document.querySelector(`#map .slot[data-slot="${slot}"]`)?.focus();
+  else if (header >= 0) document.querySelectorAll("#slots th button")[header]?.focus();
 }
 
 function renderDetail() {
@@ -128,19 +143,24 @@ function renderDetail() {
   $("shm-bytes").textContent = `${fmtSize(vm.shared_memory_bytes)} in ${vm.shared_memory_regions}`;
   $("private-bytes").textContent = `${fmtSize(vm.private_bytes)} of ${fmtSize(vm.slot_bytes)}`;
   $("enforcement").textContent = vm.conversion_enforcement === "daemon" ? "memslotd (no kernel attributes)" : "kernel attributes";
-  renderMap($("map"), d, pickSlot);
-  renderTable($("slots"), d, pickSlot);
-  renderSlotDetail($("slot-detail"), d, state.slot, () => pickSlot(null));
+  keepingFocus(() => {
+    renderMap($("map"), d, pickSlot);
+    renderTable($("slots"), d, pickSlot);
+    renderSlotDetail($("slot-detail"), d, state.slot, () => pickSlot(null));
+  });
+  pickSlot(state.slot, false);
   const unbound = [...d.gmems.values()].filter((g) => !g.bindings.length).map((g) => `guest_memfd «${names.obj(g.id)}» ${fmtSize(g.size)}`)
     .concat([...d.shms.values()].filter((m) => !m.used_by_slots.length).map((m) => `shared memory «${names.obj(m.id)}» ${fmtSize(m.size)}`));
   $("unbound").textContent = unbound.length ? `Not bound to any slot: ${unbound.join(", ")}.` : "";
 }
 
-function pickSlot(slot) {
+function pickSlot(slot, scroll = true) {
+  const previous = state.slot;
   state.slot = slot;
-  renderSlotDetail($("slot-detail"), state.detail, slot, () => pickSlot(null));
+  if (slot === null && scroll) document.querySelector(`#map .slot[data-slot="${previous}"]`)?.focus();  // closed: back to the map
+  if (scroll) renderSlotDetail($("slot-detail"), state.detail, slot, () => pickSlot(null));
   for (const n of document.querySelectorAll("#map .slot")) n.classList.toggle("picked", Number(n.dataset.slot) === slot);
-  if (slot !== null) $("slot-detail").scrollIntoView({ block: "nearest" });
+  if (slot !== null && scroll) $("slot-detail").scrollIntoView({ block: "nearest" });
 }
 
 // one sample a second for the charts; the VM list is re-rendered with them
@@ -176,17 +196,28 @@ document.addEventListener("focusout", () => { tip.hidden = true; });
 window.addEventListener("resize", () => later("resize", async () => renderDetail(), 100));
 
 // ---- event stream --------------------------------------------------------------------------
-let backoff = 500, initial = null, historyLoaded = false, pollTimer = null;
+let backoff = 500, initial = null, historyLoaded = false, pollTimer = null, socket = null;
+const watch = { last: 0, interval: 30, hello: null };
+
+// A subscription that stops sending (not even its bookmarks) is not live: say so and reconnect.
+setInterval(() => {
+  if (!state.live) return;
+  const idle = (Date.now() - watch.last) / 1000;
+  if (idle > 2 * watch.interval + 5) { badge("stalled", "off"); socket?.close(); }
+  $("host").textContent = `daemon ${watch.hello.version} · boot ${watch.hello.boot_id.slice(0, 8)} · at seq ${state.cursor}`;
+}, 1000);
 
 function onEvent(e) {
+  watch.last = Date.now();
   if (e.type === "hello") {
+    watch.interval = e.bookmark_interval_s || 30;
+    watch.hello = e;
     if (state.bootId && e.boot_id !== state.bootId) { state.cursor = null; later("vms", loadVMs, 0); }
     state.bootId = e.boot_id;
     state.live = true;
     backoff = 500;
     badge("live", "on");
     notice("stream", null);
-    $("host").textContent = `daemon ${e.version} · boot ${e.boot_id.slice(0, 8)} · seq ${e.seq}`;
     if (state.cursor === null) { state.cursor = e.seq; initial = { events: [], hello: e }; }
     return;
   }
@@ -238,7 +269,7 @@ function connect() {
   const q = new URLSearchParams();
   if (state.cursor !== null) { q.set("since_seq", state.cursor); q.set("boot_id", state.bootId); }
   else q.set("initial_state", "true");
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/events?${q}`, ["memslotd.v1"]);
+  const ws = socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/events?${q}`, ["memslotd.v1"]);
   ws.onopen = () => { if (token) ws.send(JSON.stringify({ type: "auth", token })); };
   ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
   ws.onclose = (ev) => {

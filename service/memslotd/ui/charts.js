@@ -24,9 +24,13 @@ export class Series {
   keep(keys) { for (const k of this.byKey.keys()) if (!keys.has(k)) this.byKey.delete(k); }
 }
 
-function path(values, max, w, h) {
-  const step = w / (SAMPLES - 1), x0 = w - (values.length - 1) * step;
-  return values.map((v, i) => `${i ? "L" : "M"}${(x0 + i * step).toFixed(1)},${(h - 1 - (v / max) * (h - 2)).toFixed(1)}`).join("");
+/** The series as a path, newest at the right edge, with a dot on the newest value. */
+function line(values, max, w, h, cls) {
+  const step = w / (SAMPLES - 1), x0 = w - (values.length - 1) * step, y = (v) => h - 2 - (v / max) * (h - 5);
+  const g = svgEl("g", { class: `line ${cls}` });
+  if (values.length > 1) g.append(svgEl("path", { d: values.map((v, i) => `${i ? "L" : "M"}${(x0 + i * step).toFixed(1)},${y(v).toFixed(1)}`).join("") }));
+  if (values.length) g.append(svgEl("circle", { cx: w - 2, cy: y(values[values.length - 1]), r: 2 }));
+  return g;
 }
 
 /** Private and shared bytes of one VM as two lines; the scale is the larger of the two. */
@@ -37,10 +41,7 @@ export function bytesChart(samples, label) {
   svg.firstChild.textContent = `${label}: private and shared bytes, last ${SAMPLES} s (top = ${fmtSize(max)})`;
   svg.setAttribute("aria-label", svg.firstChild.textContent);
   svg.append(svgEl("line", { x1: 0, x2: w, y1: h - 0.5, y2: h - 0.5, class: "axis" }));
-  if (samples.length > 1) {
-    svg.append(svgEl("path", { d: path(samples.map((s) => s.shared), max, w, h), class: "line shared" }));
-    svg.append(svgEl("path", { d: path(samples.map((s) => s.private), max, w, h), class: "line private" }));
-  }
+  svg.append(line(samples.map((s) => s.shared), max, w, h, "shared"), line(samples.map((s) => s.private), max, w, h, "private"));
   return svg;
 }
 

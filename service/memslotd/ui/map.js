@@ -184,7 +184,7 @@ export function renderSlotDetail(container, d, slotId, onClose) {
   const rows = runs.slice(0, 200).map((p) => el("tr", {},
     el("td", {}, el("span", { class: `sw ${p.state}` }), ` ${p.state}`), el("td", {}, hex(p.start)), el("td", {}, hex(p.end)),
     el("td", {}, `+${hex(p.start - s.guest_phys_addr)}`), el("td", { class: "num" }, fmtSize(p.end - p.start))));
-  container.replaceChildren(
+  container.replaceChildren(...[
     el("div", { class: "detail-head" },
       el("h3", {}, `Slot ${s.slot} · ${hex(s.guest_phys_addr)} – ${hex(s.guest_phys_addr + s.memory_size)} · ${fmtSize(s.memory_size)}`),
       el("button", { type: "button", class: "close", "aria-label": "close slot detail", onclick: onClose }, "×")),
@@ -194,5 +194,5 @@ export function renderSlotDetail(container, d, slotId, onClose) {
     el("table", { class: "runs-table" },
       el("thead", {}, el("tr", {}, ...["state", "from", "to", "offset in slot", "size"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, rows)),
-    runs.length > rows.length ? el("p", { class: "muted" }, `first ${rows.length} of ${runs.length} runs`) : null);
+    runs.length > rows.length ? el("p", { class: "muted" }, `first ${rows.length} of ${runs.length} runs`) : ""]);
 }

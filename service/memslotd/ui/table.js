@@ -51,18 +51,19 @@ export function renderTable(table, d, onPick) {
     const va = col.value(a), vb = col.value(b);
     return (va < vb ? -1 : va > vb ? 1 : a.s.guest_phys_addr - b.s.guest_phys_addr) * sort.dir;
   });
-  table.tHead.replaceChildren(el("tr", {}, ...COLUMNS.map((c) => el("th", {
+  table.tHead.replaceChildren(el("tr", {}, ...COLUMNS.map((c, i) => el("th", {
     scope: "col", "aria-sort": c.key === sort.key ? (sort.dir > 0 ? "ascending" : "descending") : "none" },
   el("button", { type: "button", class: "sort", onclick: () => {
     sort.dir = sort.key === c.key ? -sort.dir : 1;
     sort.key = c.key;
     renderTable(table, d, onPick);
+    table.tHead.querySelectorAll("button")[i].focus();
   } }, c.label, el("span", { class: "arrow", "aria-hidden": "true" }, c.key === sort.key ? (sort.dir > 0 ? " ▲" : " ▼") : ""))))));
   table.tBodies[0].replaceChildren(...rows.slice(0, MAX_ROWS).map((r) => el("tr", { "data-slot": r.s.slot },
     el("td", {}, el("button", { type: "button", class: "link", onclick: () => onPick(r.s.slot), title: "show in detail" }, `#${r.s.slot}`)),
     el("td", { class: "mono" }, hex(r.s.guest_phys_addr), el("div", { class: "muted" }, `– ${hex(r.s.guest_phys_addr + r.s.memory_size)}`)),
     el("td", { class: "num" }, fmtSize(r.s.memory_size)),
-    el("td", {}, partLine("private", r.privatePart), partLine("shared", r.sharedPart),
+    el("td", { class: "backing" }, partLine("private", r.privatePart), partLine("shared", r.sharedPart),
       r.privatePart || r.sharedPart ? null : el("span", { class: "muted" }, "none")), runsCell(r),
     el("td", { class: "sees" }, el("b", {}, r.sees.short), el("div", { class: "muted" }, r.sees.long)))));
   table.tFoot.replaceChildren(rows.length > MAX_ROWS
