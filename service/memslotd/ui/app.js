@@ -45,6 +45,7 @@ async function api(path) {
 }
 
 function explainRest(err) {
+  $("empty").textContent = "The map and tables need the REST API: see the message above.";
   if (!(err instanceof ApiError)) { notice("rest", `The daemon cannot be reached: ${err.message}`); return; }
   if (err.status === 401) {
     notice("rest", token ? `The daemon refused the token (${err.problem?.detail}). ${HOW}`
@@ -280,6 +281,7 @@ function connect() {
       notice("stream", ev.code === 4403
         ? `This token lacks the "events" scope: the live event feed needs it. The page re-reads the state every ${POLL_MS / 1000} s instead.`
         : token ? `The event stream refused the token. ${HOW}` : `No token: the event stream needs one. ${HOW}`);
+      feed.blocked(ev.code === 4403 ? 'No live events: the token lacks the "events" scope.' : "No live events: no valid token.");
       if (ev.code === 4403) startPolling();
       return;
     }
@@ -299,6 +301,10 @@ $("type-filter").replaceChildren(el("option", { value: "" }, "all types"),
   el("optgroup", { label: "types" }, ...TYPES.map((t) => el("option", { value: t }, t))));
 badge("connecting…", "off");
 loadVMs().catch(explainRest).finally(() => {
-  if (!token && notices.has("rest") && /No token/.test(notices.get("rest"))) { badge("no token", "bad"); return; }
+  if (!token && notices.has("rest") && /No token/.test(notices.get("rest"))) {
+    badge("no token", "bad");
+    feed.blocked("No live events: no token.");
+    return;
+  }
   connect();
 });

@@ -37,6 +37,12 @@ export class Feed {
     return li;
   }
 
+  /** Why there are no live events (the stream refused this page). */
+  blocked(text) {
+    this.list.querySelector("li.blocked")?.remove();
+    this.list.prepend(this.separator(text, "blocked"));
+  }
+
   separator(text, group) { return el("li", { class: `sep ${group}`, role: "separator" }, text); }
 
   /** A live event: shown at the top on the next frame (held while paused). */
@@ -57,7 +63,7 @@ export class Feed {
 
   flush() {
     this.frame = 0;
-    const items = this.queued.splice(0).reverse().map((e) => this.item(e, "live"));
+    const items = this.queued.splice(0).slice(-MAX_ITEMS).reverse().map((e) => this.item(e, "live"));  // a 4096-op batch: only what stays
     this.list.prepend(...items);
     this.trim();
   }
@@ -66,8 +72,10 @@ export class Feed {
   addState(events, at, why) {
     this.flush();
     const summary = countKinds(events);
-    this.list.prepend(this.separator(`${why} ${fmtTime(at)}: current state — ${summary}`, "state"),
-      ...events.map((e) => this.item(e, "state")));
+    const shown = events.slice(0, MAX_ITEMS);
+    this.list.prepend(this.separator(`${why} ${fmtTime(at)}: current state — ${summary}` +
+      (shown.length < events.length ? ` (first ${shown.length} of ${events.length} shown)` : ""), "state"),
+    ...shown.map((e) => this.item(e, "state")));
     this.trim();
   }
 

@@ -3,7 +3,7 @@
 import { el, fmtSize, hex, names, guestSees } from "./format.js";
 import { slotPieces } from "./map.js";
 
-const MAX_ROWS = 1000;
+const MAX_ROWS = 500;  // in the chosen order: sort to see the rest
 const sort = { key: "gpa", dir: 1 };
 
 const part = (p, idKey) => (p ? { name: names.obj(p[idKey]), id: p[idKey], offset: p.offset } : null);
