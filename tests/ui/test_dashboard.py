@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from tests.e2e.test_security import ADMIN, READER, free_port
 from tests.helpers import start_daemon
@@ -89,8 +90,6 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
-    from playwright.sync_api import sync_playwright
-
     tmp = Path(tempfile.mkdtemp(prefix="msd-ui-"))
     port = free_port()
     d = start_daemon(tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(_token_file(tmp)))
@@ -147,8 +146,6 @@ OVERLAPS_JS = """() => {
 
 @pytest.mark.parametrize("size", SIZES)  # the issue's two sizes, and a 2560 px screen
 def test_sparse_layout_shows_every_slot_and_run_readably_without_overlap(rig, size):
-    from playwright.sync_api import expect
-
     for dark in (False, True):
         page = rig.page(size=size, dark=dark)
         expect(page.locator("#conn")).to_have_text("live")
@@ -183,8 +180,6 @@ def test_sparse_layout_shows_every_slot_and_run_readably_without_overlap(rig, si
 
 
 def test_slot_table_names_backings_explains_guest_sees_and_sorts(rig):
-    from playwright.sync_api import expect
-
     page = rig.page()
     rows = page.locator("#slots tbody tr")
     expect(rows).to_have_count(4)
@@ -203,8 +198,6 @@ def test_slot_table_names_backings_explains_guest_sees_and_sorts(rig):
 
 
 def test_slot_detail_opens_by_keyboard_and_lists_every_run(rig):
-    from playwright.sync_api import expect
-
     page = rig.page(size="narrow")
     slot0 = page.locator('#map .slot[data-slot="0"]')
     expect(slot0).to_be_visible()
@@ -238,8 +231,6 @@ def test_slot_detail_opens_by_keyboard_and_lists_every_run(rig):
 
 
 def test_feed_starts_with_the_current_state_and_history_then_shows_changes_within_a_second(rig):
-    from playwright.sync_api import expect
-
     page = rig.page()
     events = page.locator("#events")
     expect(page.locator("#conn")).to_have_text("live")
@@ -285,44 +276,31 @@ def test_feed_starts_with_the_current_state_and_history_then_shows_changes_withi
     page.close()
 
 
-def test_read_only_token_is_told_the_feed_needs_the_events_scope(rig):
-    from playwright.sync_api import expect
-
-    page = rig.page(token=VIEWER)
-    expect(page.locator("#notice")).to_contain_text('This token lacks the "events" scope')
-    expect(page.locator("#conn")).to_have_text("no events scope")
-    expect(page.locator("#events li.blocked")).to_have_text('No live events: the token lacks the "events" scope.')
-    expect(page.locator('#map .slot[data-slot="0"]')).to_have_count(1)  # `read` is enough for the map
-    shot(page, "dashboard-read-only-token")
+@pytest.mark.parametrize(("token", "says", "badge", "feed"), [
+    pytest.param(VIEWER, 'This token lacks the "events" scope', "no events scope",
+                 'No live events: the token lacks the "events" scope.', id="read-only-token"),
+    pytest.param(LISTENER, 'This token lacks the "read" scope', "live", None, id="events-only-token"),
+    pytest.param(None, "No token: this daemon listens on TCP and needs a bearer token", "no token",
+                 "No live events: no token.", id="no-token"),
+])
+def test_a_missing_scope_or_token_is_named_on_the_page_and_never_shown_as_live(rig, request, token, says, badge, feed):
+    page = rig.page(token=token)
+    expect(page.locator("#notice")).to_contain_text(says)
+    expect(page.locator("#conn")).to_have_text(badge)  # "live" only where the stream really is (events scope)
+    if feed is not None:
+        expect(page.locator("#events li.blocked")).to_have_text(feed)
+        page.wait_for_timeout(300)
+        assert page.locator("#conn").inner_text() == badge
+    if token == VIEWER:
+        expect(page.locator('#map .slot[data-slot="0"]')).to_have_count(1)  # `read` is enough for the map
+    if token is None:
+        expect(page.locator("#notice")).to_contain_text("the scopes read (REST reads: map, tables) and events (the live feed)")
+    shot(page, f"dashboard-{request.node.callspec.id}")
     assert not page.errors, page.errors
-    page.close()
-
-
-def test_events_only_token_is_told_the_map_needs_the_read_scope(rig):
-    from playwright.sync_api import expect
-
-    page = rig.page(token=LISTENER)
-    expect(page.locator("#notice")).to_contain_text('This token lacks the "read" scope')
-    expect(page.locator("#conn")).to_have_text("live")  # the stream itself is allowed
-    assert not page.errors, page.errors
-    page.close()
-
-
-def test_without_a_token_the_page_says_what_is_missing_and_is_never_live(rig):
-    from playwright.sync_api import expect
-
-    page = rig.page(token=None)
-    expect(page.locator("#notice")).to_contain_text("No token: this daemon listens on TCP and needs a bearer token")
-    expect(page.locator("#notice")).to_contain_text("read")
-    expect(page.locator("#conn")).to_have_text("no token")
-    page.wait_for_timeout(300)
-    assert page.locator("#conn").inner_text() != "live"
     page.close()
 
 
 def test_a_crowded_vm_is_drawn_bounded_in_the_map_and_the_table(rig):
-    from playwright.sync_api import expect
-
     vm = rig.api.post("/v1/vms", json={"name": "crowd"}).json()["id"]
     shm = rig.api.post(f"/v1/vms/{vm}/shared-memory", json={"size": 4 * GiB, "name": "pool"}).json()["id"]
     ops = [{"op": "create", "slot": i, "guest_phys_addr": i * 4 * MiB, "memory_size": 2 * MiB,

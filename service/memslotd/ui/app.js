@@ -80,25 +80,39 @@ async function loadVMs() {
   await loadDetail();
 }
 
-let detailSeq = 0;
-async function loadDetail() {
-  const id = state.selected, mine = ++detailSeq;
+// One load at a time; a change during it makes one more (a steady stream of events on a big
+// VM must not keep cancelling loads that take longer than the events' spacing).
+let detailBusy = null, detailAgain = false;
+function loadDetail() {
+  if (detailBusy) { detailAgain = true; return detailBusy; }
+  detailBusy = (async () => {
+    try {
+      do { detailAgain = false; await fetchDetail(); } while (detailAgain);
+    } finally { detailBusy = null; }
+  })();
+  return detailBusy;
+}
+
+async function fetchDetail() {
+  const id = state.selected;
   if (!id) { state.detail = null; renderDetail(); return; }
   const base = `/v1/vms/${id}`;
   const [vm, slots, attrs, gmems, shms] = await Promise.all([
     api(base), allPages(`${base}/memslots?limit=1000`, "items"), allPages(`${base}/memory/attributes?limit=10000`, "ranges"),
     api(`${base}/guest-memfds`), api(`${base}/shared-memory`)]);
-  if (mine !== detailSeq) return;  // a newer load is on its way
+  if (state.selected !== id) { detailAgain = true; return; }  // another VM was picked meanwhile
   for (const o of [...gmems.items, ...shms.items]) names.learn("obj", o.id, o.name);
   state.detail = { vm, slots, attrs, gmems: new Map(gmems.items.map((g) => [g.id, g])), shms: new Map(shms.items.map((m) => [m.id, m])) };
   renderDetail();
 }
 
+// Throttled, not debounced: a steady stream of events still refreshes every `ms`.
 const timers = {};
 function later(key, fn, ms) {
-  clearTimeout(timers[key]);
-  timers[key] = setTimeout(() => fn().catch(explainRest), ms);
+  if (timers[key]) return;
+  timers[key] = setTimeout(() => { timers[key] = null; fn().catch(explainRest); }, ms);
 }
+let vmsFull = false;  // a vm.* event since the last VM refresh: re-list (selection, names, filter) too
 
 // ---- rendering -----------------------------------------------------------------------------
 function select(id) { state.selected = id; state.slot = null; renderVMList(); loadDetail().catch(explainRest); }
@@ -213,7 +227,7 @@ function onEvent(e) {
   if (e.type === "hello") {
     watch.interval = e.bookmark_interval_s || 30;
     watch.hello = e;
-    if (state.bootId && e.boot_id !== state.bootId) { state.cursor = null; later("vms", loadVMs, 0); }
+    if (state.bootId && e.boot_id !== state.bootId) { state.cursor = null; later("relist", loadVMs, 0); }
     state.bootId = e.boot_id;
     state.live = true;
     backoff = 500;
@@ -222,7 +236,7 @@ function onEvent(e) {
     if (state.cursor === null) { state.cursor = e.seq; initial = { events: [], hello: e }; }
     return;
   }
-  if (e.type === "gone") { state.cursor = null; later("vms", loadVMs, 0); return; }
+  if (e.type === "gone") { state.cursor = null; later("relist", loadVMs, 0); return; }
   if (typeof e.seq === "number" && !e.initial) state.cursor = Math.max(state.cursor ?? 0, e.seq);
   if (e.initial) {
     if (e.type === "vm.created") names.learn("vm", e.vm_id, e.data.name);
@@ -244,7 +258,8 @@ function onEvent(e) {
   rate.now++;
   feed.add(e);
   if (e.vm_id === state.selected) later("detail", loadDetail, 40);
-  later("vms", e.type.startsWith("vm.") ? loadVMs : refreshVMs, 150);
+  vmsFull ||= e.type.startsWith("vm.");
+  later("vms", () => { const full = vmsFull; vmsFull = false; return full ? loadVMs() : refreshVMs(); }, 150);
 }
 
 async function refreshVMs() {
@@ -285,7 +300,7 @@ function connect() {
       if (ev.code === 4403) startPolling();
       return;
     }
-    if (ev.code === 4410) { state.cursor = null; later("vms", loadVMs, 0); }
+    if (ev.code === 4410) { state.cursor = null; later("relist", loadVMs, 0); }
     badge(`reconnecting in ${Math.round(backoff / 100) / 10} s`, "off");
     setTimeout(connect, backoff);
     backoff = Math.min(backoff * 2, 10000);
