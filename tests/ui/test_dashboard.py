@@ -203,6 +203,8 @@ def test_slot_detail_opens_by_keyboard_and_lists_every_run(rig):
     expect(slot0).to_be_visible()
     slot0.hover()
     expect(page.locator("#tip")).to_contain_text("slot 0: 0x200000 – 0xa00000 (8 MiB)")
+    slot0.locator('[data-run="1"]').hover()  # a one-page run: 3 px wide, and it has its own details
+    expect(page.locator("#tip")).to_have_text("shared run in slot 0 at +0x1000\n0x201000 – 0x202000\n4 KiB")
     slot0.focus()
     page.keyboard.press("ArrowRight")
     expect(page.locator('#map .slot[data-slot="1"]')).to_be_focused()

@@ -65,10 +65,11 @@ export function pieceWidths(pieces, width, min = MIN_RUN) {
   }
 }
 
-const runTip = (p) => `${p.state} run\n${hex(p.start)} – ${hex(p.end)}\n${fmtSize(p.end - p.start)}`;
+const runTip = (p, slot) => `${p.state} run in slot ${slot.slot} at +${hex(p.start - slot.guest_phys_addr)}\n` +
+  `${hex(p.start)} – ${hex(p.end)}\n${fmtSize(p.end - p.start)}`;
 
 /** Runs drawn into `bar` (absolutely positioned children); returns how many runs were drawn. */
-function drawRuns(bar, pieces, width, tag) {
+function drawRuns(bar, slot, pieces, width, tag) {
   const widths = pieceWidths(pieces, width);
   if (!widths) {  // more runs than pixels: 2-px bins, mixed ones striped; the detail view lists them
     const s0 = pieces[0].start, span = pieces[pieces.length - 1].end - s0, bins = Math.floor(width / 2);
@@ -83,7 +84,7 @@ function drawRuns(bar, pieces, width, tag) {
   let x = 0, n = 0;
   pieces.forEach((p, i) => {
     if (p.state !== "none") {
-      bar.append(el("div", { class: `run ${p.state}`, "data-state": p.state, [tag]: n++, "data-tip": runTip(p),
+      bar.append(el("div", { class: `run ${p.state}`, "data-state": p.state, [tag]: n++, "data-tip": runTip(p, slot),
         style: { left: `${x}px`, width: `${widths[i]}px` } }));
     }
     x += widths[i];
@@ -148,7 +149,7 @@ export function renderMap(container, d, onPick) {
     const bar = el("div", { class: "runs" });
     box.append(bar);
     inner.append(box);
-    const drawn = drawRuns(bar, pieces, seg.w - 2, "data-run");
+    const drawn = drawRuns(bar, s, pieces, seg.w - 2, "data-run");
     if (!drawn && pieces.some((p) => p.state !== "none")) box.classList.add("dense");
     marks.push({ x: seg.x, gpa: s.guest_phys_addr });
     const next = segs[segs.indexOf(seg) + 1];
@@ -186,7 +187,7 @@ export function renderSlotDetail(container, d, slotId, onClose) {
   const sees = guestSees(s, d.gmems, d.vm.conversion_enforcement);
   const width = Math.max(container.clientWidth - 24, runs.length * (MIN_RUN + 1));
   const bar = el("div", { class: "runs zoom", style: { width: `${width}px` } });
-  drawRuns(bar, pieces, width, "data-zoom-run");
+  drawRuns(bar, s, pieces, width, "data-zoom-run");
   const rows = runs.slice(0, 200).map((p) => el("tr", {},
     el("td", {}, el("span", { class: `sw ${p.state}` }), ` ${p.state}`), el("td", {}, hex(p.start)), el("td", {}, hex(p.end)),
     el("td", {}, `+${hex(p.start - s.guest_phys_addr)}`), el("td", { class: "num" }, fmtSize(p.end - p.start))));
