@@ -236,11 +236,6 @@ int msd_munmap(void *addr, uint64_t len)
     return munmap(addr, len) < 0 ? neg_errno() : 0;
 }
 
-int msd_madvise(void *addr, uint64_t len, int advice)
-{
-    return madvise(addr, len, advice) < 0 ? neg_errno() : 0;
-}
-
 int msd_close(int fd)
 {
     return close(fd) < 0 ? neg_errno() : 0;

@@ -54,7 +54,6 @@ int msd_memfd_create(const char *, unsigned int);
 int msd_ftruncate(int, int64_t);
 int msd_mmap(int, uint64_t, int, int, int64_t, void **);
 int msd_munmap(void *, uint64_t);
-int msd_madvise(void *, uint64_t, int);
 int msd_close(int);
 
 /* guarded guest-memory access: a SIGBUS while copying becomes -EFAULT */

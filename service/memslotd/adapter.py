@@ -49,7 +49,7 @@ def build_core(settings: Settings) -> MemoryCore:
         max_vms=settings.max_vms, max_slots_per_vm=min(settings.max_slots_per_vm, adapter.host.max_memslots),
         max_bytes_per_vm=settings.max_bytes_per_vm, max_bytes_total=settings.max_bytes_total,
         max_pending_per_vm=settings.max_pending_per_vm, max_probe_ops=settings.max_probe_ops,
-        probe_timeout_ms=settings.probe_timeout_ms, max_probes_per_second=settings.max_probes_per_second,
+        max_probes_per_second=settings.max_probes_per_second,
     )
     events = EventLog(max_events=settings.event_retention_count, max_bytes=settings.event_retention_bytes,
                       encode_data=encode_event_data)

@@ -133,3 +133,5 @@ class HostCapabilities:
     #: guest faults in a slot whose guest_memfd has mmap are served from it (TDP) rather than
     #: from userspace_addr (shadow paging); None where it could not be asked
     guest_memfd_only_honoured: bool | None = None
+    #: the guest's MAXPHYADDR as KVM_GET_SUPPORTED_CPUID gives it (what the probe's vCPU gets)
+    guest_phys_bits: int = 48

@@ -15,5 +15,4 @@ class Limits:
     max_bytes_total: int = 1 << 51
     max_pending_per_vm: int = 64
     max_probe_ops: int = 64
-    probe_timeout_ms: int = 1000
     max_probes_per_second: float = 50.0

@@ -44,6 +44,8 @@ class ProbeOp:
 
 class ProbeService:
     def __init__(self, registry: Registry):
+        # four-level paging reaches 2^48; a vCPU with a smaller MAXPHYADDR reaches less
+        self.max_gpa = min(MAX_PROBE_GPA, 1 << registry.host.guest_phys_bits)
         self.reg = registry
         self._allowance = registry.limits.max_probes_per_second
         self._last = time.monotonic()
@@ -67,8 +69,8 @@ class ProbeService:
             r = Range.of(op.guest_phys_addr, op.length)
             if not 0 < op.length <= MAX_PROBE_BYTES:
                 raise InvalidRequest(f"op {i}: length must be 1..{MAX_PROBE_BYTES}", code="PROBE_OUT_OF_BOUNDS", index=i)
-            if r.end > MAX_PROBE_GPA:
-                raise InvalidRequest(f"op {i}: the probe reaches GPAs below {MAX_PROBE_GPA:#x}", code="PROBE_OUT_OF_BOUNDS",
+            if r.end > self.max_gpa:
+                raise InvalidRequest(f"op {i}: the probe reaches GPAs below {self.max_gpa:#x}", code="PROBE_OUT_OF_BOUNDS",
                                      index=i)
             if r.overlaps(RESERVED_GPA):
                 raise InvalidRequest(f"op {i}: the probe window [{RESERVED_GPA.start:#x}, {RESERVED_GPA.end:#x}) "

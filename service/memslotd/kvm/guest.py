@@ -68,14 +68,18 @@ class GuestRunner:
         self._vm = vm
         self._timeout_ms = timeout_ms
         self._window = SharedMemory.create("memslotd-probe", WINDOW_SIZE)
-        self._mem = self._window.map()
         self._next_table = _POOL
         self._tables: dict[tuple[int, ...], int] = {}  # (level, index path) -> table offset
         self._next_vcpu_id = 0
         self._vcpu: VCPUFd | None = None
         self._installed: int | None = None  # the window's slot id while a probe runs
-        self._mem.write(_CODE, _GUEST_CODE)
-        self._map_range(WINDOW_GPA, WINDOW_SIZE)
+        try:
+            self._mem = self._window.map()
+            self._mem.write(_CODE, _GUEST_CODE)
+            self._map_range(WINDOW_GPA, WINDOW_SIZE)
+        except BaseException:
+            self._window.close()  # a half-made runner leaves no memfd behind
+            raise
 
     # -- memslot of the window ----------------------------------------------------
     def install(self, slot: int) -> None:

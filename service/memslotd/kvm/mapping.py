@@ -54,10 +54,6 @@ class Mapping:
             offset=offset,
         )
 
-    def madvise(self, offset: int, length: int, advice: int) -> None:
-        self._check_range(offset, length)
-        check(lib.msd_madvise(self._base + offset, length, advice), "madvise", advice=advice)
-
     def close(self) -> None:
         if self._mapped:
             self._mapped = False

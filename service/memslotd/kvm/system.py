@@ -88,6 +88,7 @@ class KVMSystem(OwnedFd):
                 memory_failure=os.path.exists("/proc/sys/vm/memory_failure_recovery"),
                 per_vm_type=per_type,
                 guest_memfd_only_honoured=honoured,
+                guest_phys_bits=self.get_supported_cpuid().phys_bits,
             )
 
 
