@@ -378,13 +378,8 @@ def events(vm: Annotated[Optional[str], typer.Option("--vm")] = None,
     """Print events (one JSON object per line with --json). Resumes by itself while following."""
     vm_id = resolve_vm(vm) if vm else None
     if not follow:
-        c = client()
-        params: dict[str, Any] = {"since_seq": since if since is not None else 0, "wait": 0, **({"vm_id": vm_id} if vm_id else {}),
-                  **({"types": ",".join(type_)} if type_ else {})}
-        response = c.http.get("/v1/events", params=params)
-        if response.status_code >= 400:
-            raise E.error_for(response.status_code, response.json())
-        for line in response.text.splitlines():
+        text = client().events_page(since if since is not None else 0, vm_id=vm_id, types=type_ or None)
+        for line in text.splitlines():
             _print_event(json.loads(line))
         return
     for event in client().events(since_seq=since, vm_id=vm_id, types=type_ or None, initial_state=initial_state):

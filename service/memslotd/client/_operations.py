@@ -51,6 +51,12 @@ class Operations:
     def metrics(self) -> Any:
         return self._execute(Call("GET", "/metrics", raw=True))
 
+    def events_page(self, since_seq: int = 0, *, vm_id: str | None = None, types: list[str] | None = None,
+                    wait: float = 0, limit: int | None = None) -> Any:
+        """Retained events after ``since_seq`` as NDJSON text (one long-poll; ``events()`` streams)."""
+        params = _body(since_seq=since_seq, wait=wait, vm_id=vm_id, types=",".join(types) if types else None, limit=limit)
+        return self._execute(Call("GET", "/v1/events", params=params, raw=True))
+
     # -- VMs ------------------------------------------------------------------------------
     def create_vm(self, name: str | None = None, type: str = "default") -> Any:
         return self._execute(Call("POST", "/v1/vms", _body(name=name, type=type), model=s.VMRead))
