@@ -115,11 +115,14 @@ class Endpoint:
                 raise
         return sock
 
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open(self) -> "_AsyncConnection":
+        loop = asyncio.get_running_loop()
         if self.socket_path is not None:
-            return await asyncio.open_unix_connection(self.socket_path, limit=READ_SIZE)
-        return await asyncio.open_connection(self.host, self.port, ssl=self.tls, limit=READ_SIZE,
-                                             server_hostname=self.host if self.tls else None)
+            _, conn = await loop.create_unix_connection(_AsyncConnection, self.socket_path)
+        else:
+            _, conn = await loop.create_connection(_AsyncConnection, self.host, self.port, ssl=self.tls,
+                                                   server_hostname=self.host if self.tls else None)
+        return conn
 
     def head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
         lines = [f"{method} {self.prefix}{target} HTTP/1.1\r\nhost: {self.authority}\r\n"]
@@ -201,23 +204,59 @@ class SyncTransport:
             self._idle.pop().sock.close()
 
 
-class _AsyncConnection:
-    __slots__ = ("stream", "writer", "reader")
+class _AsyncConnection(asyncio.Protocol):
+    """An asyncio protocol feeding the parser as bytes arrive (no stream reader in between)."""
 
-    def __init__(self, stream: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.stream, self.writer, self.reader = stream, writer, _Reader()
+    def __init__(self) -> None:
+        self.reader = _Reader()
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.reader.feed(data)
+        except Exception as exc:  # httptools.HttpParserError: the waiter raises it
+            self._wake(exc)
+            return
+        if self.reader.done:
+            self._wake(None)
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._wake(ConnectionResetError("the daemon closed the connection"
+                                        + (" mid-answer" if self.reader.started else "")))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake(exc or ConnectionResetError("the connection was lost"))
+
+    def _wake(self, exc: BaseException | None) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
 
     async def exchange(self, data: bytes) -> Answer:
-        reader = self.reader
-        reader.reset()
-        self.writer.write(data)
-        read = self.stream.read
-        while not reader.done:
-            reader.feed(await read(READ_SIZE))
-        return reader.answer()
+        assert self.transport is not None
+        self.reader.reset()
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            self.transport.write(data)
+            await self.waiter
+        finally:
+            self.waiter = None
+        return self.reader.answer()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class AsyncTransport:
@@ -236,7 +275,7 @@ class AsyncTransport:
                     if not reused or conn.reader.started:
                         raise
                     conn.close()
-                    conn, reused = _AsyncConnection(*await self.endpoint.open()), False
+                    conn, reused = await self.endpoint.open(), False
                     answer = await conn.exchange(data)
             except BaseException:
                 conn.close()
@@ -250,17 +289,13 @@ class AsyncTransport:
     async def _checkout(self) -> tuple[_AsyncConnection, bool]:
         while self._idle:
             conn = self._idle.pop()
-            if not conn.stream.at_eof() and not conn.writer.is_closing():
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn, True
             conn.close()
-        return _AsyncConnection(*await self.endpoint.open()), False
+        return await self.endpoint.open(), False
 
     async def close(self) -> None:
         while self._idle:
-            conn = self._idle.pop()
-            conn.close()
-            try:
-                await conn.writer.wait_closed()
-            except OSError:
-                pass
+            self._idle.pop().close()
+        await asyncio.sleep(0)  # let the transports finish closing
 
