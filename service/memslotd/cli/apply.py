@@ -87,25 +87,13 @@ def _range(gpa: int, size: int) -> str:
     return f"[{gpa:#x}, {gpa + size:#x}) {format_size(size)}"
 
 
-def _spec_detail(s: MemslotSpec) -> str:
-    parts = [_range(s.guest_phys_addr, s.memory_size)]
-    if s.shared:
-        parts.append(f"shared {s.shared.shared_memory}+{s.shared.offset:#x}")
-    if s.private:
-        parts.append(f"private {s.private.guest_memfd}+{s.private.offset:#x}")
-    if s.flags:
-        parts.append("flags " + ",".join(s.flags))
-    return " ".join(parts)
-
-
-def _read_detail(s: Any, names: dict[str, str]) -> str:
-    parts = [_range(s.guest_phys_addr, s.memory_size)]
-    if s.shared:
-        parts.append(f"shared {names.get(s.shared.shared_memory_id, s.shared.shared_memory_id)}+{s.shared.offset:#x}")
-    if s.private:
-        parts.append(f"private {names.get(s.private.guest_memfd_id, s.private.guest_memfd_id)}+{s.private.offset:#x}")
-    if s.flags:
-        parts.append("flags " + ",".join(s.flags))
+def _detail(key: tuple[Any, ...]) -> str:
+    """A slot for the plan, from its comparison key: GPA range, backings, flags."""
+    gpa, size, flags, shared, private = key
+    parts = [_range(gpa, size)]
+    parts += [f"shared {shared[0]}+{shared[1]:#x}"] if shared else []
+    parts += [f"private {private[0]}+{private[1]:#x}"] if private else []
+    parts += ["flags " + ",".join(flags)] if flags else []
     return " ".join(parts)
 
 
@@ -167,17 +155,17 @@ def plan(client: Client, layout: Layout, *, prune: bool = False) -> Plan:
         have, want = current.get(slot_id), desired.get(slot_id)
         if want is None:
             (p.delete_slots if prune else p.kept).append(have)
-            p.actions.append(Action("delete" if prune else "keep", "memslot", str(slot_id), detail=_read_detail(have, names)))
+            p.actions.append(Action("delete" if prune else "keep", "memslot", str(slot_id), detail=_detail(_read_key(have, names))))
         elif have is None:
             p.create_slots.append(want)
-            p.actions.append(Action("create", "memslot", str(slot_id), detail=_spec_detail(want)))
+            p.actions.append(Action("create", "memslot", str(slot_id), detail=_detail(_spec_key(want))))
         elif _read_key(have, names) != _spec_key(want):
             p.delete_slots.append(have)
             p.create_slots.append(want)
-            p.actions.append(Action("change", "memslot", str(slot_id), detail=_spec_detail(want),
-                                    was=_read_detail(have, names)))
+            p.actions.append(Action("change", "memslot", str(slot_id), detail=_detail(_spec_key(want)),
+                                    was=_detail(_read_key(have, names))))
         else:
-            p.actions.append(Action("unchanged", "memslot", str(slot_id), detail=_spec_detail(want)))
+            p.actions.append(Action("unchanged", "memslot", str(slot_id), detail=_detail(_spec_key(want))))
     keep_g, keep_m = {g.name for g in layout.guest_memfds}, {m.name for m in layout.shared_memory}
     for g in gmems.values():
         if g.name not in keep_g:
@@ -195,9 +183,10 @@ def plan(client: Client, layout: Layout, *, prune: bool = False) -> Plan:
 
 
 def _read_key(s: Any, names: dict[str, str]) -> tuple[Any, ...]:
+    """What a slot on the VM is, with its objects by name (by id when unnamed)."""
     return (s.guest_phys_addr, s.memory_size, tuple(sorted(s.flags)),
-            (names.get(s.shared.shared_memory_id), s.shared.offset) if s.shared else None,
-            (names.get(s.private.guest_memfd_id), s.private.offset) if s.private else None)
+            (names.get(s.shared.shared_memory_id, s.shared.shared_memory_id), s.shared.offset) if s.shared else None,
+            (names.get(s.private.guest_memfd_id, s.private.guest_memfd_id), s.private.offset) if s.private else None)
 
 
 def _spec_key(s: MemslotSpec) -> tuple[Any, ...]:
