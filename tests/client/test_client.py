@@ -179,3 +179,16 @@ def test_unreachable_daemon_error_names_the_socket(short_tmp):
     with Client(missing) as c, pytest.raises(TransportError) as e:
         c.health()
     assert str(e.value).startswith("UNREACHABLE: ") and missing in str(e.value)
+
+
+def test_a_dry_run_the_daemon_ignored_is_an_error_not_a_silent_change(daemon):
+    from memslotd.client import ServerError
+
+    with Client(str(daemon.socket_path)) as c:
+        spec = c.openapi()
+        takes_dry_run = any(q.get("name") == "dry_run" for q in spec["paths"]["/v1/vms"]["post"].get("parameters", []))
+        if takes_dry_run:
+            pytest.skip("this daemon honours dry_run on POST /v1/vms")
+        with pytest.raises(ServerError) as e:
+            c.create_vm(name="dry", dry_run=True)
+        assert e.value.code == "DRY_RUN_IGNORED"

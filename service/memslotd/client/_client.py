@@ -18,7 +18,7 @@ from ..settings import default_socket_path
 from ._operations import Call, Operations
 from ._tls import tls_context
 from ._transport import Answer, AsyncTransport, Endpoint, SyncTransport
-from .errors import TransportError, error_for
+from .errors import ServerError, TransportError, error_for
 from .events import Event, EventStream
 
 __all__ = ["Client", "AsyncClient"]
@@ -61,6 +61,10 @@ def _result(call: Call, answer: Answer) -> Any:
         except orjson.JSONDecodeError:
             body = {"detail": answer.body[:200].decode("utf-8", "replace")}
         raise error_for(answer.status, body)
+    if call.params and call.params.get("dry_run") == "true" and answer.headers.get("memslotd-dry-run") != "true":
+        # A daemon that predates dry_run on this endpoint ignores the parameter: say so loudly.
+        raise ServerError(f"the daemon ignored dry_run on {call.method} {call.path}: the operation was carried out",
+                          status=answer.status, code="DRY_RUN_IGNORED")
     if call.raw:
         return answer.body.decode()
     if call.model is None or answer.status == 204:

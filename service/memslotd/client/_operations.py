@@ -29,7 +29,8 @@ def _body(**fields: Any) -> dict[str, Any]:
 
 
 def _dry(dry_run: bool) -> dict[str, str] | None:
-    """``?dry_run=true``: check every rule, change nothing (the answer says ``memslotd-dry-run: true``)."""
+    """``?dry_run=true``: check every rule, change nothing (the answer says ``memslotd-dry-run: true``;
+    without that header the client raises ``ServerError`` code ``DRY_RUN_IGNORED``)."""
     return {"dry_run": "true"} if dry_run else None
 
 
