@@ -63,10 +63,12 @@ def test_nothing_is_deleted_without_prune(daemon, tmp_path):
     assert slots(daemon) == [(1, 0), (0, 4 << 30)]
     human = ctl(daemon, "apply", "-f", str(layout)).stdout
     assert "! memslot 1" in human and "--prune deletes it" in human
+    unnamed = [json.loads(ctl(daemon, "--json", "shm", "create", "layout-vm", "4K").stdout)["id"] for _ in range(2)]
     rc, pruned = apply(daemon, layout, "--prune", "--yes")
-    assert rc == 0 and {a for a in actions(pruned) if a[0] == "delete"} == {("delete", "memslot", "0"),
-                                                                             ("delete", "memslot", "1")}
+    assert rc == 0 and {a for a in actions(pruned) if a[0] == "delete"} == {
+        ("delete", "memslot", "0"), ("delete", "memslot", "1"), *(("delete", "shared_memory", i) for i in unnamed)}
     assert slots(daemon) == []
+    assert [m["name"] for m in json.loads(ctl(daemon, "--json", "shm", "list", "layout-vm").stdout)] == ["ram-shared"]
 
 
 def test_a_misspelt_key_is_refused_naming_file_path_and_rule(daemon, tmp_path):

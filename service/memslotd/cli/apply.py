@@ -117,8 +117,10 @@ def plan(client: Client, layout: Layout, *, prune: bool = False) -> Plan:
     p = Plan(layout.vm)
     p.vm = next((v for v in client.list_vms().items if v.name == layout.vm), None)
     p.actions.append(Action("unchanged" if p.vm else "create", "vm", layout.vm, p.vm.id if p.vm else None))
-    gmems = {g.name: g for g in client.list_guest_memfds(p.vm.id).items} if p.vm else {}
-    shms = {m.name: m for m in client.list_shared_memory(p.vm.id).items} if p.vm else {}
+    all_gmems = client.list_guest_memfds(p.vm.id).items if p.vm else []
+    all_shms = client.list_shared_memory(p.vm.id).items if p.vm else []
+    gmems = {g.name: g for g in all_gmems if g.name}  # unnamed objects are never the layout's
+    shms = {m.name: m for m in all_shms if m.name}
     conflicts = []
     for i, g in enumerate(layout.guest_memfds):
         have = gmems.get(g.name)
@@ -166,19 +168,15 @@ def plan(client: Client, layout: Layout, *, prune: bool = False) -> Plan:
                                     was=_detail(_read_key(have, names))))
         else:
             p.actions.append(Action("unchanged", "memslot", str(slot_id), detail=_detail(_spec_key(want))))
-    keep_g, keep_m = {g.name for g in layout.guest_memfds}, {m.name for m in layout.shared_memory}
-    for g in gmems.values():
-        if g.name not in keep_g:
-            if prune:
-                p.delete_gmems.append(g)
-            p.actions.append(Action("delete" if prune else "keep", "guest_memfd", g.name or g.id, g.id,
-                                    _object_detail(g.size, "")))
-    for m in shms.values():
-        if m.name not in keep_m:
-            if prune:
-                p.delete_shms.append(m)
-            p.actions.append(Action("delete" if prune else "keep", "shared_memory", m.name or m.id, m.id,
-                                    _object_detail(m.size, "")))
+    undeclared = ((all_gmems, {g.name for g in layout.guest_memfds}, p.delete_gmems, "guest_memfd"),
+                  (all_shms, {m.name for m in layout.shared_memory}, p.delete_shms, "shared_memory"))
+    for existing, declared, to_delete, kind in undeclared:
+        for obj in existing:
+            if obj.name not in declared:
+                if prune:
+                    to_delete.append(obj)
+                p.actions.append(Action("delete" if prune else "keep", kind, obj.name or obj.id, obj.id,
+                                        _object_detail(obj.size, "")))
     return p
 
 
