@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import conversion, events, memslots
+from . import client, conversion, events, memslots
 from ._harness import report
 
 
@@ -22,6 +22,7 @@ def main() -> None:
         "memslots.raw_floor_unpinned": lambda: memslots.raw_floor(10_000, cpu=None),
         "memslots.single_requests_cpu0": lambda: memslots.single_requests(3000, cpu=0),
         "memslots.single_requests_unpinned": lambda: memslots.single_requests(3000, cpu=None),
+        "client.overhead_vs_raw_socket": lambda: client.overhead(1000),
         "memslots.raw_batch_floor_1000": lambda: memslots.raw_batch_floor(1000),
         "memslots.batch_1000": lambda: memslots.batches(1000),
         "memslots.existing_100": lambda: memslots.single_requests(2000, existing=100),

@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     readonly_socket: Path | None = Field(None, description="optional second socket: GETs and event subscriptions only")
     tcp: str | None = Field(None, pattern=r"^[^\s:]+:[0-9]{1,5}$|^\[[0-9a-fA-F:]+\]:[0-9]{1,5}$",
                             description="opt-in TCP listener HOST:PORT (needs --token-file)")
-    token_file: Path | None = Field(None, description="TOML file of bearer tokens with scopes (mode 0600)")
+    token_file: Path | None = Field(None, description=(
+        "TOML file of bearer tokens (mode 0600), one table per token: [[tokens]] name = \"ci\" "
+        "scopes = [\"read\", \"events\", \"mutate\" or \"admin\"] and sha256 = \"<hex digest of the token>\" "
+        "or token = \"<16+ characters>\" (see docs/cli.md)"))
     tls_cert: Path | None = Field(None, description="TLS certificate (PEM) for the TCP listener")
     tls_key: Path | None = Field(None, description="TLS private key (PEM) for the TCP listener")
     tls_client_ca: Path | None = Field(None, description="CA bundle: require client certificates (mTLS) on TCP")

@@ -120,3 +120,75 @@ def test_client_dry_run_and_preconditions(daemon):
         with pytest.raises(MemslotdError) as e:
             c.put_memslot(vm.id, 0, GiB, 4 * MiB, shared_memory_id=shm.id, if_match='"stale"')
         assert e.value.status == 412
+
+
+def test_sequential_calls_share_one_keep_alive_connection(daemon):
+    with Client(str(daemon.socket_path)) as c:
+        c.health()
+        (first,) = c._transport._idle
+        for _ in range(20):
+            c.list_vms()
+        assert c._transport._idle == [first] and first.sock.fileno() >= 0
+
+
+def test_a_connection_the_daemon_closed_while_idle_is_replaced(daemon):
+    with Client(str(daemon.socket_path)) as c:
+        vm = c.create_vm()
+        (stale,) = c._transport._idle
+        time.sleep(5.5)  # uvicorn closes keep-alive connections idle for 5 s
+        assert c.get_vm(vm.id).id == vm.id
+        assert c._transport._idle[0] is not stale, "the closed connection was replaced"
+        async def later() -> None:
+            async with AsyncClient(str(daemon.socket_path)) as a:
+                await a.health()
+                await asyncio.sleep(5.5)
+                assert (await a.get_vm(vm.id)).id == vm.id
+        asyncio.run(later())
+
+
+def test_one_client_serves_threads_and_tasks_at_once(daemon):
+    with Client(str(daemon.socket_path)) as c:
+        vm = c.create_vm()
+        errors: list[BaseException] = []
+
+        def worker(i: int) -> None:
+            try:
+                for j in range(10):
+                    c.create_shared_memory(vm.id, 4096, name=f"t{i}-{j}")
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and len(c.list_shared_memory(vm.id).items) == 40
+
+    async def tasks() -> None:
+        async with AsyncClient(str(daemon.socket_path)) as a:
+            got = await asyncio.gather(*(a.get_vm(vm.id) for _ in range(16)))
+            assert {g.id for g in got} == {vm.id}
+    asyncio.run(tasks())
+
+
+def test_unreachable_daemon_error_names_the_socket(short_tmp):
+    from memslotd.client import TransportError
+
+    missing = str(short_tmp / "nothing.sock")
+    with Client(missing) as c, pytest.raises(TransportError) as e:
+        c.health()
+    assert str(e.value).startswith("UNREACHABLE: ") and missing in str(e.value)
+
+
+def test_a_dry_run_the_daemon_ignored_is_an_error_not_a_silent_change(daemon):
+    from memslotd.client import ServerError
+
+    with Client(str(daemon.socket_path)) as c:
+        spec = c.openapi()
+        takes_dry_run = any(q.get("name") == "dry_run" for q in spec["paths"]["/v1/vms"]["post"].get("parameters", []))
+        if takes_dry_run:
+            pytest.skip("this daemon honours dry_run on POST /v1/vms")
+        with pytest.raises(ServerError) as e:
+            c.create_vm(name="dry", dry_run=True)
+        assert e.value.code == "DRY_RUN_IGNORED"

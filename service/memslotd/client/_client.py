@@ -1,72 +1,93 @@
-"""``Client`` (sync) and ``AsyncClient`` over httpx: Unix socket by default, or TCP + token + TLS."""
+"""``Client`` (sync) and ``AsyncClient``: Unix socket by default, or TCP + token + TLS.
+
+The HTTP work is done by ``_transport`` (keep-alive connections, httptools' C parser), bodies
+are encoded with orjson and answers validated straight from bytes by the pydantic models."""
 
 from __future__ import annotations
 
 import os
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httptools
+import orjson
 
 from ..settings import default_socket_path
 from ._operations import Call, Operations
 from ._tls import tls_context
-from .errors import TransportError, error_for
-from .events import EventStream, Event
+from ._transport import Answer, AsyncTransport, Endpoint, SyncTransport
+from .errors import ServerError, TransportError, error_for
+from .events import Event, EventStream
 
-__all__ = ["Client", "AsyncClient", "connection_kwargs"]
-
-
-def connection_kwargs(socket: str | None = None, url: str | None = None, token: str | None = None,
-                      verify: ssl.SSLContext | str | bool = True, cert: tuple[str, str] | None = None,
-                      timeout: float = 60.0, asynchronous: bool = False) -> dict[str, Any]:
-    """httpx arguments for a Unix socket (default: $MEMSLOTD_SOCKET or the daemon's default path)
-    or a TCP URL ($MEMSLOTD_URL) with a bearer token ($MEMSLOTD_TOKEN)."""
-    url = url or os.environ.get("MEMSLOTD_URL")
-    token = token or os.environ.get("MEMSLOTD_TOKEN")
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    if url:
-        transport_cls = httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport
-        return {"base_url": url, "headers": headers, "timeout": timeout,
-                "transport": transport_cls(verify=tls_context(verify, cert), retries=0)}
-    path = socket or os.environ.get("MEMSLOTD_SOCKET") or str(default_socket_path())
-    transport = (httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport)(uds=path)
-    return {"base_url": "http://memslotd", "headers": headers, "timeout": timeout, "transport": transport,
-            "_socket": path}
+__all__ = ["Client", "AsyncClient"]
 
 
-def _result(call: Call, response: httpx.Response) -> Any:
-    if response.status_code >= 400:
+class _Base(Operations):
+    def __init__(self, socket: str | None, url: str | None, token: str | None, verify: ssl.SSLContext | str | bool,
+                 cert: tuple[str, str] | None, timeout: float):
+        """``socket``: default $MEMSLOTD_SOCKET or the daemon's default path; ``url`` (or
+        $MEMSLOTD_URL) selects TCP, with a bearer ``token`` ($MEMSLOTD_TOKEN)."""
+        self.url = url or os.environ.get("MEMSLOTD_URL")
+        self.token = token or os.environ.get("MEMSLOTD_TOKEN")
+        self.socket = None if self.url else (socket or os.environ.get("MEMSLOTD_SOCKET") or str(default_socket_path()))
+        self._verify, self._cert = verify, cert
+        tls = tls_context(verify, cert) if self.url and self.url.startswith("https:") else None
+        self.endpoint = Endpoint(self.socket, self.url, tls, timeout)
+        self._headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _prepare(self, call: Call) -> tuple[str, dict[str, str], bytes | None]:
+        target = call.path
+        if call.params:
+            target += "?" + urllib.parse.urlencode({k: _query_value(v) for k, v in call.params.items() if v is not None})
+        headers = {**self._headers, **call.headers} if call.headers else self._headers
+        return target, headers, None if call.json is None else orjson.dumps(call.json)
+
+    def _unreachable(self, exc: Exception) -> TransportError:
+        return TransportError(f"cannot reach memslotd at {self.endpoint.where}: {exc}", code="UNREACHABLE")
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _result(call: Call, answer: Answer) -> Any:
+    if answer.status >= 400:
         try:
-            body = response.json()
-        except ValueError:
-            body = {"detail": response.text[:200]}
-        raise error_for(response.status_code, body)
+            body = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            body = {"detail": answer.body[:200].decode("utf-8", "replace")}
+        raise error_for(answer.status, body)
+    if call.params and call.params.get("dry_run") == "true" and answer.headers.get("memslotd-dry-run") != "true":
+        # A daemon that predates dry_run on this endpoint ignores the parameter: say so loudly.
+        raise ServerError(f"the daemon ignored dry_run on {call.method} {call.path}: the operation was carried out",
+                          status=answer.status, code="DRY_RUN_IGNORED")
     if call.raw:
-        return response.text
-    if call.model is None or response.status_code == 204:
+        return answer.body.decode()
+    if call.model is None or answer.status == 204:
         return None
-    return call.model.model_validate(response.json())  # type: ignore[attr-defined]
+    return call.model.model_validate_json(answer.body)  # type: ignore[attr-defined]
 
 
-class Client(Operations):
-    """Synchronous client. Every API operation is a method (see ``Operations``)."""
+class Client(_Base):
+    """Synchronous client. Every API operation is a method (see ``Operations``); a client may
+    be shared between threads (each request takes an idle connection or opens one)."""
 
     def __init__(self, socket: str | None = None, *, url: str | None = None, token: str | None = None,
                  verify: ssl.SSLContext | str | bool = True, cert: tuple[str, str] | None = None, timeout: float = 60.0):
-        kw = connection_kwargs(socket, url, token, verify, cert, timeout)
-        self.socket = kw.pop("_socket", None)
-        self.url, self.token = url or os.environ.get("MEMSLOTD_URL"), token or os.environ.get("MEMSLOTD_TOKEN")
-        self._verify, self._cert = verify, cert
-        self.http = httpx.Client(**kw)
+        super().__init__(socket, url, token, verify, cert, timeout)
+        self._transport = SyncTransport(self.endpoint)
 
     def _execute(self, call: Call) -> Any:
+        target, headers, body = self._prepare(call)
         try:
-            response = self.http.request(call.method, call.path, json=call.json, params=call.params, headers=call.headers)
-        except httpx.TransportError as exc:
-            raise TransportError(f"cannot reach memslotd: {exc}") from exc
-        return _result(call, response)
+            answer = self._transport.request(call.method, target, headers, body)
+        except (OSError, httptools.HttpParserError) as exc:
+            raise self._unreachable(exc) from exc
+        return _result(call, answer)
 
     def events(self, *, since_seq: int | None = None, boot_id: str | None = None, vm_id: str | None = None,
                types: list[str] | None = None, initial_state: bool = False, bookmarks: bool = False) -> EventStream:
@@ -76,7 +97,7 @@ class Client(Operations):
                            boot_id=boot_id, vm_id=vm_id, types=types, initial_state=initial_state, bookmarks=bookmarks)
 
     def close(self) -> None:
-        self.http.close()
+        self._transport.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -85,24 +106,21 @@ class Client(Operations):
         self.close()
 
 
-class AsyncClient(Operations):
-    """Asynchronous client: the same methods, awaited."""
+class AsyncClient(_Base):
+    """Asynchronous client: the same methods, awaited (concurrent calls use separate connections)."""
 
     def __init__(self, socket: str | None = None, *, url: str | None = None, token: str | None = None,
                  verify: ssl.SSLContext | str | bool = True, cert: tuple[str, str] | None = None, timeout: float = 60.0):
-        kw = connection_kwargs(socket, url, token, verify, cert, timeout, asynchronous=True)
-        self.socket = kw.pop("_socket", None)
-        self.url, self.token = url or os.environ.get("MEMSLOTD_URL"), token or os.environ.get("MEMSLOTD_TOKEN")
-        self._verify, self._cert = verify, cert
-        self.http = httpx.AsyncClient(**kw)
+        super().__init__(socket, url, token, verify, cert, timeout)
+        self._transport = AsyncTransport(self.endpoint)
 
     async def _run(self, call: Call) -> Any:
+        target, headers, body = self._prepare(call)
         try:
-            response = await self.http.request(call.method, call.path, json=call.json, params=call.params,
-                                               headers=call.headers)
-        except httpx.TransportError as exc:
-            raise TransportError(f"cannot reach memslotd: {exc}") from exc
-        return _result(call, response)
+            answer = await self._transport.request(call.method, target, headers, body)
+        except (OSError, httptools.HttpParserError) as exc:
+            raise self._unreachable(exc) from exc
+        return _result(call, answer)
 
     def _execute(self, call: Call) -> Any:
         return self._run(call)
@@ -114,7 +132,7 @@ class AsyncClient(Operations):
             yield event
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self._transport.close()
 
     async def __aenter__(self) -> "AsyncClient":
         return self

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import orjson
+
 from ..api import schemas as s
 
 __all__ = ["Call", "Operations"]
@@ -24,6 +26,20 @@ class Call:
 
 def _body(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _dry(dry_run: bool) -> dict[str, str] | None:
+    """``?dry_run=true``: check every rule, change nothing (the answer says ``memslotd-dry-run: true``;
+    without that header the client raises ``ServerError`` code ``DRY_RUN_IGNORED``)."""
+    return {"dry_run": "true"} if dry_run else None
+
+
+class _JSON:
+    """A model stand-in for answers returned as plain JSON."""
+
+    @staticmethod
+    def model_validate_json(data: bytes) -> Any:
+        return orjson.loads(data)
 
 
 def _part(kind: str, object_id: str | None, offset: int) -> dict[str, Any] | None:
@@ -51,9 +67,19 @@ class Operations:
     def metrics(self) -> Any:
         return self._execute(Call("GET", "/metrics", raw=True))
 
+    def events_page(self, since_seq: int = 0, *, vm_id: str | None = None, types: list[str] | None = None,
+                    wait: float = 0, limit: int | None = None) -> Any:
+        """Retained events after ``since_seq`` as NDJSON text (one long-poll; ``events()`` streams)."""
+        params = _body(since_seq=since_seq, wait=wait, vm_id=vm_id, types=",".join(types) if types else None, limit=limit)
+        return self._execute(Call("GET", "/v1/events", params=params, raw=True))
+
     # -- VMs ------------------------------------------------------------------------------
-    def create_vm(self, name: str | None = None, type: str = "default") -> Any:
-        return self._execute(Call("POST", "/v1/vms", _body(name=name, type=type), model=s.VMRead))
+    def openapi(self) -> Any:
+        """The daemon's OpenAPI document (a dict): which operations take ``dry_run``, for example."""
+        return self._execute(Call("GET", "/v1/openapi.json", model=_JSON))
+
+    def create_vm(self, name: str | None = None, type: str = "default", *, dry_run: bool = False) -> Any:
+        return self._execute(Call("POST", "/v1/vms", _body(name=name, type=type), _dry(dry_run), model=s.VMRead))
 
     def list_vms(self) -> Any:
         return self._execute(Call("GET", "/v1/vms", model=s.VMList))
@@ -61,13 +87,14 @@ class Operations:
     def get_vm(self, vm_id: str) -> Any:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}", model=s.VMRead))
 
-    def delete_vm(self, vm_id: str) -> Any:
-        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}"))
+    def delete_vm(self, vm_id: str, *, dry_run: bool = False) -> Any:
+        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}", params=_dry(dry_run)))
 
     # -- guest_memfd ----------------------------------------------------------------------
-    def create_guest_memfd(self, vm_id: str, size: int, flags: list[str] | None = None, name: str | None = None) -> Any:
+    def create_guest_memfd(self, vm_id: str, size: int, flags: list[str] | None = None, name: str | None = None, *,
+                           dry_run: bool = False) -> Any:
         body = _body(size=size, flags=list(flags or []), name=name)
-        return self._execute(Call("POST", f"/v1/vms/{vm_id}/guest-memfds", body, model=s.GuestMemfdRead))
+        return self._execute(Call("POST", f"/v1/vms/{vm_id}/guest-memfds", body, _dry(dry_run), model=s.GuestMemfdRead))
 
     def list_guest_memfds(self, vm_id: str) -> Any:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}/guest-memfds", model=s.GuestMemfdList))
@@ -75,8 +102,8 @@ class Operations:
     def get_guest_memfd(self, vm_id: str, gmem_id: str) -> Any:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}/guest-memfds/{gmem_id}", model=s.GuestMemfdRead))
 
-    def delete_guest_memfd(self, vm_id: str, gmem_id: str) -> Any:
-        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}/guest-memfds/{gmem_id}"))
+    def delete_guest_memfd(self, vm_id: str, gmem_id: str, *, dry_run: bool = False) -> Any:
+        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}/guest-memfds/{gmem_id}", params=_dry(dry_run)))
 
     def allocate(self, vm_id: str, gmem_id: str, offset: int, length: int) -> Any:
         return self._execute(Call("POST", f"/v1/vms/{vm_id}/guest-memfds/{gmem_id}/allocate",
@@ -87,9 +114,10 @@ class Operations:
                                   {"offset": offset, "length": length}, model=s.Invalidation))
 
     # -- shared memory --------------------------------------------------------------------
-    def create_shared_memory(self, vm_id: str, size: int, hugepages: str | None = None, name: str | None = None) -> Any:
+    def create_shared_memory(self, vm_id: str, size: int, hugepages: str | None = None, name: str | None = None, *,
+                             dry_run: bool = False) -> Any:
         return self._execute(Call("POST", f"/v1/vms/{vm_id}/shared-memory", _body(size=size, hugepages=hugepages, name=name),
-                                  model=s.SharedMemoryRead))
+                                  _dry(dry_run), model=s.SharedMemoryRead))
 
     def list_shared_memory(self, vm_id: str) -> Any:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}/shared-memory", model=s.SharedMemoryList))
@@ -97,8 +125,8 @@ class Operations:
     def get_shared_memory(self, vm_id: str, shm_id: str) -> Any:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}/shared-memory/{shm_id}", model=s.SharedMemoryRead))
 
-    def delete_shared_memory(self, vm_id: str, shm_id: str) -> Any:
-        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}/shared-memory/{shm_id}"))
+    def delete_shared_memory(self, vm_id: str, shm_id: str, *, dry_run: bool = False) -> Any:
+        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}/shared-memory/{shm_id}", params=_dry(dry_run)))
 
     # -- memslots -------------------------------------------------------------------------
     @staticmethod
@@ -112,7 +140,7 @@ class Operations:
                     dry_run: bool = False, if_match: str | None = None, if_none_match: str | None = None,
                     **parts: Any) -> Any:
         body = self.slot_body(guest_phys_addr, memory_size, **parts)
-        params = {"dry_run": "true"} if dry_run else None
+        params = _dry(dry_run)
         headers = _body(**{"If-Match": if_match, "If-None-Match": if_none_match}) or None
         if slot is None:
             return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots", body, params, s.MemslotRead))
@@ -128,21 +156,22 @@ class Operations:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}/memslots/{slot}", model=s.MemslotRead))
 
     def delete_memslot(self, vm_id: str, slot: int, *, dry_run: bool = False, if_match: str | None = None) -> Any:
-        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}/memslots/{slot}", params={"dry_run": "true"} if dry_run
-                                  else None, headers={"If-Match": if_match} if if_match else None))
+        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}/memslots/{slot}", params=_dry(dry_run),
+                                  headers={"If-Match": if_match} if if_match else None))
 
     def dirty_log(self, vm_id: str, slot: int) -> Any:
         """Collect and reset the slot's dirty log (the slot needs ``log_dirty_pages``)."""
         return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots/{slot}/dirty-log", model=s.DirtyLog))
 
     def batch(self, vm_id: str, ops: list[dict[str, Any]], *, dry_run: bool = False) -> Any:
-        return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots:batch", {"ops": ops},
-                                  {"dry_run": "true"} if dry_run else None, s.BatchResponse))
+        return self._execute(Call("POST", f"/v1/vms/{vm_id}/memslots:batch", {"ops": ops}, _dry(dry_run),
+                                  s.BatchResponse))
 
     # -- memory ---------------------------------------------------------------------------
-    def convert(self, vm_id: str, guest_phys_addr: int, size: int, to: str, discard: bool = True) -> Any:
+    def convert(self, vm_id: str, guest_phys_addr: int, size: int, to: str, discard: bool = True, *,
+                dry_run: bool = False) -> Any:
         body = {"guest_phys_addr": guest_phys_addr, "size": size, "to": to, "discard": discard}
-        return self._execute(Call("POST", f"/v1/vms/{vm_id}/memory/convert", body, model=s.ConvertResult))
+        return self._execute(Call("POST", f"/v1/vms/{vm_id}/memory/convert", body, _dry(dry_run), s.ConvertResult))
 
     def attributes(self, vm_id: str, gpa_start: int = 0, gpa_end: int | None = None, limit: int = 1000,
                    cursor: str | None = None) -> Any:

@@ -1,4 +1,4 @@
-"""One TLS context for both the REST calls (httpx) and the event stream (websockets)."""
+"""One TLS context for both the REST calls and the event stream (websockets)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ __all__ = ["tls_context"]
 
 def tls_context(verify: ssl.SSLContext | str | bool = True, cert: tuple[str, str] | None = None) -> ssl.SSLContext:
     """``verify``: a context (used as is), a CA bundle path, True (system CAs) or False (no
-    verification, as httpx's ``verify=False``); ``cert``: a client certificate and key (mTLS)."""
+    verification, like httpx's ``verify=False``); ``cert``: a client certificate and key (mTLS)."""
     if isinstance(verify, ssl.SSLContext):
         ctx = verify
     else:

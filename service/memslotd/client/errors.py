@@ -3,7 +3,7 @@
 ::
 
     MemslotdError            status, code, problem (the RFC 9457 body)
-     ├── TransportError      the daemon could not be reached
+     ├── TransportError      the daemon could not be reached (code UNREACHABLE)
      ├── BadRequest          400 / 413 / 415 / 422: the request breaks a rule
      ├── Unauthorized        401 / 403
      ├── NotFound            404
@@ -23,11 +23,17 @@ __all__ = ["MemslotdError", "TransportError", "BadRequest", "Unauthorized", "Not
 
 
 class MemslotdError(Exception):
+    """``str()`` is ``CODE: detail``, as the daemon's problem+json says it."""
+
     def __init__(self, message: str, *, status: int = 0, code: str = "", problem: dict[str, Any] | None = None):
         super().__init__(message)
+        self.detail = message
         self.status = status
-        self.code = code
+        self.code = code or (f"HTTP_{status}" if status else "ERROR")
         self.problem = problem or {}
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
 
     @property
     def errno(self) -> int | None:
@@ -81,4 +87,4 @@ def error_for(status: int, body: Any) -> MemslotdError:
     problem = body if isinstance(body, dict) else {}
     code = str(problem.get("code", f"HTTP_{status}"))
     detail = str(problem.get("detail", problem.get("title", f"HTTP {status}")))
-    return _BY_STATUS.get(status, ServerError)(f"{code}: {detail}", status=status, code=code, problem=problem)
+    return _BY_STATUS.get(status, ServerError)(detail, status=status, code=code, problem=problem)

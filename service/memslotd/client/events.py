@@ -113,10 +113,10 @@ class EventStream:
                     raise CursorGone(f"cursor gone: {exc.rcvd.reason}", status=410, code="CURSOR_GONE") from exc
             except InvalidStatus as exc:
                 raise Unauthorized(f"event stream refused: HTTP {exc.response.status_code}",
-                                   status=exc.response.status_code) from exc
+                                   status=exc.response.status_code, code="EVENTS_REFUSED") from exc
             except OSError as exc:
                 if self.reconnects > 50:
-                    raise TransportError(f"event stream lost: {exc}") from exc
+                    raise TransportError(f"event stream lost: {exc}", code="UNREACHABLE") from exc
             if self._closed:
                 return
             self.reconnects += 1
