@@ -55,7 +55,6 @@ class Settings(BaseSettings):
     probe_timeout_ms: int = Field(1000, ge=10, le=60_000, description="KVM_RUN timeout per probe access")
     event_retention_count: int = Field(100_000, ge=16, description="events kept for resume (count)")
     event_retention_bytes: int = Field(64 << 20, ge=4096, description="events kept for resume (bytes)")
-    event_subscriber_queue: int = Field(10_000, ge=16, description="events queued per subscriber before it is cut off")
     event_bookmark_interval_s: float = Field(10.0, gt=0, description="seconds between bookmark events")
     enable_memory_error_injection: bool = Field(False, description="enable the test-rig memory-error endpoint")
 
