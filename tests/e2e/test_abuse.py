@@ -1,8 +1,7 @@
-"""Bounded under abuse: held-open connections, a stop under load, connection churn."""
+"""Bounded under abuse: held-open connections and a stop under load."""
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import threading
@@ -151,36 +150,3 @@ def test_after_sigterm_mutations_are_refused_and_every_vm_is_announced_deleted(s
     assert d.proc.wait(20) == 0
     assert created and set(created) <= deleted, set(created) - deleted
     assert 503 in statuses  # keep-alive connections were refused mutations, not served during the teardown
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
-def test_websocket_connect_close_churn_does_not_grow_memory(short_tmp):
-    import asyncio
-
-    from websockets.asyncio.client import unix_connect
-
-    d = start_daemon(short_tmp)
-
-    async def churn(n: int) -> None:
-        async def one(count: int) -> None:
-            for _ in range(count):
-                async with unix_connect(str(d.socket_path), "ws://memslotd/v1/events") as ws:
-                    await ws.recv()
-
-        await asyncio.gather(*(one(n // 4) for _ in range(4)))
-
-    try:
-        asyncio.run(churn(1000))  # warm-up: allocator pools, caches
-        gc.collect()
-        before = _rss_kib(d.proc.pid)
-        asyncio.run(churn(10_000))
-        with d.client() as c:
-            c.get("/v1/healthz")
-        growth_mib = (_rss_kib(d.proc.pid) - before) / 1024
-        assert growth_mib <= 20, growth_mib
-    finally:
-        d.stop()
