@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := service/memslotd/_native.abi3.so
 
-.PHONY: run test install browser openapi openapi-check bench clean
+.PHONY: run test install browser openapi openapi-check bench soak clean
 
 $(STAMP): pyproject.toml setup.py native/build_shim.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ openapi-check: install  ## fail when openapi.yaml differs from the app
 
 bench: install  ## benchmarks (not part of `make test`)
 	$(PY) -m benchmarks $(ARGS)
+
+soak: install  ## N clients churn one daemon, then reconcile (not part of `make test`; ARGS="--clients 16 --seconds 60")
+	$(PY) scripts/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build service/*.egg-info service/memslotd/_native*.so .pytest_cache
