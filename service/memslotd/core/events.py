@@ -92,6 +92,7 @@ class Subscriber:
         self.overflow_event = asyncio.Event()  # lets a watchdog cut off a consumer stuck in a send
         self.overflowed = False
         self.closed = False
+        self.in_flight = 0  # events drained that the consumer has not reported sent (see ``sent``)
 
     def _notify(self) -> None:
         if self.next_seq < self._log.oldest_seq:
@@ -100,8 +101,13 @@ class Subscriber:
         self._wakeup.set()
 
     def pending(self) -> int:
-        """Events appended that it has not been given yet (filtered or not)."""
-        return max(self._log.seq + 1 - self.next_seq, 0)
+        """Events appended that it has not been given yet (filtered or not), plus those given
+        but not yet reported sent: a stop waits for these before it closes connections."""
+        return max(self._log.seq + 1 - self.next_seq, 0) + self.in_flight
+
+    def sent(self, count: int = 1) -> None:
+        """The consumer has sent ``count`` of the events it was given."""
+        self.in_flight = max(self.in_flight - count, 0)
 
     async def next_batch(self, timeout: float | None, limit: int = 1000) -> list[Event]:
         """Wait up to ``timeout`` seconds for accepted events; [] on timeout; raises on overflow.
@@ -137,6 +143,7 @@ class Subscriber:
                     break
         else:
             self.next_seq = max(self.next_seq, last + 1)
+        self.in_flight = len(batch)
         return batch
 
     def close(self) -> None:

@@ -127,9 +127,11 @@ class EventStream:
         return hello, log.seq, state, None
 
     async def _send_events(self, batch: list[Event]) -> None:
+        assert self.sub is not None
         for event in batch:
             await self.send(event.encoded)
             self.last_seq = event.seq
+            self.sub.sent()
 
     async def pump(self, hello: list[str], backlog_end: int, state: list[str]) -> None:
         assert self.sub is not None
