@@ -12,7 +12,7 @@ NATIVE := service/memslotd/_native.abi3.so
 UV     ?= $(shell command -v uv 2>/dev/null || echo $(VENV)/bin/uv)
 INSTALL = $(UV) pip install --quiet --python $(PY)
 
-.PHONY: run test install install-test browser openapi openapi-check bench clean lab lab-test
+.PHONY: run test install install-test browser openapi openapi-check bench soak clean lab lab-test
 
 # Runtime dependencies only (what `make run` needs). The build tools go into the venv first,
 # so the package is built once, without an isolated build environment.
@@ -68,6 +68,9 @@ LAB_MEM     ?= $(if $(ALL),8G,4G)
 LAB_TIMEOUT ?= $(if $(ALL),3600,1800)
 lab-test: install-test  ## the lab suite inside the lab (ALL=1: the whole suite there; lab/run makes the lab first)
 	lab/run --mem $(LAB_MEM) --timeout $(LAB_TIMEOUT) -- $(PY) -m pytest $(if $(ALL),,-m lab) $(PYTEST_ARGS)
+
+soak: install  ## N clients churn one daemon, then reconcile (not part of `make test`; ARGS="--clients 16 --seconds 60")
+	$(PY) scripts/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build service/*.egg-info service/memslotd/_native*.so .pytest_cache

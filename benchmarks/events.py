@@ -65,7 +65,7 @@ def latency(subscribers: int, rate: int = 1000, seconds: float = 3.0) -> dict[st
 
 def stalled_subscriber_memory(events: int = 20_000) -> dict[str, Any]:
     """RSS growth of the daemon while one subscriber never reads and the log keeps growing."""
-    with daemon("--event-subscriber-queue", "1000", cpu=None) as (c, proc):
+    with daemon("--event-retention-count", "1000", cpu=None) as (c, proc):
         path = proc.args[proc.args.index("--socket") + 1]
         vm = c.post("/v1/vms", json={}).json()["id"]
         g = c.post(f"/v1/vms/{vm}/guest-memfds", json={"size": 2 * MiB}).json()["id"]

@@ -25,8 +25,9 @@ class Daemon:
         self.log_path = log_path
 
     def client(self, **kw: object) -> httpx.Client:
+        kw.setdefault("timeout", 30)
         return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket_path)), base_url="http://memslotd",
-                            timeout=30, **kw)  # type: ignore[arg-type]
+                            **kw)  # type: ignore[arg-type]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

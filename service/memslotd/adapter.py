@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .core import EventLog, Limits, MemoryCore
+from .core.limits import derive_byte_quotas, read_meminfo
 from .core.ports import VMPort
 from .kvm import KVMSystem, SharedMemory, VMFd
 from .kvm._lib import SHIM_VERSION
@@ -45,9 +46,11 @@ def build_core(settings: Settings) -> MemoryCore:
     except BaseException:
         system.close()
         raise
+    reserve, per_vm, total = derive_byte_quotas(read_meminfo().total, settings.memory_reserve_bytes,
+                                                settings.max_bytes_per_vm, settings.max_bytes_total)
     limits = Limits(
         max_vms=settings.max_vms, max_slots_per_vm=min(settings.max_slots_per_vm, adapter.host.max_memslots),
-        max_bytes_per_vm=settings.max_bytes_per_vm, max_bytes_total=settings.max_bytes_total,
+        max_bytes_per_vm=per_vm, max_bytes_total=total, memory_reserve_bytes=reserve,
         max_pending_per_vm=settings.max_pending_per_vm, max_probe_ops=settings.max_probe_ops,
         max_probes_per_second=settings.max_probes_per_second,
     )

@@ -139,10 +139,12 @@ def serve(settings: Settings) -> None:
             with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
                 runner.run(run(settings, unix, tcp, tokens, early_stop=lambda: early.received))
     finally:
+        removed = []
         for path in owned:  # sockets systemd handed us are systemd's to remove
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        log.info("memslotd stopped; socket removed")
+                removed.append(str(path))
+        log.info("memslotd stopped" + (f"; removed {', '.join(removed)}" if removed else ""))
 
 
 def _export_config_path(args: list[str]) -> None:

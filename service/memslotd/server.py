@@ -9,14 +9,13 @@ import gc
 import logging
 import os
 import socket
-import struct
 from types import FrameType
 from typing import Any, Callable
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import __version__
+from .connections import ConnectionGuard, fd_budget, protocols
 from .adapter import build_core
 from .api.app import create_app
 from .api.auth import TokenStore
@@ -26,24 +25,6 @@ from .systemd import notify
 __all__ = ["run"]
 
 log = logging.getLogger("memslotd")
-
-
-class PeerCredHttp(HttpToolsProtocol):
-    """Adds the Unix peer's (pid, uid, gid) from SO_PEERCRED to every request's scope."""
-
-    peer: tuple[int, int, int] | None = None
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family == socket.AF_UNIX:
-            with contextlib.suppress(OSError):
-                self.peer = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self.peer is not None:
-            self.scope["memslotd.peer"] = self.peer  # type: ignore[typeddict-unknown-key]
 
 
 class _Server(uvicorn.Server):
@@ -74,6 +55,7 @@ class _Server(uvicorn.Server):
             core = _core_of(self.config.loaded_app)
             try:
                 if core is not None:
+                    core.registry.closing = True  # from here mutations answer 503 SHUTTING_DOWN; reads go on
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(core.registry.close_all(), self.config.timeout_graceful_shutdown or 10)
                     for _ in range(50):  # bounded: at most 0.5 s for subscribers to drain
@@ -93,6 +75,18 @@ def _core_of(app: Any) -> Any:
     while app is not None and not hasattr(app, "state"):
         app = getattr(app, "app", None)
     return getattr(getattr(app, "state", None), "core", None)
+
+
+def _limits_of(server: uvicorn.Server, per_listener: int, fd_reserve: int, settings: Settings) -> dict[str, Any]:
+    """What the ready line reports: the byte quotas as derived from this host, and the caps."""
+    core = _core_of(server.config.loaded_app)
+    limits: dict[str, Any] = {}
+    if core is not None:
+        limits.update(max_bytes_total=core.limits.max_bytes_total, max_bytes_per_vm=core.limits.max_bytes_per_vm,
+                      memory_reserve_bytes=core.limits.memory_reserve_bytes)
+    limits.update(max_connections=per_listener, max_connections_per_peer=settings.max_connections_per_peer,
+                  fd_reserve=fd_reserve)
+    return limits
 
 
 def _tune_garbage_collector() -> None:
@@ -119,11 +113,15 @@ async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.so
     if tcp is not None:
         listeners[_address(tcp)] = "tcp"
     app = create_app(settings, lambda: build_core(settings), listeners=listeners, default_listener="tcp", tokens=tokens)
-    common: dict[str, Any] = dict(loop="uvloop", ws="websockets-sansio", log_level=settings.log_level, access_log=False,
+    fd_reserve, per_listener = fd_budget(settings, len(listeners))
+    guard = ConnectionGuard(per_listener, settings.max_connections_per_peer)
+    app.state.connection_guard = guard
+    http, ws = protocols(settings, guard)
+    common: dict[str, Any] = dict(loop="uvloop", ws=ws, log_level=settings.log_level, access_log=False,
                                   timeout_graceful_shutdown=10, ws_ping_interval=20.0, ws_ping_timeout=20.0, proxy_headers=False,
-                                  log_config=None)
+                                  log_config=None, timeout_keep_alive=settings.idle_timeout_s, http=http)
     group: list[_Server] = []
-    primary = _Server(uvicorn.Config(app, http=PeerCredHttp, lifespan="on", **common), group)
+    primary = _Server(uvicorn.Config(app, lifespan="on", **common), group)
     tasks = [asyncio.create_task(primary.serve(sockets=list(unix)))]
 
     def forward_early_stop() -> None:
@@ -143,11 +141,13 @@ async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.so
                 import ssl
 
                 tls.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
-        secondary = _Server(uvicorn.Config(app, http="httptools", lifespan="off", **common, **tls), group)
+        secondary = _Server(uvicorn.Config(app, lifespan="off", **common, **tls), group)
         secondary.should_exit = primary.should_exit  # a signal before it joined the group
         tasks.append(asyncio.create_task(secondary.serve(sockets=[tcp])))
     if primary.started:
         _tune_garbage_collector()
         notify("READY=1", f"STATUS=serving on {', '.join(str(a[0]) for a in listeners)}", f"MAINPID={os.getpid()}")
-        log.info("memslotd %s ready", __version__, extra={"listeners": [f"{k}:{a[0]}" for a, k in listeners.items()]})
+        limits = _limits_of(primary, per_listener, fd_reserve, settings)
+        log.info("memslotd %s ready; %s", __version__, ", ".join(f"{k}={v}" for k, v in limits.items()),
+                 extra={"listeners": [f"{k}:{a[0]}" for a, k in listeners.items()], "limits": limits})
     await asyncio.gather(*tasks)

@@ -50,15 +50,32 @@ class Settings(BaseSettings):
                                       description="body limit of memslots:batch (4096 ops fit in 1 MiB)")
     max_vms: int = Field(64, ge=1, le=4096, description="VMs per daemon")
     max_slots_per_vm: int = Field(32764, ge=1, le=32764, description="memslots per VM (never above KVM's)")
-    max_bytes_per_vm: int = Field(1 << 50, ge=4096, description="guest_memfd + shared-memory bytes per VM")
-    max_bytes_total: int = Field(1 << 51, ge=4096, description="guest_memfd + shared-memory bytes per daemon")
+    max_bytes_per_vm: int | None = Field(None, ge=4096, description="bytes a VM may commit in its guest_memfds and "
+                                         "shared memory (default: the daemon total)")
+    max_bytes_total: int | None = Field(None, ge=4096, description="bytes the daemon may commit (default: MemTotal "
+                                        "minus --memory-reserve-bytes)")
+    memory_reserve_bytes: int | None = Field(None, ge=0, description="memory left to the host: populating is refused "
+                                             "when MemAvailable would fall below it (default: 10%% of MemTotal, "
+                                             "at least 1 GiB, at most half)")
     max_pending_per_vm: int = Field(64, ge=1, le=100_000, description="queued mutations per VM before 429")
     max_probe_ops: int = Field(64, ge=1, le=1024, description="guest accesses per probe request")
     max_probes_per_second: float = Field(50.0, gt=0, description="probe requests per second (daemon-wide) before 429")
     probe_timeout_ms: int = Field(1000, ge=10, le=60_000, description="KVM_RUN timeout per probe access")
     event_retention_count: int = Field(100_000, ge=16, description="events kept for resume (count)")
     event_retention_bytes: int = Field(64 << 20, ge=4096, description="events kept for resume (bytes)")
-    event_subscriber_queue: int = Field(10_000, ge=16, description="events queued per subscriber before it is cut off")
+    max_connections: int = Field(1024, ge=4, le=1 << 20, description="open connections per listener; at the cap the "
+                                 "oldest idle or half-sent one is closed, or the new one is answered 503")
+    max_connections_per_peer: int = Field(256, ge=2, le=1 << 20, description="open connections per peer (Unix uid, "
+                                          "TCP address), with the same rule")
+    request_timeout_s: float = Field(10.0, gt=0, le=600, description="seconds a request's headers and body may take "
+                                     "to arrive (also: a new connection's first request)")
+    tcp_auth_timeout_s: float = Field(5.0, gt=0, le=600, description="seconds a TCP connection may stay open before "
+                                      "it presents a valid token")
+    idle_timeout_s: float = Field(5.0, gt=0, le=3600, description="seconds an idle keep-alive connection stays open")
+    fd_reserve: int | None = Field(None, ge=64, description="file descriptors kept for kernel objects (VMs, "
+                                   "guest_memfds, memfds); connections get the rest (default: half of RLIMIT_NOFILE)")
+    idempotency_cache_bytes: int = Field(32 << 20, ge=0, le=1 << 34, description="bytes of Idempotency-Key answers "
+                                         "kept for replay (oldest dropped first)")
     event_bookmark_interval_s: float = Field(10.0, gt=0, description="seconds between bookmark events")
     enable_memory_error_injection: bool = Field(False, description="enable the test-rig memory-error endpoint")
 

@@ -203,14 +203,18 @@ def test_random_conversions_keep_the_map_equal_to_a_per_page_model(client, steps
         client.delete(f"/v1/vms/{vm_id}")
 
 
-def test_a_one_tib_range_converts_and_stays_one_run(client, vm):
-    TiB = 1 << 40
-    g = vm.gmem(TiB, flags=[])  # sparse: the kernel allocates nothing until touched
-    assert vm.put_slot(0, TiB, TiB, gmem=g).status_code == 201
-    r = convert(vm, TiB, TiB, "shared").json()
-    assert r["changed"] == [{"guest_phys_addr": TiB, "size": TiB, "slot": 0, "from": "private", "to": "shared"}]
-    assert r["discarded"][0]["length"] == TiB  # one punch of the whole guest_memfd range
-    assert attrs(vm) == [(TiB, TiB, "shared")]
-    assert client.get(vm.base).json()["private_bytes"] == 0
-    convert(vm, TiB + 4096, 4096, "private")
-    assert client.get(vm.base).json()["private_bytes"] == 4096
+def test_a_one_tib_range_converts_and_stays_one_run():
+    from .conftest import make_client
+
+    with make_client(max_bytes_per_vm=1 << 41, max_bytes_total=1 << 41) as client:  # the quota counts what a
+        vm = VMHelper(client, client.post("/v1/vms", json={}).json()["id"])  # guest_memfd can commit: a TiB
+        TiB = 1 << 40
+        g = vm.gmem(TiB, flags=[])  # sparse: the kernel allocates nothing until touched
+        assert vm.put_slot(0, TiB, TiB, gmem=g).status_code == 201
+        r = convert(vm, TiB, TiB, "shared").json()
+        assert r["changed"] == [{"guest_phys_addr": TiB, "size": TiB, "slot": 0, "from": "private", "to": "shared"}]
+        assert r["discarded"][0]["length"] == TiB  # one punch of the whole guest_memfd range
+        assert attrs(vm) == [(TiB, TiB, "shared")]
+        assert client.get(vm.base).json()["private_bytes"] == 0
+        convert(vm, TiB + 4096, 4096, "private")
+        assert client.get(vm.base).json()["private_bytes"] == 4096

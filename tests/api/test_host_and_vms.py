@@ -106,3 +106,30 @@ def test_idempotency_key_replays_a_retried_create(client):
     reused = client.post("/v1/vms", json={"name": "other"}, headers=key)
     assert reused.status_code == 422 and reused.json()["code"] == "IDEMPOTENCY_KEY_REUSED"
     assert client.post("/v1/vms", json={"name": "twice"}).status_code == 201  # no key: a new VM every time
+
+
+def test_the_idempotency_cache_is_bounded_in_bytes():
+    """Probe answers of 128 KiB each under a 1 MiB cache: the cache stays within its bytes, the
+    newest answers replay, the oldest were dropped; an answer larger than the cache ran once and
+    its retry is refused instead of run again."""
+    from .conftest import make_client
+
+    with make_client(idempotency_cache_bytes=1 << 20, max_probes_per_second=1000) as c:
+        vm = c.post("/v1/vms", json={}).json()["id"]
+        shm = c.post(f"/v1/vms/{vm}/shared-memory", json={"size": 1 << 20}).json()["id"]
+        body = {"guest_phys_addr": 1 << 32, "memory_size": 1 << 20, "shared": {"shared_memory_id": shm, "offset": 0}}
+        assert c.put(f"/v1/vms/{vm}/memslots/0", json=body).status_code == 201
+        probe = {"ops": [{"op": "read", "guest_phys_addr": 1 << 32, "length": 65536}]}
+        for i in range(30):
+            assert c.post(f"/v1/vms/{vm}/probe", json=probe, headers={"idempotency-key": f"p{i}"}).status_code == 200
+        cache = c.app.state.idempotency
+        assert 0 < cache.bytes <= 1 << 20
+        assert c.post(f"/v1/vms/{vm}/probe", json=probe, headers={"idempotency-key": "p29"}).headers.get(
+            "idempotent-replayed") == "true"
+        assert "idempotent-replayed" not in c.post(f"/v1/vms/{vm}/probe", json=probe,
+                                                   headers={"idempotency-key": "p0"}).headers
+        big = {"ops": [{"op": "read", "guest_phys_addr": (1 << 32) + i * 65536, "length": 65536} for i in range(16)]}
+        assert c.post(f"/v1/vms/{vm}/probe", json=big, headers={"idempotency-key": "big"}).status_code == 200
+        retry = c.post(f"/v1/vms/{vm}/probe", json=big, headers={"idempotency-key": "big"})
+        assert retry.status_code == 409 and retry.json()["code"] == "IDEMPOTENCY_ANSWER_NOT_KEPT"
+        assert cache.bytes <= 1 << 20

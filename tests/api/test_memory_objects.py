@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import fd_count
 
 from .conftest import MiB
@@ -78,14 +80,81 @@ def test_failing_requests_leak_no_fd(client, vm):
     assert fd_count() == before
 
 
-def test_byte_quota_is_507(client):
+def _mem_available() -> int:
+    from memslotd.core.limits import read_meminfo
+
+    return read_meminfo().available
+
+
+def test_allocating_past_the_byte_quota_is_507_and_commits_nothing(client):
     from .conftest import make_client
 
-    with make_client(max_bytes_per_vm=8 * MiB) as c:
+    with make_client(max_bytes_per_vm=64 * MiB, max_bytes_total=1 << 40) as c:
         vm_id = c.post("/v1/vms", json={}).json()["id"]
-        assert c.post(f"/v1/vms/{vm_id}/guest-memfds", json={"size": 8 * MiB}).status_code == 201
-        r = c.post(f"/v1/vms/{vm_id}/shared-memory", json={"size": 4096})
-        assert r.status_code == 507 and r.json()["code"] == "VM_MEMORY_QUOTA"
+        base = f"/v1/vms/{vm_id}"
+        # sparse objects cost nothing: 128 MiB of guest_memfds under a 64 MiB quota
+        g1, g2 = (c.post(f"{base}/guest-memfds", json={"size": 64 * MiB}).json()["id"] for _ in range(2))
+        assert c.post(f"{base}/guest-memfds/{g1}/allocate", json={"offset": 0, "length": 48 * MiB}).status_code == 204
+        # allocating what is already committed commits nothing new
+        assert c.post(f"{base}/guest-memfds/{g1}/allocate", json={"offset": 0, "length": 48 * MiB}).status_code == 204
+        before = _mem_available()
+        r = c.post(f"{base}/guest-memfds/{g2}/allocate", json={"offset": 0, "length": 32 * MiB})
+        assert r.status_code == 507 and r.json()["code"] == "VM_MEMORY_QUOTA", r.text
+        assert r.json()["extra"]["committed"] == 48 * MiB and r.json()["extra"]["requested"] == 32 * MiB
+        assert _mem_available() > before - 16 * MiB  # the refused 32 MiB were never populated
+        # punching gives the budget back
+        assert c.post(f"{base}/guest-memfds/{g1}/punch-hole", json={"offset": 0, "length": 32 * MiB}).status_code == 200
+        assert c.post(f"{base}/guest-memfds/{g2}/allocate", json={"offset": 0, "length": 32 * MiB}).status_code == 204
+
+
+def test_a_huge_allocate_is_refused_before_the_kernel_sees_it():
+    """A 1 TiB guest_memfd exceeds the default quota; under a configured quota larger than the
+    host, an allocate the host cannot give is 503 HOST_MEMORY_LOW, and nothing was committed."""
+    from .conftest import make_client
+
+    with make_client() as c:
+        vm_id = c.post("/v1/vms", json={}).json()["id"]
+        r = c.post(f"/v1/vms/{vm_id}/guest-memfds", json={"size": 1 << 40})
+        assert r.status_code == 507 and r.json()["code"] in ("VM_MEMORY_QUOTA", "DAEMON_MEMORY_QUOTA")
+    with make_client(max_bytes_per_vm=1 << 42, max_bytes_total=1 << 42) as c:
+        vm_id = c.post("/v1/vms", json={}).json()["id"]
+        size = 2 * _mem_available()
+        g = c.post(f"/v1/vms/{vm_id}/guest-memfds", json={"size": size}).json()["id"]
+        before = _mem_available()
+        r = c.post(f"/v1/vms/{vm_id}/guest-memfds/{g}/allocate", json={"offset": 0, "length": size})
+        assert r.status_code == 503 and r.json()["code"] == "HOST_MEMORY_LOW", r.text
+        assert r.json()["extra"]["requested"] == size and r.json()["extra"]["mem_available"] > 0
+        assert r.headers["retry-after"]
+        assert _mem_available() > before - 1024 * MiB
+
+
+def test_default_byte_quota_is_below_mem_total(client):
+    from memslotd.core.limits import read_meminfo
+
+    mem_total = read_meminfo().total
+    limits = client.get("/v1/limits").json()
+    assert 0 < limits["max_bytes_total"] <= mem_total - limits["memory_reserve_bytes"] < mem_total
+    assert limits["max_bytes_per_vm"] <= limits["max_bytes_total"] and limits["host_mem_total"] == mem_total
+
+
+def test_hugepages_without_a_reserved_pool_say_which_sysctl_to_set(client, vm):
+    from memslotd.core.limits import hugepage_pool
+
+    if hugepage_pool(2 * MiB)[0]:
+        pytest.skip("this host has a 2M huge page pool")
+    r = client.post(f"{vm.base}/shared-memory", json={"size": 2 * MiB, "hugepages": "2M"})
+    assert r.status_code == 501 and r.json()["code"] == "HUGEPAGES_NOT_RESERVED"
+    assert "vm.nr_hugepages" in r.json()["detail"]
+
+
+def test_kernel_error_details_keep_their_closing_parenthesis():
+    import errno
+
+    from memslotd.core.errors import kernel_error
+
+    detail = kernel_error(OSError(errno.EINVAL, "Invalid argument"), "allocate", ioctl="fallocate").detail
+    assert detail == "allocate: fallocate failed with EINVAL (Invalid argument)"
+    assert kernel_error(OSError(errno.EIO, ""), "x").detail == "x: syscall failed with EIO"
 
 
 def test_names_are_unique_within_a_vm(client, vm):

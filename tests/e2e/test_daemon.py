@@ -50,7 +50,7 @@ def test_sigterm_closes_everything_and_removes_the_socket(short_tmp):
         c.post(f"/v1/vms/{vm}/guest-memfds", json={"size": 2 * MiB})
     assert d.stop(signal.SIGTERM) == 0
     assert not d.socket_path.exists()
-    assert "socket removed" in d.log()
+    assert f"removed {d.socket_path}" in d.log()
 
 
 def _spawn_on(path, *, timeout: float = 10) -> subprocess.Popen[bytes]:
@@ -116,3 +116,4 @@ def test_second_daemon_on_a_live_socket_refuses(daemon):
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(daemon.socket_path)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "another daemon is listening" in r.stderr
+    assert "removed" not in r.stdout + r.stderr and daemon.socket_path.exists()  # it removed nothing

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -212,7 +213,7 @@ def _stalled_subscriber(path) -> socket.socket:
 
 
 def test_a_stalled_subscriber_is_cut_off_and_never_delays_others(short_tmp):
-    d = start_daemon(short_tmp, "--event-subscriber-queue", "32")
+    d = start_daemon(short_tmp, "--event-retention-count", "256")
     stalled = _stalled_subscriber(d.socket_path)
     try:
         with subscribe(d) as ws, d.client() as c:
@@ -289,3 +290,87 @@ def test_a_long_poll_woken_by_more_events_than_its_limit_loses_none(daemon):
         assert first[-1]["type"] == "bookmark" and first[-1]["seq"] == first[-2]["seq"]
         rest = [json.loads(x) for x in c.get("/v1/events", params={"since_seq": first[-1]["seq"], "wait": 0}).text.splitlines()]
         assert [e["data"]["slot"] for e in rest[:-1]] == [2, 3]
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _fill_slots(c, vm: str, count: int, *, gmem: bool = False) -> None:
+    """``count`` one-page slots in batches of 4096 creates: over one shared memory, or over
+    one guest_memfd with a page between backings (each delete then has its own invalidate pair)."""
+    page = 4096
+    kind, part, id_key = (("guest-memfds", "private", "guest_memfd_id") if gmem
+                          else ("shared-memory", "shared", "shared_memory_id"))
+    stride = 2 * page if gmem else page
+    obj = c.post(f"/v1/vms/{vm}/{kind}", json={"size": count * stride}).json()["id"]
+    for first in range(0, count, 4096):
+        ops = [{"op": "create", "slot": i, "guest_phys_addr": (1 << 33) + i * page, "memory_size": page,
+                part: {id_key: obj, "offset": i * stride}} for i in range(first, min(first + 4096, count))]
+        r = c.post(f"/v1/vms/{vm}/memslots:batch", json={"ops": ops})
+        assert r.status_code == 200, r.text
+
+
+def test_no_legal_request_disconnects_an_up_to_date_subscriber(short_tmp):
+    """A 4096-op delete batch (12,288 events in one append) and a VM delete with 32,764 slots:
+    10 caught-up subscribers each receive every event, and the daemon's memory holds the one
+    shared window, not a copy per subscriber."""
+    import asyncio
+    import re
+
+    from websockets.asyncio.client import unix_connect as async_unix_connect
+
+    d = start_daemon(short_tmp)
+    try:
+        with d.client() as c:
+            small, big = (c.post("/v1/vms", json={}).json()["id"] for _ in range(2))
+            _fill_slots(c, small, 4096, gmem=True)
+            _fill_slots(c, big, 32764)
+            start_seq = c.get("/v1/events", params={"wait": 0}).text.splitlines()[-1]
+            start_seq = json.loads(start_seq)["seq"]
+            seqs: list[list[int]] = [[] for _ in range(10)]
+            connected = threading.Event()
+            end_seq: list[int] = []
+
+            async def follow() -> None:
+                pattern = re.compile(r'^\{"seq":(\d+),')
+                conns = [await async_unix_connect(str(d.socket_path), "ws://memslotd/v1/events", max_queue=None)
+                         for _ in seqs]
+                for ws in conns:
+                    assert json.loads(await ws.recv())["type"] == "hello"
+                connected.set()
+
+                async def one(ws, out: list[int]) -> None:
+                    while not end_seq or not out or out[-1] < end_seq[0]:
+                        frame = await asyncio.wait_for(ws.recv(), 60)
+                        m = pattern.match(frame)
+                        if m:
+                            out.append(int(m.group(1)))
+                        else:
+                            assert json.loads(frame)["type"] == "bookmark", frame
+                    await ws.close()
+
+                await asyncio.gather(*(one(ws, out) for ws, out in zip(conns, seqs)))
+
+            thread = threading.Thread(target=lambda: asyncio.run(follow()), daemon=True)
+            thread.start()
+            assert connected.wait(30)
+            rss_before = _rss_kib(d.proc.pid)
+            r = c.post(f"/v1/vms/{small}/memslots:batch", json={"ops": [{"op": "delete", "slot": i} for i in range(4096)]})
+            assert r.status_code == 200, r.text
+            assert c.delete(f"/v1/vms/{big}").status_code == 204
+            end_seq.append(json.loads(c.get("/v1/events", params={"wait": 0}).text.splitlines()[-1])["seq"])
+            thread.join(300)
+            assert not thread.is_alive()
+            rss_growth_mib = (_rss_kib(d.proc.pid) - rss_before) / 1024
+            assert end_seq[0] - start_seq > 12_288 + 32_764
+            for out in seqs:
+                assert out == list(range(start_seq + 1, end_seq[0] + 1)), "every event, once, in order"
+            # the ~45,000 new events are retained once (~0.5 KiB each), whatever the subscriber count
+            assert rss_growth_mib < 64, rss_growth_mib
+        assert "subscriber_overflow" not in d.log()
+    finally:
+        d.stop()

@@ -83,7 +83,8 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
     app.router.routes.extend([*hot, *(route for route in documented if route not in hot)])
     # the read-only dashboard: static files shipped in the package, no build step, no CDN
     app.mount("/ui", StaticFiles(directory=Path(__file__).resolve().parent.parent / "ui", html=True), name="ui")
-    app.add_middleware(IdempotencyKeys)  # inside the body limit: it reads the body it fingerprints
+    # inside the body limit: it reads the body it fingerprints
+    app.add_middleware(IdempotencyKeys, max_bytes=settings.idempotency_cache_bytes, state=app.state)
     app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state,
                        max_batch_body_bytes=settings.max_batch_body_bytes)
     app.add_middleware(AccessControl, state=app.state)  # outermost: refuse before reading a body

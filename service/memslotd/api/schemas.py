@@ -101,6 +101,33 @@ class Capabilities(Response):
                     "the guest_memfd (TDP) rather than from userspace_addr (shadow paging, e.g. PVM); null if unknown")
 
 
+class LimitsRead(Response):
+    """The limits in force, as configured or derived from this host at start."""
+
+    max_vms: int
+    max_slots_per_vm: int
+    max_bytes_per_vm: int = Field(description="bytes one VM may commit (populate) in its guest_memfds and shared memory")
+    max_bytes_total: int = Field(description="bytes the daemon may commit; by default MemTotal - memory_reserve_bytes")
+    memory_reserve_bytes: int = Field(description="left to the host: populating is refused (503 HOST_MEMORY_LOW) when "
+                                                  "MemAvailable would fall below it")
+    committed_bytes: int = Field(description="what the daemon counts as committed now (an upper bound)")
+    host_mem_total: int = Field(description="MemTotal of /proc/meminfo, in bytes")
+    host_mem_available: int = Field(description="MemAvailable of /proc/meminfo now, in bytes")
+    max_pending_per_vm: int
+    max_probe_ops: int
+    max_probes_per_second: float
+    max_body_bytes: int
+    max_batch_body_bytes: int
+    max_connections: int = Field(description="open connections per listener")
+    max_connections_per_peer: int = Field(description="open connections per Unix uid or TCP address")
+    request_timeout_s: float
+    tcp_auth_timeout_s: float
+    idle_timeout_s: float
+    idempotency_cache_bytes: int
+    event_retention_count: int
+    event_retention_bytes: int
+
+
 class Health(Response):
     status: Literal["ok"]
     boot_id: str

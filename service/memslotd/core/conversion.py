@@ -181,6 +181,7 @@ class ConversionService:
         changed = {**_range(piece.gpa), "slot": piece.slot.slot_id, "from": piece.old, "to": to}
         result.changed.append(changed)
         if info is not None:
+            self.reg.budget.release_discarded(vm, info)
             self.reg.emit("memory.invalidate_end", vm.id, **info)
             result.discarded.append({k: v for k, v in info.items() if k != "gpa_ranges"} | _range(piece.gpa))
         self.reg.emit("memory.converted", vm.id, **changed, enforcement=vm.enforcement, discarded=info is not None)

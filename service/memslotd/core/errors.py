@@ -13,7 +13,8 @@
      ├── CapabilityMissing     this host cannot do it (501)
      ├── QuotaExceeded         a configured limit (429 for counts/rates, 507 for bytes)
      ├── VMBusy                the VM's mutation queue is full (429)
-     ├── HostResourcesExhausted ENOMEM/EMFILE/ENOSPC from the kernel (503)
+     ├── HostResourcesExhausted ENOMEM/EMFILE/ENOSPC from the kernel, HOST_MEMORY_LOW (503)
+     ├── ShuttingDown          a mutation after SIGTERM (503, Retry-After)
      └── KernelError           any other errno the kernel returned (500 unless mapped)
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 
 __all__ = [
     "DomainError", "InvalidRequest", "NotFound", "Conflict", "PreconditionFailed", "CapabilityMissing", "QuotaExceeded",
-    "VMBusy", "HostResourcesExhausted", "KernelError", "kernel_error",
+    "VMBusy", "HostResourcesExhausted", "ShuttingDown", "KernelError", "kernel_error",
 ]
 
 
@@ -85,6 +86,12 @@ class HostResourcesExhausted(DomainError):
     title = "Host resources exhausted"
 
 
+class ShuttingDown(DomainError):
+    code = "SHUTTING_DOWN"
+    title = "The daemon is shutting down"
+    status = 503
+
+
 class KernelError(DomainError):
     code = "KERNEL_ERROR"
     title = "The kernel refused the operation"
@@ -102,7 +109,7 @@ def kernel_error(exc: OSError, what: str, *, ioctl: str | None = None) -> Domain
     code = exc.errno or 0
     ioctl = ioctl or getattr(exc, "ioctl", None)
     name = _errno.errorcode.get(code, str(code))
-    detail = f"{what}: {ioctl or 'syscall'} failed with {name} ({exc.strerror or ''})".rstrip(" ()")
+    detail = f"{what}: {ioctl or 'syscall'} failed with {name}" + (f" ({exc.strerror})" if exc.strerror else "")
     extra: dict[str, Any] = {"errno": code, "errno_name": name, "ioctl": ioctl}
     if code in _EXHAUSTION:
         return HostResourcesExhausted(detail, **extra)

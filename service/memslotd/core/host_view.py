@@ -71,7 +71,14 @@ class HostViewService:
         if isinstance(obj, GmemRecord) and private:
             raise Conflict(f"{obj.id} [{offset:#x}, {r.end:#x}) backs private guest memory: the host may not access it",
                            code="HOST_ACCESS_PRIVATE", private=private[:64])
+        # a shared-mapping access populates the pages it touches, reads included (shmem and
+        # guest_memfd map no zero page): counted against the byte quotas before the copy
+        self.reg.budget.check(vm, self.reg.budget.unpopulated(obj, self._pages(r)), "the host access")
         return obj, r, backs
+
+    def _pages(self, r: Range) -> Range:
+        page = self.reg.page_size
+        return Range(r.start - r.start % page, -(-r.end // page) * page)
 
     async def read(self, vm_id: str, kind: str, object_id: str, offset: int, length: int) -> dict[str, Any]:
         vm = self.reg.vm(vm_id)
@@ -81,6 +88,8 @@ class HostViewService:
                 data = await self.reg.blocking(self._copy_out, obj, r)
             except OSError as exc:
                 raise self._refused(exc, obj) from exc
+            finally:
+                self.reg.budget.mark([(obj, self._pages(r))])
             return {"offset": r.start, "length": r.size, "data_hex": data.hex(), "backs": backs}
 
     async def write(self, vm_id: str, kind: str, object_id: str, offset: int, data: bytes) -> dict[str, Any]:
@@ -91,6 +100,8 @@ class HostViewService:
                 await self.reg.blocking(self._copy_in, obj, r, data)
             except OSError as exc:
                 raise self._refused(exc, obj) from exc
+            finally:
+                self.reg.budget.mark([(obj, self._pages(r))])
             self.reg.emit("memory.host_write", vm.id, **{f"{kind}_id": obj.id}, offset=r.start, length=r.size,
                           gpa_ranges=backs)
             return {"offset": r.start, "length": r.size, "backs": backs}

@@ -88,10 +88,15 @@ class ProbeService:
             if window_slot is None:
                 raise QuotaExceeded(f"VM {vm.id} uses all memslots; the probe needs one for its window",
                                     code="SLOT_BUDGET_EXHAUSTED")
+            budget = self.reg.budget
+            touched = [p for op in ops for p in budget.touched(vm, op.guest_phys_addr, op.length, self.reg.page_size)]
+            budget.check(vm, sum(budget.unpopulated(obj, r) for obj, r in touched), "the probe")
             try:
                 raw = await self.reg.blocking(self._run, vm, window_slot, ops)
             except OSError as exc:
                 raise kernel_error(exc, "probe") from exc
+            finally:
+                budget.mark(touched)
             self.reg.stats.probes += 1
             self.reg.stats.probe_ops += len(ops)
             return [self._report(vm, op, outcome) for op, outcome in zip(ops, raw)]

@@ -9,9 +9,10 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from .attributes import AttributeMap
-from .errors import NotFound, VMBusy
+from .attributes import SHARED, AttributeMap
+from .errors import NotFound, ShuttingDown, VMBusy
 from .ports import GuestMemfdPort, GuestRunnerPort, SharedMemoryPort, VMPort
+from .ranges import Range
 from .slots import GmemBindings, MemslotTable
 
 __all__ = ["VMRecord", "GmemRecord", "ShmRecord", "new_id"]
@@ -30,6 +31,10 @@ class GmemRecord:
     name: str | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     bindings: GmemBindings = dataclasses.field(default_factory=GmemBindings)
+    populated: AttributeMap = dataclasses.field(default_factory=AttributeMap)  # see core.budget
+
+    def __post_init__(self) -> None:
+        self.populated.add(Range(0, self.size), SHARED)
 
 
 @dataclasses.dataclass(eq=False)
@@ -42,6 +47,10 @@ class ShmRecord:
     name: str | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     users: set[int] = dataclasses.field(default_factory=set)  # slot ids
+    populated: AttributeMap = dataclasses.field(default_factory=AttributeMap)  # see core.budget
+
+    def __post_init__(self) -> None:
+        self.populated.add(Range(0, self.size), SHARED)
 
 
 @dataclasses.dataclass(eq=False)
@@ -62,6 +71,7 @@ class VMRecord:
     kernel_attributes: bool = False
     guest_memfd_flags: int = 0  # KVM_CAP_GUEST_MEMFD_FLAGS answered by a VM of this type
     deleted: bool = False
+    closing: bool = False  # the daemon is shutting down: only its own teardown may mutate
     _lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     _pending: int = 0
 
@@ -75,15 +85,20 @@ class VMRecord:
         return "kernel" if self.kernel_attributes else "daemon"
 
     @contextlib.asynccontextmanager
-    async def mutation(self) -> AsyncIterator[None]:
-        """Serialize mutations of this VM; refuse (429) past ``max_pending`` waiters."""
-        if self._pending >= self.max_pending:
+    async def mutation(self, *, teardown: bool = False) -> AsyncIterator[None]:
+        """Serialize mutations of this VM; refuse (429) past ``max_pending`` waiters, and
+        (503) once the daemon is shutting down, except for its own ``teardown``."""
+        if self.closing and not teardown:
+            raise ShuttingDown("the daemon is shutting down: no more changes", vm_id=self.id)
+        if self._pending >= self.max_pending and not teardown:
             raise VMBusy(f"VM {self.id} already has {self._pending} operations queued", vm_id=self.id)
         self._pending += 1
         try:
             async with self._lock:
                 if self.deleted:
                     raise NotFound(f"VM {self.id} was deleted", code="VM_NOT_FOUND", vm_id=self.id)
+                if self.closing and not teardown:  # queued behind the lock when the stop began
+                    raise ShuttingDown("the daemon is shutting down: no more changes", vm_id=self.id)
                 yield
         finally:
             self._pending -= 1

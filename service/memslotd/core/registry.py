@@ -14,9 +14,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEMORY_ATTRIBUTE_PRIVATE
-from .errors import CapabilityMissing, Conflict, DomainError, InvalidRequest, NotFound, QuotaExceeded, kernel_error
+from .budget import MemoryBudget
+from .errors import (CapabilityMissing, Conflict, DomainError, InvalidRequest, NotFound, QuotaExceeded, ShuttingDown,
+                     kernel_error)
 from .events import EventLog
-from .limits import Limits
+from .limits import Limits, hugepage_pool
 from .ports import KernelPort
 from .ranges import MAX_JSON_INT, Range, check_aligned_range
 from .records import GmemRecord, ShmRecord, VMRecord, new_id
@@ -42,6 +44,23 @@ class Registry:
         self.max_slots = self.host.max_memslots  # slot ids: 0 .. KVM_CAP_NR_MEMSLOTS-1
         # Enforcement is a property of the VM type (see enforcement_for); this is a default VM's.
         self.enforcement = self.enforcement_for("default")
+        self.budget = MemoryBudget(self, limits)
+        self._closing = False
+
+    @property
+    def closing(self) -> bool:
+        """Set once at shutdown: every mutation from then on answers 503 ``SHUTTING_DOWN``."""
+        return self._closing
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        self._closing = value
+        for vm in self.vms.values():
+            vm.closing = value
+
+    def _refuse_if_closing(self) -> None:
+        if self._closing:
+            raise ShuttingDown("the daemon is shutting down: no more changes")
 
     # -- helpers ------------------------------------------------------------------
     def kernel_attributes_for(self, vm_type: str) -> bool:
@@ -83,26 +102,21 @@ class Registry:
         except KeyError:
             raise NotFound(f"no shared memory {shm_id!r} in VM {vm.id}", code="SHARED_MEMORY_NOT_FOUND") from None
 
-    def _check_bytes_quota(self, vm: VMRecord, size: int) -> None:
-        if vm.backing_bytes + size > self.limits.max_bytes_per_vm:
-            raise QuotaExceeded(f"VM {vm.id} would hold more than {self.limits.max_bytes_per_vm} bytes",
-                                bytes_quota=True, code="VM_MEMORY_QUOTA", limit=self.limits.max_bytes_per_vm)
-        total = sum(v.backing_bytes for v in self.vms.values())
-        if total + size > self.limits.max_bytes_total:
-            raise QuotaExceeded(f"the daemon would hold more than {self.limits.max_bytes_total} bytes",
-                                bytes_quota=True, code="DAEMON_MEMORY_QUOTA", limit=self.limits.max_bytes_total)
-
     # -- VMs ----------------------------------------------------------------------
     async def create_vm(self, vm_type: str, name: str | None) -> VMRecord:
         if vm_type not in self.host.vm_types:
             raise CapabilityMissing(f"VM type {vm_type!r} is not supported by this host",
                                     required=vm_type, supported=list(self.host.vm_types))
+        self._refuse_if_closing()
         if len(self.vms) >= self.limits.max_vms:
             raise QuotaExceeded(f"the daemon already runs {len(self.vms)} VMs", code="VM_QUOTA", limit=self.limits.max_vms)
         try:
             port = await self.blocking(self.kernel.create_vm, vm_type)
         except OSError as exc:
             raise kernel_error(exc, "create VM") from exc
+        if self._closing:  # the stop began while the kernel made it: never announce it
+            await self.blocking(port.close)
+            self._refuse_if_closing()
         vm = VMRecord(new_id("vm"), vm_type, name, port, MemslotTable(self.max_slots), self.limits.max_pending_per_vm,
                       kernel_attributes=self.kernel_attributes_for(vm_type),
                       guest_memfd_flags=self.guest_memfd_flags_for(vm_type))
@@ -110,9 +124,9 @@ class Registry:
         self.emit("vm.created", vm.id, type=vm_type, name=name, enforcement=vm.enforcement)
         return vm
 
-    async def delete_vm(self, vm_id: str) -> None:
+    async def delete_vm(self, vm_id: str, *, teardown: bool = False) -> None:
         vm = self.vm(vm_id)
-        async with vm.mutation():
+        async with vm.mutation(teardown=teardown):
             vm.deleted = True
             del self.vms[vm.id]
             invalidations = [self.gmem_invalidation(vm, gmem, Range(0, gmem.size), "vm_delete") for gmem in vm.gmems.values()]
@@ -142,10 +156,16 @@ class Registry:
                 stack.callback(vm.runner.close)
 
     async def close_all(self) -> None:
-        """Shutdown: delete every VM (events included), closing every fd."""
-        for vm_id in list(self.vms):
-            with contextlib.suppress(DomainError):
-                await self.delete_vm(vm_id)
+        """Shutdown: refuse further mutations, delete every VM (events included), closing every fd.
+        Loops until none is left: a VM whose create was past its last check is deleted too."""
+        self.closing = True
+        for _ in range(1000):  # bounded; each round waits for whatever holds a VM's lock
+            if not self.vms:
+                return
+            for vm_id in list(self.vms):
+                with contextlib.suppress(DomainError):
+                    await self.delete_vm(vm_id, teardown=True)
+            await asyncio.sleep(0.001)
 
     # -- guest_memfd --------------------------------------------------------------
     @staticmethod
@@ -172,7 +192,7 @@ class Registry:
                                  code="FLAGS_INCOMPATIBLE")
         async with vm.mutation():
             self._check_name_free(vm, name)
-            self._check_bytes_quota(vm, size)
+            self.budget.check_size(vm, size, "a guest_memfd")
             try:
                 port = await self.blocking(vm.port.create_guest_memfd, size, bits)
             except OSError as exc:
@@ -214,6 +234,7 @@ class Registry:
                 raise kernel_error(exc, "punch hole") from exc
             finally:
                 self.emit("memory.invalidate_end", vm.id, **info)
+            self.budget.release(gmem, r)
             self.stats.punched_bytes += r.size
             return info
 
@@ -222,10 +243,13 @@ class Registry:
         async with vm.mutation():
             gmem = self.gmem(vm, gmem_id)
             r = self._file_range(gmem.size, offset, length)
+            self.budget.check(vm, self.budget.unpopulated(gmem, r), "allocate")
             try:
                 await self.blocking(gmem.port.allocate, r.start, r.size)
             except OSError as exc:
                 raise kernel_error(exc, "allocate") from exc
+            finally:  # a failed fallocate may have populated part of the range: count it
+                self.budget.mark([(gmem, r)])
             self.emit("memory.allocated", vm.id, guest_memfd_id=gmem.id, offset=r.start, length=r.size)
 
     async def inject_memory_error(self, vm_id: str, gmem_id: str, offset: int) -> dict[str, Any]:
@@ -273,17 +297,39 @@ class Registry:
         check_aligned_range(0, size, page, what="shared memory size", limit=MAX_JSON_INT)
         async with vm.mutation():
             self._check_name_free(vm, name)
-            self._check_bytes_quota(vm, size)
+            self.budget.check_size(vm, size, "a shared memory")
+            if hugepages:  # hugetlb pages are reserved when the daemon maps the memfd
+                self.budget.check(vm, size, f"a {hugepages} hugetlb shared memory")
             shm_id = new_id("shm")
             try:
                 port = await self.blocking(self.kernel.create_shared_memory, f"memslotd-{vm.id}-{shm_id}", size,
                                            HUGEPAGE_SIZES.get(hugepages or ""))
             except OSError as exc:
+                if hugepages and exc.errno == _errno.ENOMEM:
+                    raise self._hugepages_refused(hugepages, size, exc) from exc
                 raise kernel_error(exc, "create shared memory") from exc
             shm = ShmRecord(shm_id, size, hugepages, page, port, name)
+            if hugepages:
+                self.budget.mark([(shm, Range(0, size))])
             vm.shms[shm.id] = shm
             self.emit("shared_memory.created", vm.id, id=shm.id, name=name, size=size, hugepages=hugepages)
             return shm
+
+    @staticmethod
+    def _hugepages_refused(hugepages: str, size: int, exc: OSError) -> DomainError:
+        """ENOMEM from a hugetlb mapping: no pool reserved (configuration), or too few free pages."""
+        page = HUGEPAGE_SIZES[hugepages]
+        reserved, free = hugepage_pool(page)
+        knob = "sysctl vm.nr_hugepages=N" if page == 2 << 20 else \
+            f"echo N > /sys/kernel/mm/hugepages/hugepages-{page >> 10}kB/nr_hugepages"
+        needed = -(-size // page)
+        extra = {"hugepage_size": page, "hugepages_needed": needed, "hugepages_reserved": reserved,
+                 "hugepages_free": free, "errno": exc.errno, "errno_name": "ENOMEM", "ioctl": "mmap(MAP_HUGETLB)"}
+        if not reserved:
+            return CapabilityMissing(f"no {hugepages} huge pages are reserved on this host: reserve a pool first "
+                                     f"({knob})", code="HUGEPAGES_NOT_RESERVED", **extra)
+        return QuotaExceeded(f"{needed} {hugepages} huge pages needed, {free} of the {reserved} reserved are free "
+                             f"(grow the pool: {knob})", bytes_quota=True, code="HUGEPAGES_EXHAUSTED", **extra)
 
     async def delete_shm(self, vm_id: str, shm_id: str) -> None:
         vm = self.vm(vm_id)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ... import __version__
 from ...core import MemoryCore
-from ...core.events import EVENT_TYPES, STREAM_TYPES, CursorGone, Event
+from ...core.events import EVENT_TYPES, STREAM_TYPES, CursorGone, Event, Subscriber
 from ...core.snapshot import snapshot
 from ..problems import problem_response
 from ._common import problems
@@ -85,12 +85,18 @@ class StreamState(enum.Enum):
 
 
 class EventStream:
-    """One WebSocket subscriber: replay, then live events, bookmarks, and the watchdog."""
+    """One WebSocket subscriber: replay, then live events, bookmarks, and the watchdog.
 
-    def __init__(self, ws: WebSocket, core: MemoryCore, query: StreamQuery, capacity: int, bookmark_s: float):
+    It reads the shared event log through its own cursor (``Subscriber``): the backlog and
+    any burst are sent from the log in pages, so no request is too large for a subscriber
+    that keeps reading; one that stops is cut off when the log's window passes its cursor."""
+
+    PAGE = 1000  # events per read from the log between sends
+
+    def __init__(self, ws: WebSocket, core: MemoryCore, query: StreamQuery, bookmark_s: float):
         self.ws, self.core, self.query = ws, core, query
         self.accept = query.matcher()
-        self.sub = core.events.subscribe(capacity, lambda e: self.accept(e.type, e.vm_id))
+        self.sub: Subscriber | None = None
         self.bookmark_s = bookmark_s
         self.state = StreamState.REPLAYING
         self.last_seq = query.since_seq or 0
@@ -98,57 +104,71 @@ class EventStream:
     async def send(self, data: str) -> None:
         await self.ws.send_text(data)
 
-    def start(self) -> tuple[list[str], CursorGone | None]:
-        """Everything to send before live events, computed without awaiting (atomic with subscribe)."""
+    def start(self) -> tuple[list[str], int, list[str], CursorGone | None]:
+        """Subscribe and compute what precedes live events, without awaiting (atomic with the
+        subscription): the greeting, the seq the backlog ends at, and the initial state."""
         log = self.core.events
-        out = [_frame(self.core, "hello", seq=log.seq, oldest_seq=log.oldest_seq, version=__version__,
-                      bookmark_interval_s=self.bookmark_s, enforcement=self.core.registry.enforcement)]
+        hello = [_frame(self.core, "hello", seq=log.seq, oldest_seq=log.oldest_seq, version=__version__,
+                        bookmark_interval_s=self.bookmark_s, enforcement=self.core.registry.enforcement)]
         if self.query.since_seq is not None:
             try:
-                backlog = log.since(self.query.since_seq, self.query.boot_id)
+                log.check_cursor(self.query.since_seq, self.query.boot_id)
             except CursorGone as exc:
-                return out + [_json(_gone(exc))], exc
-            out += [e.encoded for e in backlog if self.accept(e.type, e.vm_id)]
-            self.last_seq = backlog[-1].seq if backlog else self.query.since_seq
+                return hello + [_json(_gone(exc))], log.seq, [], exc
+        self.sub = log.subscribe(lambda e: self.accept(e.type, e.vm_id), self.query.since_seq)
+        state: list[str] = []
         if self.query.initial_state:
             now = time.time()
             for type_, vm_id, data in snapshot(self.core.registry, self.query.vm_id):
                 if self.accept(type_, vm_id):
-                    out.append(_json({"seq": log.seq, "boot_id": log.boot_id, "time": now, "type": type_,
-                                             "vm_id": vm_id, "data": data, "initial": True}))
-            out.append(_frame(self.core, "bookmark", seq=log.seq, initial_state_end=True))
-            self.last_seq = log.seq
-        return out, None
+                    state.append(_json({"seq": log.seq, "boot_id": log.boot_id, "time": now, "type": type_,
+                                        "vm_id": vm_id, "data": data, "initial": True}))
+            state.append(_frame(self.core, "bookmark", seq=log.seq, initial_state_end=True))
+        return hello, log.seq, state, None
 
-    async def pump(self, first: list[str]) -> None:
-        for frame in first:
+    async def _send_events(self, batch: list[Event]) -> None:
+        assert self.sub is not None
+        for event in batch:
+            await self.send(event.encoded)
+            self.last_seq = event.seq
+            self.sub.sent()
+
+    async def pump(self, hello: list[str], backlog_end: int, state: list[str]) -> None:
+        assert self.sub is not None
+        for frame in hello:
             await self.send(frame)
+        if state:  # the backlog up to the snapshot's seq, then the snapshot
+            while batch := self.sub.drain(self.PAGE, until_seq=backlog_end):
+                await self._send_events(batch)
+            for frame in state:
+                await self.send(frame)
+            self.last_seq = backlog_end
         self.state = StreamState.LIVE
         while True:
             try:
-                batch = await self.sub.next_batch(self.bookmark_s)
+                batch = await self.sub.next_batch(self.bookmark_s, self.PAGE)
             except OverflowError:
                 return
             if not batch:  # idle: everything up to now was delivered or filtered out
                 self.last_seq = self.core.events.seq
                 await self.send(_frame(self.core, "bookmark", seq=self.last_seq))
-            for event in batch:
-                await self.send(event.encoded)
-                self.last_seq = event.seq
+            await self._send_events(batch)
 
     async def drain_client(self) -> None:
         while (await self.ws.receive())["type"] != "websocket.disconnect":
             pass
 
     async def run(self) -> None:
-        first, gone = self.start()
+        hello, backlog_end, state, gone = self.start()
         try:
-            if gone is not None:
-                for frame in first:
+            if gone is not None or self.sub is None:
+                for frame in hello:
                     await self.send(frame)
-                await self.ws.close(CLOSE_GONE, gone.reason)
+                await self.ws.close(CLOSE_GONE, gone.reason if gone else "gone")
                 return
-            tasks = [asyncio.create_task(c) for c in (self.pump(first), self.drain_client(), self.sub.overflow_event.wait())]
+            sub = self.sub
+            tasks = [asyncio.create_task(c) for c in (self.pump(hello, backlog_end, state), self.drain_client(),
+                                                      sub.overflow_event.wait())]
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in pending:
                 t.cancel()
@@ -158,14 +178,15 @@ class EventStream:
             for t in done:  # a send to a client that went away: nothing more to do
                 if not t.cancelled() and t.exception() is not None and tasks[1] not in done:
                     raise t.exception()  # type: ignore[misc]
-            if self.sub.overflowed:
+            if sub.overflowed:
                 self.state = StreamState.CLOSING
                 exc = CursorGone("subscriber_overflow", self.core.events.oldest_seq, self.core.events.seq)
                 with contextlib.suppress(Exception):  # the client may be stalled: bounded effort
                     await asyncio.wait_for(self.send(_json(_gone(exc, self.last_seq))), 1.0)
                     await asyncio.wait_for(self.ws.close(CLOSE_GONE, "subscriber_overflow"), 1.0)
         finally:
-            self.sub.close()
+            if self.sub is not None:
+                self.sub.close()
 
 
 @router.websocket("/events")
@@ -183,7 +204,7 @@ async def events_ws(websocket: WebSocket) -> None:
         return
     if websocket.scope.get("memslotd.auth_pending") and not await _first_message_auth(websocket):
         return
-    stream = EventStream(websocket, core, query, settings.event_subscriber_queue, settings.event_bookmark_interval_s)
+    stream = EventStream(websocket, core, query, settings.event_bookmark_interval_s)
     await stream.run()
 
 
@@ -230,10 +251,10 @@ async def events_longpoll(
     if not pending and wait > 0:
         # The subscription is only a wake-up; the events are read from the log afterwards, so
         # a burst larger than any queue (a batch) is paged by ``limit``, never dropped.
-        sub = log.subscribe(1, lambda e: accept(e.type, e.vm_id))
+        sub = log.subscribe(lambda e: accept(e.type, e.vm_id), start)
         try:
             with contextlib.suppress(OverflowError):
-                await sub.next_batch(wait)
+                await sub.next_batch(wait, 1)  # the first accepted event, or the deadline
         finally:
             sub.close()
     try:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from ... import __version__
+from ...core.limits import read_meminfo
 from ...core.memslots import GPA_LIMIT, RESERVED_GPA
 from ...core.probe import MAX_PROBE_BYTES
 from ...core.registry import GMEM_FLAG_BITS
 from ...uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE
 from ..deps import CoreDep, SettingsDep
-from ..schemas import Capabilities, Health, Version
+from ..schemas import Capabilities, Health, LimitsRead, Version
 
 router = APIRouter(prefix="/v1", tags=["host"])
 
@@ -47,6 +48,25 @@ async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
 
 def _gmem_flags(bits: int) -> list[str]:
     return [name for name, bit in GMEM_FLAG_BITS.items() if bits & bit]
+
+@router.get("/limits", response_model=LimitsRead)
+async def limits(core: CoreDep, settings: SettingsDep, request: Request) -> Any:
+    """Quotas, caps and deadlines in force (the byte quotas derive from this host unless configured)."""
+    lim, host = core.limits, read_meminfo()
+    guard = getattr(request.app.state, "connection_guard", None)
+    return {
+        "max_vms": lim.max_vms, "max_slots_per_vm": lim.max_slots_per_vm, "max_bytes_per_vm": lim.max_bytes_per_vm,
+        "max_bytes_total": lim.max_bytes_total, "memory_reserve_bytes": lim.memory_reserve_bytes,
+        "committed_bytes": core.registry.budget.committed(), "host_mem_total": host.total,
+        "host_mem_available": host.available, "max_pending_per_vm": lim.max_pending_per_vm,
+        "max_probe_ops": lim.max_probe_ops, "max_probes_per_second": lim.max_probes_per_second,
+        "max_body_bytes": settings.max_body_bytes, "max_batch_body_bytes": settings.max_batch_body_bytes,
+        "max_connections": guard.max_per_listener if guard is not None else settings.max_connections,
+        "max_connections_per_peer": settings.max_connections_per_peer, "request_timeout_s": settings.request_timeout_s,
+        "tcp_auth_timeout_s": settings.tcp_auth_timeout_s, "idle_timeout_s": settings.idle_timeout_s,
+        "idempotency_cache_bytes": settings.idempotency_cache_bytes,
+        "event_retention_count": settings.event_retention_count, "event_retention_bytes": settings.event_retention_bytes,
+    }
 
 
 @router.get("/healthz", response_model=Health)

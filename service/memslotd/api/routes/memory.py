@@ -51,7 +51,7 @@ async def attributes(
     return {"ranges": ranges, "enforcement": vm.enforcement, "next_cursor": next_cursor}
 
 
-@router.post("/probe", response_model=ProbeResponse, responses=problems(400, 404, 422, 429))
+@router.post("/probe", response_model=ProbeResponse, responses=problems(400, 404, 422, 429, 503, 507))
 async def probe(vm_id: VMId, body: ProbeRequest, core: CoreDep) -> Any:
     """Run a tiny 64-bit guest on a daemon-owned vCPU that performs the accesses.
 

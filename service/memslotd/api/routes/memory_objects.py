@@ -44,7 +44,7 @@ async def delete_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep) -> None
     await core.registry.delete_gmem(vm_id, gmem_id)
 
 
-@gmem_router.post("/{gmem_id}/allocate", status_code=204, responses=problems(400, 404, 422, 429, 503))
+@gmem_router.post("/{gmem_id}/allocate", status_code=204, responses=problems(400, 404, 422, 429, 503, 507))
 async def allocate_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep) -> None:
     """fallocate(KEEP_SIZE): back the range with memory now."""
     await core.registry.allocate_gmem(vm_id, gmem_id, body.offset, body.length)
@@ -67,7 +67,7 @@ async def inject_error(vm_id: VMId, gmem_id: ObjectIdPath, body: InjectErrorRequ
     return await core.registry.inject_memory_error(vm_id, gmem_id, body.offset)
 
 
-@shm_router.post("", status_code=201, response_model=SharedMemoryRead, responses=problems(400, 404, 422, 429, 503, 507))
+@shm_router.post("", status_code=201, response_model=SharedMemoryRead, responses=problems(400, 404, 422, 429, 501, 503, 507))
 async def create_shm(vm_id: VMId, body: SharedMemoryCreate, core: CoreDep, response: Response) -> Any:
     """A memfd owned and mapped by the daemon (the ``userspace_addr`` side of slots)."""
     shm = await core.registry.create_shm(vm_id, body.size, body.hugepages, body.name)
