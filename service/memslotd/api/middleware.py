@@ -35,19 +35,22 @@ class LimitsAndHeaders:
                 await self._reject(send, limit)
                 return
         received = 0
-        started = False
+        started = overflowed = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, overflowed
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    overflowed = True
                     raise BodyTooLarge()
             return message
 
         async def stamped_send(message: Message) -> None:
             nonlocal started
+            if overflowed:
+                return  # whatever a layer made of the cut-off body (a parse error): the answer is 413
             if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = [*message.get("headers", []), self.state.boot_header]
@@ -56,8 +59,9 @@ class LimitsAndHeaders:
         try:
             await self.app(scope, limited_receive, stamped_send)
         except BodyTooLarge:
-            if not started:
-                await self._reject(send, limit)
+            pass
+        if overflowed and not started:
+            await self._reject(send, limit)
 
     async def _reject(self, send: Send, limit: int) -> None:
         await send_problem(send, 413, "BODY_TOO_LARGE", "Request body too large", f"request body exceeds {limit} bytes",

@@ -1,14 +1,19 @@
 """Wire models (pydantic v2): strict types, unknown fields rejected, bytes everywhere.
 
-Families: ``<Thing>Create`` (request), ``<Thing>Read`` (response), ``<Thing>List``.
+Families: ``<Thing>Create`` (request), ``<Thing>Read`` (response), ``<Thing>List``,
+``<Thing>Plan`` (the answer of a dry-run create: the Read without what only creation makes).
 Every size, offset and address is an integer number of bytes in [0, 2^53-1].
+
+Requests (``Strict``) forbid unknown fields; responses (``Response``) ignore them, at every
+depth: a response model never embeds a request model (tests/api/test_response_models.py).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 U53 = Annotated[int, Field(ge=0, le=(1 << 53) - 1)]
 Size = Annotated[int, Field(gt=0, le=(1 << 53) - 1)]
@@ -86,7 +91,7 @@ class Capabilities(Response):
 class Health(Response):
     status: Literal["ok"]
     boot_id: str
-    vms: int
+    vms: int | None = Field(None, description="absent on TCP without a token (liveness only)")
 
 
 class Version(Response):
@@ -127,6 +132,30 @@ class VMList(Response):
     items: list[VMRead]
 
 
+def _plan_of(model: type[Response], name: str) -> type[Response]:
+    """``model`` without ``id`` and ``created_at``: what a dry-run create answers (nothing exists)."""
+    fields: dict[str, Any] = {k: (f.annotation, copy.copy(f)) for k, f in model.model_fields.items()
+                              if k not in ("id", "created_at")}
+    doc = f"What a dry-run create would make: a {model.__name__} without id and created_at."
+    return create_model(name, __base__=Response, __doc__=doc, __module__=__name__, **fields)
+
+
+VMPlan = _plan_of(VMRead, "VMPlan")
+
+
+class VMRelease(Response):
+    """What deleting the VM releases (the answer of a dry-run delete)."""
+
+    vm_id: str
+    memslots: list[int]
+    guest_memfds: list[str]
+    shared_memory: list[str]
+    slot_bytes: int
+    guest_memfd_bytes: int
+    shared_memory_bytes: int
+    invalidations: list["Invalidation"]
+
+
 # -- guest_memfd ------------------------------------------------------------------------
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 
@@ -155,6 +184,9 @@ class GuestMemfdRead(Response):
 
 class GuestMemfdList(Response):
     items: list[GuestMemfdRead]
+
+
+GuestMemfdPlan = _plan_of(GuestMemfdRead, "GuestMemfdPlan")
 
 
 class FileRange(Strict):
@@ -199,6 +231,9 @@ class SharedMemoryList(Response):
     items: list[SharedMemoryRead]
 
 
+SharedMemoryPlan = _plan_of(SharedMemoryRead, "SharedMemoryPlan")
+
+
 # -- memslots ---------------------------------------------------------------------------
 class SharedPart(Strict):
     shared_memory_id: ObjectId
@@ -219,14 +254,24 @@ class MemslotCreate(Strict):
     private: PrivatePart | None = None
 
 
+class SharedPartRead(Response):
+    shared_memory_id: str
+    offset: int
+
+
+class PrivatePartRead(Response):
+    guest_memfd_id: str
+    offset: int
+
+
 class MemslotRead(Response):
     slot: int
     address_space: int
     guest_phys_addr: int
     memory_size: int
     flags: list[SlotFlag]
-    shared: SharedPart | None
-    private: PrivatePart | None
+    shared: SharedPartRead | None
+    private: PrivatePartRead | None
     guest_backing: Literal["shared_memory", "guest_memfd", "per_attribute", "none"] = Field(
         description="what the guest's accesses reach on this host (an mmap-able guest_memfd makes the slot guest_memfd-only)")
     userspace_addr_source: Literal["shared_memory", "guest_memfd_mmap", "none"]
@@ -278,6 +323,7 @@ class ConvertResult(Response):
     changed: list[ChangedRange]
     unchanged: list[GPARange]
     discarded: list[DiscardedRange]
+    discarded_bytes: int = Field(0, description="bytes whose contents the discard dropped (would drop, in a dry run)")
     enforcement: Literal["kernel", "daemon"] = Field(
         description="'daemon': this host has no KVM_SET_MEMORY_ATTRIBUTES, only memslotd's map records the state")
 
@@ -381,3 +427,6 @@ class DirtyLog(Response):
     pages: int
     dirty_pages: int
     ranges: list[GPARange]
+
+
+VMRelease.model_rebuild()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request, WebSocket
+from fastapi import Query, Request, WebSocket
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,9 +26,9 @@ from ...core import MemoryCore
 from ...core.events import EVENT_TYPES, STREAM_TYPES, CursorGone, Event
 from ...core.snapshot import snapshot
 from ..problems import problem_response
-from ._common import problems
+from ._common import problems, router as _router
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = _router("/v1", "events")
 
 SUBPROTOCOL = "memslotd.v1"
 CLOSE_GONE = 4410

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 
 from ... import __version__
 from ...core.memslots import GPA_LIMIT, RESERVED_GPA
@@ -12,8 +11,9 @@ from ...core.probe import MAX_PROBE_BYTES
 from ...core.registry import GMEM_FLAG_BITS
 from ..deps import CoreDep, SettingsDep
 from ..schemas import Capabilities, Health, Version
+from ._common import router as _router
 
-router = APIRouter(prefix="/v1", tags=["host"])
+router = _router("/v1", "host")
 
 
 @router.get("/capabilities", response_model=Capabilities)
