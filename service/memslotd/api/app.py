@@ -90,19 +90,16 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
 
 
 def _document_models(app: FastAPI, routes: list[Any]) -> None:
-    """The OpenAPI document of ``routes`` (in reading order, whatever order matching uses);
-    models of routes that parse their body themselves (memslots:batch) belong in its components."""
+    """The OpenAPI document of ``routes`` (in reading order, whatever order matching uses),
+    completed by ``api.contract`` into the whole contract."""
     from fastapi.openapi.utils import get_openapi
-    from pydantic.json_schema import models_json_schema
 
-    from .schemas import BatchRequest
+    from .contract import complete_openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
-            _, defs = models_json_schema([(BatchRequest, "validation")], ref_template="#/components/schemas/{model}")
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
-            app.openapi_schema = schema
+            app.openapi_schema = complete_openapi(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

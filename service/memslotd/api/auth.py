@@ -77,6 +77,8 @@ class TokenStore:
 def required_scope(scope_type: str, method: str, path: str) -> str:
     if path == "/ui" or path.startswith("/ui/"):
         return "public"  # static dashboard files: no data, the page authenticates its API calls
+    if path == "/v1/healthz" and method in ("GET", "HEAD"):
+        return "public"  # liveness for health checkers without a secret; it reveals no state without a token
     if scope_type == "websocket" or path == "/v1/events":
         return "events"
     if method in ("GET", "HEAD", "OPTIONS"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
+
 
 from ... import __version__
 from ...core.memslots import GPA_LIMIT, RESERVED_GPA
@@ -36,9 +38,11 @@ async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
     }
 
 
-@router.get("/healthz", response_model=Health)
-async def healthz(core: CoreDep) -> Any:
-    return {"status": "ok", "boot_id": core.events.boot_id, "vms": len(core.registry.vms)}
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True)
+async def healthz(core: CoreDep, request: Request) -> Any:
+    """Liveness. Needs no token on TCP; without one it says only that the daemon answers."""
+    anonymous = request.scope.get("memslotd.listener") == "tcp" and "memslotd.token" not in request.scope
+    return {"status": "ok", "boot_id": core.events.boot_id, "vms": None if anonymous else len(core.registry.vms)}
 
 
 @router.get("/version", response_model=Version)
