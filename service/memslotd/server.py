@@ -14,12 +14,12 @@ from types import FrameType
 from typing import Any, Callable
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import __version__
 from .adapter import build_core
 from .api.app import create_app
 from .api.auth import TokenStore
+from .http_protocol import BoundedHttpTools
 from .settings import Settings
 from .systemd import notify
 
@@ -28,7 +28,7 @@ __all__ = ["run"]
 log = logging.getLogger("memslotd")
 
 
-class PeerCredHttp(HttpToolsProtocol):
+class PeerCredHttp(BoundedHttpTools):
     """Adds the Unix peer's (pid, uid, gid) from SO_PEERCRED to every request's scope."""
 
     peer: tuple[int, int, int] | None = None
@@ -143,7 +143,7 @@ async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.so
                 import ssl
 
                 tls.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
-        secondary = _Server(uvicorn.Config(app, http="httptools", lifespan="off", **common, **tls), group)
+        secondary = _Server(uvicorn.Config(app, http=BoundedHttpTools, lifespan="off", **common, **tls), group)
         secondary.should_exit = primary.should_exit  # a signal before it joined the group
         tasks.append(asyncio.create_task(secondary.serve(sockets=[tcp])))
     if primary.started:

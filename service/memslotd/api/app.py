@@ -18,7 +18,7 @@ from ..settings import Settings
 from .access import AccessControl
 from .auth import TokenStore
 from .idempotency import IdempotencyKeys
-from .middleware import LimitsAndHeaders
+from .middleware import AllowedOriginsCORS, LimitsAndHeaders
 from .problems import install_problem_handlers
 from .routes import events, host, memory, memory_objects, memslots, metrics, vms
 
@@ -85,7 +85,9 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
     app.add_middleware(IdempotencyKeys)  # inside the body limit: it reads the body it fingerprints
     app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state,
                        max_batch_body_bytes=settings.max_batch_body_bytes)
-    app.add_middleware(AccessControl, state=app.state)  # outermost: refuse before reading a body
+    app.add_middleware(AccessControl, state=app.state)  # refuse before reading a body
+    if settings.allowed_origins:  # outermost: a preflight needs no token, a 401 still carries CORS headers
+        app.add_middleware(AllowedOriginsCORS, origins=list(settings.allowed_origins))
     return app
 
 

@@ -45,7 +45,10 @@ class TokenStore:
         mode = os.stat(path).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ValueError(f"{path} is readable by group or others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
-        data = tomllib.loads(path.read_text())
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:  # its message ends "(at line N, column M)"
+            raise ValueError(f"{path}: not valid TOML: {exc}") from None
         tokens = []
         for i, entry in enumerate(data.get("tokens", [])):
             scopes = frozenset(entry.get("scopes", []))

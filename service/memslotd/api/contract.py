@@ -112,7 +112,8 @@ def _complete_operation(path: str, method: str, op: dict[str, Any]) -> None:
             if code in (429, 503):
                 answer["headers"] = _header_refs("Retry-After")
         headers = answer.setdefault("headers", {})
-        headers.update(_header_refs("memslotd-boot-id"))
+        if code != 414:  # refused by the HTTP parser, before the app (and its boot id) is reached
+            headers.update(_header_refs("memslotd-boot-id"))
         if code < 300:
             if dry_run:
                 headers.update(_header_refs("memslotd-dry-run"))

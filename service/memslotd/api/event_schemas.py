@@ -75,12 +75,16 @@ class SlotDeletedData(Response):
 class InvalidationData(Response):
     """The guest_memfd (or shared memfd) range being discarded and the GPA ranges it maps."""
 
-    reason: str
+    reason: str = Field(description="slot_delete, punch_hole, convert_to_shared, convert_to_private, "
+                                    "guest_memfd_close, vm_delete, memory_error")
     guest_memfd_id: str | None = None
     shared_memory_id: str | None = None
-    offset: int
-    length: int
+    offset: int | None = Field(None, description="in the guest_memfd, or in the shared memfd for convert_to_private")
+    length: int | None = None
+    shared_offset: int | None = Field(None, description="slot_delete of a slot with a shared part: its memfd range")
+    shared_length: int | None = None
     gpa_ranges: list[GPARangeRead]
+    batch: bool | None = Field(None, description="true when a memslots:batch made the change")
     error: int | None = Field(None, description="invalidate_end only: the errno of the failed discard")
     cancelled: bool | None = Field(None, description="invalidate_end only: announced, never attempted")
 
@@ -104,6 +108,8 @@ class AllocatedData(Response):
 
 
 class MemoryErrorData(InvalidationData):
+    offset: int
+    length: int
     kernel_errno: int | None
     kernel_errno_name: str | None
     injector: str

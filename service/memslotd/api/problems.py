@@ -56,6 +56,9 @@ def describe_errors(errors: Sequence[Any], limit: int = 4) -> str:
         loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
         where = ".".join(loc) or "request"
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "extra_forbidden":
+            parts.append(f"unknown parameter {where!r}")
+            continue
         got = e.get("input")
         shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and not isinstance(got, bool) and loc else ""
         parts.append(f"{where}: {msg}{shown[:80]}")
@@ -69,7 +72,7 @@ def allowed_methods(app: Any, path: str) -> list[str]:
     methods: set[str] = {"OPTIONS"}
     for route in app.router.routes:
         if isinstance(route, Route) and route.methods and route.path_regex.match(path):
-            methods |= route.methods
+            methods |= route.methods | ({"HEAD"} if "GET" in route.methods else set())
     return sorted(methods)
 
 
