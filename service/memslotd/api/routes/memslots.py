@@ -105,7 +105,7 @@ async def put_memslot(vm_id: VMId, slot: SlotId, body: MemslotCreate, core: Core
     ``If-Match: <etag>`` acts only on the slot version you read; ``If-None-Match: *`` only creates.
     """
     core.registry.vm(vm_id)
-    if not (slot.isascii() and slot.isdigit() and len(slot) <= 5):
+    if not (slot.isascii() and slot.isdigit() and len(slot) <= 5 and int(slot) < core.registry.max_slots):
         raise InvalidRequest(f"slot id {slot[:64]!r} is not an integer 0..{core.registry.max_slots - 1}",
                              code="SLOT_ID_OUT_OF_RANGE")
     created_slot, created = await core.memslots.put(vm_id, int(slot), _request(body), dry_run=dry_run,
