@@ -30,7 +30,10 @@ and a resumable event stream. Sizes, offsets and addresses are integers in bytes
 RFC 9457 `application/problem+json` with a stable `code`. Every response carries the
 `memslotd-boot-id` header: a new value means the daemon restarted and every VM is gone.
 POSTs accept `Idempotency-Key` (a retry replays the first answer); memslot PUT/DELETE accept
-`If-Match`/`If-None-Match` on the slot's `ETag` and `?dry_run=true`."""
+`If-Match`/`If-None-Match` on the slot's `ETag`. Every mutating operation honours `?dry_run=true`
+(nothing changes; the answer says what would happen) or refuses it with 422 `DRY_RUN_UNSUPPORTED`.
+Unknown query parameters are refused (422); a malformed path id is an id that does not exist (404).
+The WebSocket event stream is described in asyncapi.yaml."""
 
 
 # FastAPI >= 0.16x asks OpenTelemetry on every request whether it is configured (~4 % of a

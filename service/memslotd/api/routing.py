@@ -69,7 +69,7 @@ def check_query(request: Request, known: frozenset[str], label: str) -> None:
         if name not in known:
             if name == "dry_run":
                 raise ApiProblem(422, "DRY_RUN_UNSUPPORTED", "dry_run not supported",
-                                 f"{label} cannot be dry-run: it has no effect to preview (see docs/api.md)",
+                                 f"{label} cannot be dry-run: the call is its own effect (see docs/api.md)",
                                  parameter=name)
             allowed = ", ".join(sorted(known)) or "none"
             raise ApiProblem(422, "UNKNOWN_QUERY_PARAMETER", "Unknown query parameter",
