@@ -171,7 +171,7 @@ def _config_problem(exc: Exception) -> str:
         if not loc:  # a rule across options: its message names them
             parts.append(msg)
             continue
-        option = "--" + loc[0].replace("_", "-")
+        option = f"{loc[0]} (--{loc[0].replace('_', '-')})"  # the TOML/env key and the flag
         got = error.get("input")
         shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
         parts.append(f"{option}: {msg}{shown}" if error.get("type") != "extra_forbidden" else f"unknown option {loc[0]!r}")

@@ -101,6 +101,9 @@ def _complete_operation(path: str, method: str, op: dict[str, Any]) -> None:
     if has_body:
         for number, body_description in _BODY_STATUSES.items():
             responses.setdefault(str(number), {"description": body_description})
+    if method == "POST":
+        responses.setdefault("409", {"description": "Idempotency-Key in use by a request still running "
+                                                    "(IDEMPOTENCY_KEY_IN_USE)"})
     params = op.setdefault("parameters", [])
     dry_run = any(p["name"] == "dry_run" for p in params)
     if method == "POST":
