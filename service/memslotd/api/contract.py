@@ -54,8 +54,8 @@ HEADERS: dict[str, dict[str, Any]] = {
     "WWW-Authenticate": {"description": 'Bearer realm="memslotd"', "schema": {"type": "string"}},
     "Allow": {"description": "the methods the resource supports", "schema": {"type": "string"}},
 }
-IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255},
-                   "description": "a retry with the same key, method, path, query and body replays the first answer "
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+                   "description": "(its first 255 characters count) a retry with the same key, method, path, query and body replays the first answer "
                                   "(Idempotent-Replayed: true); the same key with another request is 422 "
                                   "IDEMPOTENCY_KEY_REUSED, while the first still runs 409 IDEMPOTENCY_KEY_IN_USE"}
 
