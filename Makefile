@@ -49,10 +49,10 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium could not be installed: the dashboard test will be skipped"
 
-openapi: install  ## regenerate openapi.yaml from the app
+openapi: install  ## regenerate openapi.yaml and asyncapi.yaml from the app
 	$(PY) scripts/openapi.py
 
-openapi-check: install  ## fail when openapi.yaml differs from the app
+openapi-check: install  ## fail when openapi.yaml or asyncapi.yaml differs from the app
 	$(PY) scripts/openapi.py --check
 
 bench: install  ## benchmarks (not part of `make test`)

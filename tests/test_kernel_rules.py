@@ -17,7 +17,7 @@ SCANNED = (ROOT / "service" / "memslotd", ROOT / "tests")
 SUFFIXES = {".py", ".js", ".html", ".css", ".md", ".toml", ".yaml", ".c", ".h"}
 
 RULE_ID = re.compile(r"\b(GC|SA|[ABCDGMOX])(\d{1,2})\b(?:[-–](?:\1)?(\d{1,2})\b)?")
-SECTION_REF = re.compile(r"§ ?\d")
+SECTION_REF = re.compile(r"(?<!RFC \d{4} )§ ?\d")  # an RFC's own sections are fine
 ROW = re.compile(r"^\| *((?:GC|SA|[ABCDGMOX])\d{1,2}) *\|(.*)\| *$", re.M)
 TEST_REF = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 

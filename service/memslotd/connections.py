@@ -21,10 +21,11 @@ import struct
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from .http_protocol import BoundedHttpTools
 from .settings import Settings
 
 __all__ = ["ConnectionGuard", "protocols", "fd_budget"]
@@ -120,7 +121,7 @@ class GuardedWebSocket(WebSocketsSansIOProtocol):
             self.guard.release(self.guard_entry)
 
 
-class GuardedHttp(HttpToolsProtocol):
+class GuardedHttp(BoundedHttpTools):
     """HTTP/1.1 with the guard, the deadlines and, on Unix sockets, the peer's SO_PEERCRED
     (pid, uid, gid) in every request's scope."""
 

@@ -156,6 +156,30 @@ def _export_config_path(args: list[str]) -> None:
             os.environ["MEMSLOTD_CONFIG"] = args[i + 1]
 
 
+def _config_problem(exc: Exception) -> str:
+    """One sentence per problem, in the command line's terms (never pydantic's dump)."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    if isinstance(exc, tomllib.TOMLDecodeError):  # only --config is parsed by pydantic-settings
+        return f"{os.environ.get('MEMSLOTD_CONFIG', '--config')}: not valid TOML: {exc}"
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    parts = []
+    for error in exc.errors():
+        msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        loc = [str(p) for p in error.get("loc", ())]
+        if not loc:  # a rule across options: its message names them
+            parts.append(msg)
+            continue
+        option = f"{loc[0]} (--{loc[0].replace('_', '-')})"  # the TOML/env key and the flag
+        got = error.get("input")
+        shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
+        parts.append(f"{option}: {msg}{shown}" if error.get("type") != "extra_forbidden" else f"unknown option {loc[0]!r}")
+    return "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     _export_config_path(args)
@@ -168,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # pydantic ValidationError, bad TOML, unreadable or unsafe token file
-        raise SystemExit(f"memslotd: invalid configuration:\n{exc}") from None
+        raise SystemExit(f"memslotd: invalid configuration: {_config_problem(exc)}") from None
     configure_logging(settings.log_level, settings.log_format)
     if not os.path.exists("/dev/kvm"):
         raise SystemExit("memslotd: /dev/kvm is missing: load kvm (or kvm_pvm) first")

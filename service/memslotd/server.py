@@ -19,6 +19,7 @@ from .connections import ConnectionGuard, fd_budget, protocols
 from .adapter import build_core
 from .api.app import create_app
 from .api.auth import TokenStore
+from .http_protocol import BoundedHttpTools
 from .settings import Settings
 from .systemd import notify
 

@@ -14,14 +14,15 @@ def test_capabilities_agree_with_an_independent_probe_per_vm_type(client):
     caps = client.get("/v1/capabilities").json()
     facts = kernel_facts()
     assert caps["max_memslots"] == facts.max_memslots
-    assert caps["vm_types"] == list(facts.vm_types) == list(caps["per_vm_type"])
+    assert caps["vm_types"] == list(facts.vm_types) == [t["vm_type"] for t in caps["per_vm_type"]]
     assert caps["guest_memfd_flags"] == facts.default.gmem_flag_names
     assert caps["memory_attributes"] == (["private"] if facts.default.memory_attributes & 8 else [])
     assert caps["memory_attributes_ioctl"] is facts.default.attributes_ioctl
     assert caps["conversion_enforcement"] == ("kernel" if facts.default.private_memory else "daemon")
-    for name, per_type in caps["per_vm_type"].items():
+    for per_type in caps["per_vm_type"]:
+        name = per_type["vm_type"]
         expected = facts.per_vm_type[name]
-        assert per_type == {"memory_attributes": ["private"] if expected.memory_attributes & 8 else [],
+        assert per_type == {"vm_type": name, "memory_attributes": ["private"] if expected.memory_attributes & 8 else [],
                             "memory_attributes_ioctl": expected.attributes_ioctl,
                             "guest_memfd_flags": expected.gmem_flag_names,
                             "conversion_enforcement": "kernel" if expected.private_memory else "daemon"}, name

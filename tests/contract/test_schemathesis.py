@@ -53,3 +53,42 @@ def test_every_operation_honours_its_contract(app):
         run()
     assert sum(statuses.values()) >= 10 * len(operations)
     assert {200, 201, 404, 422} <= set(statuses), statuses  # successes and refusals were both reached
+
+
+TOKEN = "contract-token-0123456789abcdef"
+
+
+def test_the_real_daemon_over_tcp_honours_its_contract(short_tmp):
+    """``st run`` against the daemon process on TCP with a token: every phase (examples, coverage
+    with negative data and unsupported methods, fuzzing, stateful), every check but
+    positive_data_acceptance (tests/contract/schemathesis.toml says why). 0 failures."""
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    from tests.helpers import start_daemon
+
+    tokens = short_tmp / "tokens.toml"
+    tokens.write_text(f'[[tokens]]\nname = "contract"\nscopes = ["admin"]\ntoken = "{TOKEN}"\n')
+    tokens.chmod(0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = start_daemon(short_tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(tokens), "--max-vms", "16",
+                          "--log-level", "warning")
+    try:
+        r = subprocess.run(
+            [str(Path(sys.executable).parent / "st"), "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+             "run", f"http://127.0.0.1:{port}/v1/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
+             "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--mode", "all", "--max-examples", "10", "--seed", "13", "--continue-on-failure",
+             "--request-timeout", "30", "--no-color"],
+            capture_output=True, text=True, timeout=900, cwd=short_tmp)  # its cache stays out of the tree
+    finally:
+        daemon.stop()
+    summary = r.stdout[-4000:]
+    cases = re.search(r"(\d+) generated", summary)
+    print(f"schemathesis over TCP: {cases.group(1) if cases else '?'} cases")
+    assert r.returncode == 0, summary
+    assert cases and int(cases.group(1)) >= 500, summary
+    assert "Stateful" in summary and "Coverage" in summary

@@ -251,3 +251,34 @@ def test_tcp_subscribers_also_hear_the_graceful_stop(short_tmp):
     converter.join(30)
     listener.join(30)
     assert seen.index("memory.converted") < seen.index("vm.deleted"), seen  # in-flight work finished first
+
+
+def test_healthz_answers_on_tcp_without_a_token_and_reveals_no_state(tcp_daemon):
+    _, url, _ = tcp_daemon
+    with httpx.Client(base_url=url) as c:
+        c.post("/v1/vms", json={}, headers={"authorization": f"Bearer {ADMIN}"})
+        anonymous = c.get("/v1/healthz")
+        assert anonymous.status_code == 200 and set(anonymous.json()) == {"status", "boot_id"}
+        assert c.head("/v1/healthz").status_code == 200
+        assert c.get("/v1/healthz", headers={"authorization": f"Bearer {READER}"}).json()["vms"] == 1
+        assert c.get("/v1/version").status_code == 401  # everything else still needs a token
+
+
+def test_cors_preflight_needs_no_token_and_responses_carry_cors_headers(tcp_daemon):
+    _, url, _ = tcp_daemon
+    origin = {"origin": "https://dash.example"}
+    with httpx.Client(base_url=url) as c:
+        pre = c.options("/v1/vms", headers={**origin, "access-control-request-method": "POST",
+                                            "access-control-request-headers": "authorization, content-type"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://dash.example"
+        assert "POST" in pre.headers["access-control-allow-methods"]
+        assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+        r = c.get("/v1/vms", headers={**origin, "authorization": f"Bearer {READER}"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://dash.example"
+        assert "memslotd-boot-id" in r.headers["access-control-expose-headers"].lower()
+        denied = c.get("/v1/vms", headers=origin)  # a browser can read why it was refused
+        assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "https://dash.example"
+        evil = c.options("/v1/vms", headers={"origin": "https://evil.example", "access-control-request-method": "GET"})
+        assert "access-control-allow-origin" not in evil.headers and evil.status_code in (401, 403)
+        plain = c.options("/v1/vms", headers={"authorization": f"Bearer {READER}"})
+        assert plain.status_code == 204 and plain.headers["allow"] == "GET, HEAD, OPTIONS, POST"

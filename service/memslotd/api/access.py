@@ -40,6 +40,7 @@ class AccessControl:
         started = time.perf_counter()
         server = scope.get("server")
         kind = self.state.listeners.get(tuple(server) if server else None, self.state.default_listener)
+        scope["memslotd.listener"] = kind
         method = scope.get("method", "WS")
         need = required_scope(scope["type"], method, scope["path"])
         who = self._who(scope, kind)
@@ -75,6 +76,10 @@ class AccessControl:
                 return value.decode("latin-1")
         return None
 
+    def _bearer(self, scope: Scope) -> str | None:
+        auth = self._header(scope, b"authorization")
+        return auth[7:].strip() if auth and auth.lower().startswith("bearer ") else None
+
     def _same_origin(self, scope: Scope, origin: str) -> bool:
         """The dashboard served by this daemon calls its own API: Origin matches Host."""
         host = self._header(scope, b"host")
@@ -91,15 +96,17 @@ class AccessControl:
     def _check(self, scope: Scope, kind: str, need: str, who: dict[str, Any]) -> tuple[int, str, str] | None:
         if kind == "unix-ro" and need not in ("read", "events", "public"):
             return 403, "READ_ONLY_LISTENER", "this socket is read-only: GETs and event subscriptions only"
-        if kind != "tcp" or need == "public":
+        if kind != "tcp":
+            return None
+        if need == "public":  # a valid token still identifies the caller (healthz then says more)
+            token = self.state.tokens.verify(self._bearer(scope)) if self.state.tokens else None
+            if token is not None:
+                scope["memslotd.token"] = token
             return None
         origin = self._header(scope, b"origin")
         if origin is not None and origin not in self.state.allowed_origins and not self._same_origin(scope, origin):
             return 403, "ORIGIN_NOT_ALLOWED", f"Origin {origin!r} is not allowed"
-        presented = None
-        auth = self._header(scope, b"authorization")
-        if auth and auth.lower().startswith("bearer "):
-            presented = auth[7:].strip()
+        presented = self._bearer(scope)
         if presented is None and scope["type"] == "websocket":
             for proto in scope.get("subprotocols", []):
                 if proto.startswith(TOKEN_SUBPROTOCOL):

@@ -18,7 +18,7 @@ from ..settings import Settings
 from .access import AccessControl
 from .auth import TokenStore
 from .idempotency import IdempotencyKeys
-from .middleware import LimitsAndHeaders
+from .middleware import AllowedOriginsCORS, LimitsAndHeaders
 from .problems import install_problem_handlers
 from .routes import events, host, host_view, memory, memory_objects, memslots, metrics, vms
 
@@ -30,7 +30,10 @@ and a resumable event stream. Sizes, offsets and addresses are integers in bytes
 RFC 9457 `application/problem+json` with a stable `code`. Every response carries the
 `memslotd-boot-id` header: a new value means the daemon restarted and every VM is gone.
 POSTs accept `Idempotency-Key` (a retry replays the first answer); memslot PUT/DELETE accept
-`If-Match`/`If-None-Match` on the slot's `ETag` and `?dry_run=true`."""
+`If-Match`/`If-None-Match` on the slot's `ETag`. Every mutating operation honours `?dry_run=true`
+(nothing changes; the answer says what would happen) or refuses it with 422 `DRY_RUN_UNSUPPORTED`.
+Unknown query parameters are refused (422); a malformed path id is an id that does not exist (404).
+The WebSocket event stream is described in asyncapi.yaml."""
 
 
 # FastAPI >= 0.16x asks OpenTelemetry on every request whether it is configured (~4 % of a
@@ -87,24 +90,23 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
     app.add_middleware(IdempotencyKeys, max_bytes=settings.idempotency_cache_bytes, state=app.state)
     app.add_middleware(LimitsAndHeaders, max_body_bytes=settings.max_body_bytes, state=app.state,
                        max_batch_body_bytes=settings.max_batch_body_bytes)
-    app.add_middleware(AccessControl, state=app.state)  # outermost: refuse before reading a body
+    app.add_middleware(AccessControl, state=app.state)  # refuse before reading a body
+    if settings.allowed_origins:  # outermost: a preflight needs no token, a 401 still carries CORS headers
+        app.add_middleware(AllowedOriginsCORS, origins=list(settings.allowed_origins))
     return app
 
 
 def _document_models(app: FastAPI, routes: list[Any]) -> None:
-    """The OpenAPI document of ``routes`` (in reading order, whatever order matching uses);
-    models of routes that parse their body themselves (memslots:batch) belong in its components."""
+    """The OpenAPI document of ``routes`` (in reading order, whatever order matching uses),
+    completed by ``api.contract`` into the whole contract."""
     from fastapi.openapi.utils import get_openapi
-    from pydantic.json_schema import models_json_schema
 
-    from .schemas import BatchRequest
+    from .contract import complete_openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
-            _, defs = models_json_schema([(BatchRequest, "validation")], ref_template="#/components/schemas/{model}")
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
-            app.openapi_schema = schema
+            app.openapi_schema = complete_openapi(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -45,7 +45,10 @@ class TokenStore:
         mode = os.stat(path).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ValueError(f"{path} is readable by group or others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
-        data = tomllib.loads(path.read_text())
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:  # its message ends "(at line N, column M)"
+            raise ValueError(f"{path}: not valid TOML: {exc}") from None
         tokens = []
         for i, entry in enumerate(data.get("tokens", [])):
             scopes = frozenset(entry.get("scopes", []))
@@ -77,6 +80,8 @@ class TokenStore:
 def required_scope(scope_type: str, method: str, path: str) -> str:
     if path == "/ui" or path.startswith("/ui/"):
         return "public"  # static dashboard files: no data, the page authenticates its API calls
+    if path == "/v1/healthz" and method in ("GET", "HEAD"):
+        return "public"  # liveness for health checkers without a secret; it reveals no state without a token
     if scope_type == "websocket" or path == "/v1/events":
         return "events"
     if method in ("GET", "HEAD", "OPTIONS"):

@@ -7,9 +7,10 @@ from typing import Any
 from ..core.backing import guest_backing
 from ..core.memslots import slot_event
 from ..core.records import GmemRecord, ShmRecord, VMRecord
+from ..core.registry import GMEM_FLAG_BITS, HUGEPAGE_SIZES, Registry
 from ..core.slots import Slot
 
-__all__ = ["vm_read", "gmem_read", "shm_read", "slot_read"]
+__all__ = ["vm_read", "vm_plan", "gmem_plan", "shm_plan", "gmem_read", "shm_read", "slot_read"]
 
 
 def vm_read(vm: VMRecord, enforcement: str) -> dict[str, Any]:
@@ -23,6 +24,22 @@ def vm_read(vm: VMRecord, enforcement: str) -> dict[str, Any]:
         "slot_bytes": vm.slots.total_bytes, "private_bytes": vm.attributes.private_bytes,
         "conversion_enforcement": enforcement,
     }
+
+
+def vm_plan(reg: Registry, vm_type: str, name: str | None) -> dict[str, Any]:
+    """The VM a dry-run create would make (VMPlan): empty, with the whole slot budget."""
+    return {"type": vm_type, "name": name, "memslots": {"used": 0, "free": reg.max_slots, "max": reg.max_slots},
+            "guest_memfds": 0, "shared_memory_regions": 0, "guest_memfd_bytes": 0, "shared_memory_bytes": 0,
+            "slot_bytes": 0, "private_bytes": 0, "conversion_enforcement": reg.enforcement}
+
+
+def gmem_plan(name: str | None, size: int, flags: list[str]) -> dict[str, Any]:
+    return {"name": name, "size": size, "flags": [f for f in GMEM_FLAG_BITS if f in flags], "bindings": []}
+
+
+def shm_plan(reg: Registry, name: str | None, size: int, hugepages: str | None) -> dict[str, Any]:
+    page = HUGEPAGE_SIZES[hugepages] if hugepages else reg.page_size
+    return {"name": name, "size": size, "hugepages": hugepages, "page_size": page, "used_by_slots": []}
 
 
 def gmem_read(vm: VMRecord, gmem: GmemRecord) -> dict[str, Any]:

@@ -1,14 +1,15 @@
-"""Pure-ASGI middleware: body size limit and the ``Memslotd-Boot-Id`` header."""
+"""Pure-ASGI middleware: body size limit, the ``Memslotd-Boot-Id`` header, and CORS."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .problems import send_problem
 
-__all__ = ["LimitsAndHeaders"]
+__all__ = ["LimitsAndHeaders", "AllowedOriginsCORS"]
 
 
 class BodyTooLarge(Exception):
@@ -35,19 +36,22 @@ class LimitsAndHeaders:
                 await self._reject(send, limit)
                 return
         received = 0
-        started = False
+        started = overflowed = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, overflowed
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    overflowed = True
                     raise BodyTooLarge()
             return message
 
         async def stamped_send(message: Message) -> None:
             nonlocal started
+            if overflowed:
+                return  # whatever a layer made of the cut-off body (a parse error): the answer is 413
             if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = [*message.get("headers", []), self.state.boot_header]
@@ -56,9 +60,32 @@ class LimitsAndHeaders:
         try:
             await self.app(scope, limited_receive, stamped_send)
         except BodyTooLarge:
-            if not started:
-                await self._reject(send, limit)
+            pass
+        if overflowed and not started:
+            await self._reject(send, limit)
 
     async def _reject(self, send: Send, limit: int) -> None:
         await send_problem(send, 413, "BODY_TOO_LARGE", "Request body too large", f"request body exceeds {limit} bytes",
                            [self.state.boot_header])
+
+
+class AllowedOriginsCORS(CORSMiddleware):
+    """CORS for the origins in ``--allowed-origins`` only (outermost, so a preflight needs no token
+    and even a 401 carries ``Access-Control-Allow-Origin``); any other origin passes through
+    untouched, and the access control refuses it on TCP (403 ``ORIGIN_NOT_ALLOWED``)."""
+
+    EXPOSED = ["ETag", "Location", "memslotd-boot-id", "memslotd-dry-run", "Idempotent-Replayed", "Retry-After", "Allow"]
+    REQUEST_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key"]
+
+    def __init__(self, app: ASGIApp, origins: list[str]):
+        super().__init__(app, allow_origins=origins, allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],
+                         allow_headers=self.REQUEST_HEADERS, expose_headers=self.EXPOSED, max_age=600)
+        self.origins = frozenset(origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            origin = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"), None)
+            if origin in self.origins:
+                await super().__call__(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

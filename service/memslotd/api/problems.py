@@ -16,7 +16,7 @@ import orjson
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
@@ -27,7 +27,8 @@ from ..core.errors import (
     PreconditionFailed, QuotaExceeded, VMBusy,
 )
 
-__all__ = ["install_problem_handlers", "problem_body", "problem_response", "send_problem", "STATUS_BY_CLASS", "PROBLEM_MEDIA_TYPE"]
+__all__ = ["ApiProblem", "install_problem_handlers", "problem_body", "problem_response", "send_problem", "STATUS_BY_CLASS",
+           "PROBLEM_MEDIA_TYPE", "describe_errors", "allowed_methods"]
 
 log = logging.getLogger("memslotd.api")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -37,6 +38,42 @@ STATUS_BY_CLASS: list[tuple[type[DomainError], int]] = [
     (VMBusy, 429),
     (HostResourcesExhausted, 503), (KernelError, 500),
 ]
+
+
+class ApiProblem(Exception):
+    """A refusal decided by the HTTP layer itself (body parsing, query rules), with its own code."""
+
+    def __init__(self, status: int, code: str, title: str, detail: str, **extra: Any):
+        super().__init__(detail)
+        self.status, self.code, self.title, self.detail, self.extra = status, code, title, detail, extra
+
+
+def describe_errors(errors: Sequence[Any], limit: int = 4) -> str:
+    """pydantic errors as one sentence per parameter: ``since_seq: Input should be … (got '-1')``,
+    never pydantic's own dump with its documentation links."""
+    parts = []
+    for e in list(errors)[:limit]:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        where = ".".join(loc) or "request"
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "extra_forbidden":
+            parts.append(f"unknown parameter {where!r}")
+            continue
+        got = e.get("input")
+        shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and not isinstance(got, bool) and loc else ""
+        parts.append(f"{where}: {msg}{shown[:80]}")
+    return "; ".join(parts)
+
+
+def allowed_methods(app: Any, path: str) -> list[str]:
+    """Every method some route serves at ``path`` (RFC 9110 §10.2.1 ``Allow``), plus OPTIONS."""
+    from starlette.routing import Route
+
+    methods: set[str] = {"OPTIONS"}
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            methods |= route.methods | ({"HEAD"} if "GET" in route.methods else set())
+    return sorted(methods)
 
 
 def status_of(exc: DomainError) -> int:
@@ -68,7 +105,7 @@ async def send_problem(send: Send, status: int, code: str, title: str, detail: s
 
 
 def problem_response(status: int, code: str, title: str, detail: str, request: Request | None = None,
-                     **fields: Any) -> JSONResponse:
+                     headers: dict[str, str] | None = None, **fields: Any) -> JSONResponse:
     body = problem_body(status, code, title, detail)
     if request is not None:
         body["instance"] = request.url.path
@@ -78,7 +115,7 @@ def problem_response(status: int, code: str, title: str, detail: str, request: R
     extra = {k: v for k, v in fields.items() if v is not None}
     if extra:
         body["extra"] = extra
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    headers = {**({"Retry-After": "1"} if status in (429, 503) else {}), **(headers or {})}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
@@ -107,16 +144,34 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if any(e["type"] == "json_invalid" for e in errors):
         return problem_response(400, "MALFORMED_JSON", "Malformed JSON", "the request body is not valid JSON",
                                 request, errors=errors[:32])
-    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:4])
-    return problem_response(422, "VALIDATION_FAILED", "Invalid request", detail, request, errors=errors[:32])
+    return problem_response(422, "VALIDATION_FAILED", "Invalid request", describe_errors(exc.errors()), request,
+                            errors=errors[:32])
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _api_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiProblem)
+    return problem_response(exc.status, exc.code, exc.title, exc.detail, request, **exc.extra)
+
+
+_HTTP_CODES = {404: ("ROUTE_NOT_FOUND", "Not found"), 405: ("METHOD_NOT_ALLOWED", "Method not allowed"),
+               413: ("BODY_TOO_LARGE", "Request body too large"), 401: ("UNAUTHORIZED", "Unauthorized"),
+               403: ("FORBIDDEN", "Forbidden")}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "ROUTE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE", 401: "UNAUTHORIZED",
-             403: "FORBIDDEN"}
-    code = codes.get(exc.status_code, f"HTTP_{exc.status_code}")
-    return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail), request)
+    if exc.status_code == 405:
+        allow = ", ".join(allowed_methods(request.app, request.url.path))
+        if request.method == "OPTIONS":  # RFC 9110 §9.3.7: what the resource supports
+            return Response(status_code=204, headers={"Allow": allow})
+        return problem_response(405, "METHOD_NOT_ALLOWED", "Method not allowed",
+                                f"{request.method} is not allowed here; allowed: {allow}", request, headers={"Allow": allow})
+    code, title = _HTTP_CODES.get(exc.status_code, (f"HTTP_{exc.status_code}", "Request failed"))
+    if exc.status_code == 404:
+        detail = f"no route {request.url.path[:200]!r}; the API is under /v1 (see /v1/openapi.json)"
+    else:
+        detail = str(exc.detail)
+    return problem_response(exc.status_code, code, title, detail, request, headers=dict(exc.headers or {}))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -126,6 +181,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(ApiProblem, _api_problem)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,14 +1,19 @@
 """Wire models (pydantic v2): strict types, unknown fields rejected, bytes everywhere.
 
-Families: ``<Thing>Create`` (request), ``<Thing>Read`` (response), ``<Thing>List``.
+Families: ``<Thing>Create`` (request), ``<Thing>Read`` (response), ``<Thing>List``,
+``<Thing>Plan`` (the answer of a dry-run create: the Read without what only creation makes).
 Every size, offset and address is an integer number of bytes in [0, 2^53-1].
+
+Requests (``Strict``) forbid unknown fields; responses (``Response``) ignore them, at every
+depth: a response model never embeds a request model (tests/api/test_response_models.py).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 U53 = Annotated[int, Field(ge=0, le=(1 << 53) - 1)]
 Size = Annotated[int, Field(gt=0, le=(1 << 53) - 1)]
@@ -62,6 +67,7 @@ class ReservedRange(Response):
 class VMTypeCapabilities(Response):
     """What a VM of one type offers, asked of a throw-away VM of that type at start."""
 
+    vm_type: str = Field(description="the VM type (a newer daemon may know types this client does not)")
     memory_attributes: list[Literal["private"]] = Field(description="KVM_CAP_MEMORY_ATTRIBUTES on such a VM, decoded")
     memory_attributes_ioctl: bool = Field(description="KVM_SET_MEMORY_ATTRIBUTES exists for such a VM")
     guest_memfd_flags: list[GmemFlag] = Field(description="KVM_CAP_GUEST_MEMFD_FLAGS on such a VM")
@@ -87,7 +93,7 @@ class Capabilities(Response):
     conversion_enforcement: Literal["kernel", "daemon"] = Field(
         description="for default VMs (see per_vm_type): 'kernel': KVM enforces private/shared; "
                     "'daemon': only memslotd's attribute map does")
-    per_vm_type: dict[VMType, VMTypeCapabilities] = Field(
+    per_vm_type: list[VMTypeCapabilities] = Field(
         description="every VM type this host can create, with its own answers: private memory is a property "
                     "of the VM type (e.g. sw_protected has KVM-enforced attributes where default VMs have none)")
     memory_failure: bool = Field(description="the kernel handles hardware memory errors (CONFIG_MEMORY_FAILURE)")
@@ -131,7 +137,7 @@ class LimitsRead(Response):
 class Health(Response):
     status: Literal["ok"]
     boot_id: str
-    vms: int
+    vms: int | None = Field(None, description="absent on TCP without a token (liveness only)")
 
 
 class Version(Response):
@@ -172,6 +178,30 @@ class VMList(Response):
     items: list[VMRead]
 
 
+def _plan_of(model: type[Response], name: str) -> type[Response]:
+    """``model`` without ``id`` and ``created_at``: what a dry-run create answers (nothing exists)."""
+    fields: dict[str, Any] = {k: (f.annotation, copy.copy(f)) for k, f in model.model_fields.items()
+                              if k not in ("id", "created_at")}
+    doc = f"What a dry-run create would make: a {model.__name__} without id and created_at."
+    return create_model(name, __base__=Response, __doc__=doc, __module__=__name__, **fields)
+
+
+VMPlan = _plan_of(VMRead, "VMPlan")
+
+
+class VMRelease(Response):
+    """What deleting the VM releases (the answer of a dry-run delete)."""
+
+    vm_id: str
+    memslots: list[int]
+    guest_memfds: list[str]
+    shared_memory: list[str]
+    slot_bytes: int
+    guest_memfd_bytes: int
+    shared_memory_bytes: int
+    invalidations: list["Invalidation"]
+
+
 # -- guest_memfd ------------------------------------------------------------------------
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 
@@ -200,6 +230,9 @@ class GuestMemfdRead(Response):
 
 class GuestMemfdList(Response):
     items: list[GuestMemfdRead]
+
+
+GuestMemfdPlan = _plan_of(GuestMemfdRead, "GuestMemfdPlan")
 
 
 class FileRange(Strict):
@@ -244,6 +277,9 @@ class SharedMemoryList(Response):
     items: list[SharedMemoryRead]
 
 
+SharedMemoryPlan = _plan_of(SharedMemoryRead, "SharedMemoryPlan")
+
+
 # -- memslots ---------------------------------------------------------------------------
 class SharedPart(Strict):
     shared_memory_id: ObjectId
@@ -264,14 +300,24 @@ class MemslotCreate(Strict):
     private: PrivatePart | None = None
 
 
+class SharedPartRead(Response):
+    shared_memory_id: str
+    offset: int
+
+
+class PrivatePartRead(Response):
+    guest_memfd_id: str
+    offset: int
+
+
 class MemslotRead(Response):
     slot: int
     address_space: int
     guest_phys_addr: int
     memory_size: int
     flags: list[SlotFlag]
-    shared: SharedPart | None
-    private: PrivatePart | None
+    shared: SharedPartRead | None
+    private: PrivatePartRead | None
     guest_backing: Literal["shared_memory", "guest_memfd", "per_attribute", "none"] = Field(
         description="the backing the guest's accesses really reach on this host: per_attribute = the guest_memfd "
                     "while private, the shared part while shared (kernel-enforced VMs); none = no backing (MMIO exit). "
@@ -325,6 +371,7 @@ class ConvertResult(Response):
     changed: list[ChangedRange]
     unchanged: list[GPARange]
     discarded: list[DiscardedRange]
+    discarded_bytes: int = Field(0, description="bytes whose contents the discard dropped (would drop, in a dry run)")
     enforcement: Literal["kernel", "daemon"] = Field(
         description="'daemon': this host has no KVM_SET_MEMORY_ATTRIBUTES, only memslotd's map records the state")
 
@@ -447,3 +494,6 @@ class DirtyLog(Response):
     pages: int
     dirty_pages: int
     ranges: list[GPARange]
+
+
+VMRelease.model_rebuild()

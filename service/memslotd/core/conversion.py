@@ -108,6 +108,24 @@ class ConversionService:
                 await self._convert_chunk(vm, pieces[start:start + CHUNK], to, discard, result)
             return result
 
+    async def preview(self, vm_id: str, gpa: int, size: int, to: str, discard: bool = True) -> ConversionResult:
+        """A dry run: every rule of ``convert`` checked, the answer it would give, nothing changed.
+
+        Kept apart from ``convert`` on purpose: it shares only the planning (``_plan``) and the
+        shape of each discard (``_invalidation``), never the kernel-calling path.
+        """
+        r = check_aligned_range(gpa, size, self.reg.page_size, what="conversion range", limit=GPA_LIMIT)
+        vm = self.reg.vm(vm_id)
+        async with vm.mutation():  # in the VM's order: never a half-done conversion's state
+            pieces, unchanged = self._plan(vm, r, to)
+        result = ConversionResult(unchanged=[_range(u) for u in _merge(unchanged)], enforcement=self.reg.enforcement)
+        for piece in pieces:
+            result.changed.append({**_range(piece.gpa), "slot": piece.slot.slot_id, "from": piece.old, "to": to})
+            info = self._invalidation(vm, piece, to) if discard else None
+            if info is not None:
+                result.discarded.append({k: v for k, v in info.items() if k != "gpa_ranges"} | _range(piece.gpa))
+        return result
+
     async def _convert_chunk(self, vm: VMRecord, chunk: list[Piece], to: str, discard: bool,
                              result: ConversionResult) -> None:
         invalidations = [self._invalidation(vm, p, to) if discard else None for p in chunk]

@@ -25,7 +25,7 @@ from .records import GmemRecord, ShmRecord, VMRecord, new_id
 from .slots import MemslotTable
 from .stats import Stats
 
-__all__ = ["Registry", "GMEM_FLAG_BITS"]
+__all__ = ["Registry", "GMEM_FLAG_BITS", "HUGEPAGE_SIZES"]
 
 T = TypeVar("T")
 GMEM_FLAG_BITS = {"mmap": GUEST_MEMFD_FLAG_MMAP, "init_shared": GUEST_MEMFD_FLAG_INIT_SHARED}
@@ -103,17 +103,35 @@ class Registry:
             raise NotFound(f"no shared memory {shm_id!r} in VM {vm.id}", code="SHARED_MEMORY_NOT_FOUND") from None
 
     # -- VMs ----------------------------------------------------------------------
-    async def create_vm(self, vm_type: str, name: str | None) -> VMRecord:
+    def _check_vm_name_free(self, name: str | None) -> None:
+        for other in self.vms.values():
+            if name is not None and other.name == name:
+                raise Conflict(f"a VM named {name!r} exists ({other.id}): VM names are unique", code="NAME_TAKEN",
+                               id=other.id)
+
+    async def create_vm(self, vm_type: str, name: str | None, *, dry_run: bool = False) -> VMRecord | None:
+        """The new VM; ``None`` for a dry run that passed every rule (nothing was made)."""
         if vm_type not in self.host.vm_types:
             raise CapabilityMissing(f"VM type {vm_type!r} is not supported by this host",
                                     required=vm_type, supported=list(self.host.vm_types))
         self._refuse_if_closing()
         if len(self.vms) >= self.limits.max_vms:
             raise QuotaExceeded(f"the daemon already runs {len(self.vms)} VMs", code="VM_QUOTA", limit=self.limits.max_vms)
+        self._check_vm_name_free(name)
+        if dry_run:
+            return None
         try:
             port = await self.blocking(self.kernel.create_vm, vm_type)
         except OSError as exc:
             raise kernel_error(exc, "create VM") from exc
+        try:  # another create may have taken the name (or the last VM) while the kernel worked
+            self._check_vm_name_free(name)
+            if len(self.vms) >= self.limits.max_vms:
+                raise QuotaExceeded(f"the daemon already runs {len(self.vms)} VMs", code="VM_QUOTA",
+                                    limit=self.limits.max_vms)
+        except DomainError:
+            port.close()
+            raise
         if self._closing:  # the stop began while the kernel made it: never announce it
             await self.blocking(port.close)
             self._refuse_if_closing()
@@ -123,6 +141,17 @@ class Registry:
         self.vms[vm.id] = vm
         self.emit("vm.created", vm.id, type=vm_type, name=name, enforcement=vm.enforcement)
         return vm
+
+    def vm_release(self, vm_id: str) -> dict[str, Any]:
+        """What deleting the VM would release (a dry-run delete): every object and discard."""
+        vm = self.vm(vm_id)
+        return {
+            "vm_id": vm.id, "memslots": [s.slot_id for s in vm.slots], "guest_memfds": list(vm.gmems),
+            "shared_memory": list(vm.shms), "slot_bytes": vm.slots.total_bytes,
+            "guest_memfd_bytes": sum(g.size for g in vm.gmems.values()),
+            "shared_memory_bytes": sum(m.size for m in vm.shms.values()),
+            "invalidations": [self.gmem_invalidation(vm, g, Range(0, g.size), "vm_delete") for g in vm.gmems.values()],
+        }
 
     async def delete_vm(self, vm_id: str, *, teardown: bool = False) -> None:
         vm = self.vm(vm_id)
@@ -177,7 +206,9 @@ class Registry:
             if obj.name == name:
                 raise Conflict(f"VM {vm.id} already has an object named {name!r} ({obj.id})", code="NAME_TAKEN", id=obj.id)
 
-    async def create_gmem(self, vm_id: str, size: int, flags: list[str], name: str | None = None) -> GmemRecord:
+    async def create_gmem(self, vm_id: str, size: int, flags: list[str], name: str | None = None, *,
+                          dry_run: bool = False) -> GmemRecord | None:
+        """The new guest_memfd; ``None`` for a dry run that passed every rule."""
         vm = self.vm(vm_id)
         check_aligned_range(0, size, self.page_size, what="guest_memfd size")
         bits = 0
@@ -193,6 +224,8 @@ class Registry:
         async with vm.mutation():
             self._check_name_free(vm, name)
             self.budget.check_size(vm, size, "a guest_memfd")
+            if dry_run:
+                return None
             try:
                 port = await self.blocking(vm.port.create_guest_memfd, size, bits)
             except OSError as exc:
@@ -221,12 +254,16 @@ class Registry:
                                  code="RANGE_OUTSIDE_BACKING")
         return r
 
-    async def punch_gmem(self, vm_id: str, gmem_id: str, offset: int, length: int) -> dict[str, Any]:
+    async def punch_gmem(self, vm_id: str, gmem_id: str, offset: int, length: int, *,
+                         dry_run: bool = False) -> dict[str, Any]:
+        """The invalidated ranges (for a dry run: those it would invalidate)."""
         vm = self.vm(vm_id)
         async with vm.mutation():
             gmem = self.gmem(vm, gmem_id)
             r = self._file_range(gmem.size, offset, length)
             info = self.gmem_invalidation(vm, gmem, r, "punch_hole")
+            if dry_run:
+                return info
             self.emit("memory.invalidate_start", vm.id, **info)
             try:
                 await self.blocking(gmem.port.punch_hole, r.start, r.size)
@@ -238,12 +275,14 @@ class Registry:
             self.stats.punched_bytes += r.size
             return info
 
-    async def allocate_gmem(self, vm_id: str, gmem_id: str, offset: int, length: int) -> None:
+    async def allocate_gmem(self, vm_id: str, gmem_id: str, offset: int, length: int, *, dry_run: bool = False) -> None:
         vm = self.vm(vm_id)
         async with vm.mutation():
             gmem = self.gmem(vm, gmem_id)
             r = self._file_range(gmem.size, offset, length)
             self.budget.check(vm, self.budget.unpopulated(gmem, r), "allocate")
+            if dry_run:
+                return
             try:
                 await self.blocking(gmem.port.allocate, r.start, r.size)
             except OSError as exc:
@@ -276,13 +315,15 @@ class Registry:
             self.emit("memory.error", vm.id, **info)
             return info
 
-    async def delete_gmem(self, vm_id: str, gmem_id: str) -> None:
+    async def delete_gmem(self, vm_id: str, gmem_id: str, *, dry_run: bool = False) -> None:
         vm = self.vm(vm_id)
         async with vm.mutation():
             gmem = self.gmem(vm, gmem_id)
             if len(gmem.bindings):
                 slots = sorted(s for s, _ in gmem.bindings)
                 raise Conflict(f"guest_memfd {gmem.id} is bound to slots {slots[:16]}", code="GMEM_BOUND", slots=slots[:64])
+            if dry_run:
+                return
             info = self.gmem_invalidation(vm, gmem, Range(0, gmem.size), "guest_memfd_close")
             self.emit("memory.invalidate_start", vm.id, **info)
             del vm.gmems[gmem.id]
@@ -291,7 +332,9 @@ class Registry:
             self.emit("guest_memfd.deleted", vm.id, id=gmem.id)
 
     # -- shared memory --------------------------------------------------------------
-    async def create_shm(self, vm_id: str, size: int, hugepages: str | None, name: str | None = None) -> ShmRecord:
+    async def create_shm(self, vm_id: str, size: int, hugepages: str | None, name: str | None = None, *,
+                         dry_run: bool = False) -> ShmRecord | None:
+        """The new region; ``None`` for a dry run that passed every rule."""
         vm = self.vm(vm_id)
         page = HUGEPAGE_SIZES[hugepages] if hugepages else self.page_size
         check_aligned_range(0, size, page, what="shared memory size", limit=MAX_JSON_INT)
@@ -300,6 +343,8 @@ class Registry:
             self.budget.check_size(vm, size, "a shared memory")
             if hugepages:  # hugetlb pages are reserved when the daemon maps the memfd
                 self.budget.check(vm, size, f"a {hugepages} hugetlb shared memory")
+            if dry_run:
+                return None
             shm_id = new_id("shm")
             try:
                 port = await self.blocking(self.kernel.create_shared_memory, f"memslotd-{vm.id}-{shm_id}", size,
@@ -331,13 +376,15 @@ class Registry:
         return QuotaExceeded(f"{needed} {hugepages} huge pages needed, {free} of the {reserved} reserved are free "
                              f"(grow the pool: {knob})", bytes_quota=True, code="HUGEPAGES_EXHAUSTED", **extra)
 
-    async def delete_shm(self, vm_id: str, shm_id: str) -> None:
+    async def delete_shm(self, vm_id: str, shm_id: str, *, dry_run: bool = False) -> None:
         vm = self.vm(vm_id)
         async with vm.mutation():
             shm = self.shm(vm, shm_id)
             if shm.users:
                 raise Conflict(f"shared memory {shm.id} backs slots {sorted(shm.users)[:16]}", code="SHARED_MEMORY_IN_USE",
                                slots=sorted(shm.users)[:64])
+            if dry_run:
+                return
             del vm.shms[shm.id]
             await self.blocking(shm.port.close)
             self.emit("shared_memory.deleted", vm.id, id=shm.id)

@@ -1,19 +1,48 @@
-"""Shared pieces of the routers: documented error responses, path parameters."""
+"""Shared pieces of the routers: documented error responses, path and query parameters.
+
+Path ids are looked up, never pattern-checked: an id that is not well-formed names nothing,
+so it is 404 with the resource's ``*_NOT_FOUND`` code (as Docker, Kubernetes and Stripe answer),
+and an orchestrator that treats 404 on DELETE as "already gone" stays right. The documented
+pattern says what real ids look like.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query
 
+from ...core import MemoryCore
+from ...core.errors import NotFound
+from ..routing import ApiRoute
 from ..schemas import Problem
 
-VMId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^vm-[0-9a-f]{1,32}$")]
-ObjectIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z]+-[0-9a-f]{1,32}$")]
-SlotId = Annotated[int, Path(ge=0, le=65535, description="slot id (0 .. max_memslots-1)")]
-DryRun = Annotated[bool, Query(description="check every rule and answer as if done; the kernel is not touched")]
+__all__ = ["VMId", "ObjectIdPath", "SlotId", "DryRun", "IfMatch", "IfNoneMatch", "problems", "router", "lookup_slot_id"]
+
+_ANY_ID = "; any other value is an id that does not exist (404)"
+VMId = Annotated[str, Path(description="a VM id" + _ANY_ID,
+                           json_schema_extra={"pattern": r"^vm-[0-9a-f]{1,32}$", "maxLength": 64})]
+ObjectIdPath = Annotated[str, Path(description="a guest_memfd or shared-memory id" + _ANY_ID,
+                                   json_schema_extra={"pattern": r"^[a-z]+-[0-9a-f]{1,32}$", "maxLength": 64})]
+SlotId = Annotated[str, Path(description="slot id (0 .. max_memslots-1)" + _ANY_ID,
+                             json_schema_extra={"type": "integer", "minimum": 0, "maximum": 65535})]
+DryRun = Annotated[bool, Query(description="check every rule and answer what would happen; nothing changes")]
 IfMatch = Annotated[str | None, Header(description="the slot's ETag (or *): act only if it still matches")]
 IfNoneMatch = Annotated[str | None, Header(description="* : create only, never replace")]
+
+
+def router(prefix: str, tag: str) -> APIRouter:
+    return APIRouter(prefix=prefix, tags=[tag], route_class=ApiRoute)
+
+
+def lookup_slot_id(core: MemoryCore, vm_id: str, slot: str) -> int:
+    """A slot id to look up (after the VM): anything but a decimal in range names no slot (404)."""
+    core.registry.vm(vm_id)
+    if slot.isascii() and slot.isdigit() and len(slot) <= 5 and int(slot) <= 65535:
+        return int(slot)
+    raise NotFound(f"no slot {slot[:64]!r} in VM {vm_id} (slot ids are integers 0..65535)", code="SLOT_NOT_FOUND",
+                   slot=slot[:64])
+
 
 _DESCRIPTIONS = {
     412: "If-Match / If-None-Match precondition failed",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request, WebSocket
+from fastapi import Query, Request, WebSocket
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,10 +25,10 @@ from ... import __version__
 from ...core import MemoryCore
 from ...core.events import EVENT_TYPES, STREAM_TYPES, CursorGone, Event, Subscriber
 from ...core.snapshot import snapshot
-from ..problems import problem_response
-from ._common import problems
+from ..problems import describe_errors, problem_response
+from ._common import problems, router as _router
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = _router("/v1", "events")
 
 SUBPROTOCOL = "memslotd.v1"
 CLOSE_GONE = 4410
@@ -37,9 +37,9 @@ KNOWN_TYPES = set(EVENT_TYPES) | set(STREAM_TYPES)
 
 
 class StreamQuery(BaseModel):
-    """Query parameters shared by both transports."""
+    """Query parameters shared by both transports (unknown ones are refused, as on every route)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     since_seq: Annotated[int, Field(ge=0, le=(1 << 63) - 1)] | None = None
     boot_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
@@ -198,14 +198,21 @@ async def events_ws(websocket: WebSocket) -> None:
     try:
         query = StreamQuery.model_validate(dict(websocket.query_params))
         query.type_patterns()
-    except (ValidationError, ValueError) as exc:
-        await websocket.send_text(_json({"type": "error", "code": "VALIDATION_FAILED", "detail": str(exc)}))
-        await websocket.close(CLOSE_BAD_REQUEST, "bad query")
+    except ValidationError as exc:  # one sentence per parameter, never pydantic's dump
+        await _refuse(websocket, describe_errors(exc.errors()))
+        return
+    except ValueError as exc:
+        await _refuse(websocket, str(exc))
         return
     if websocket.scope.get("memslotd.auth_pending") and not await _first_message_auth(websocket):
         return
     stream = EventStream(websocket, core, query, settings.event_bookmark_interval_s)
     await stream.run()
+
+
+async def _refuse(websocket: WebSocket, detail: str) -> None:
+    await websocket.send_text(_json({"type": "error", "code": "VALIDATION_FAILED", "detail": detail}))
+    await websocket.close(CLOSE_BAD_REQUEST, "bad query")
 
 
 async def _first_message_auth(websocket: WebSocket) -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
+
 
 from ... import __version__
 from ...core.limits import read_meminfo
@@ -14,8 +15,9 @@ from ...core.registry import GMEM_FLAG_BITS
 from ...uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE
 from ..deps import CoreDep, SettingsDep
 from ..schemas import Capabilities, Health, LimitsRead, Version
+from ._common import router as _router
 
-router = APIRouter(prefix="/v1", tags=["host"])
+router = _router("/v1", "host")
 
 
 @router.get("/capabilities", response_model=Capabilities)
@@ -24,12 +26,12 @@ async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
     every type; the flat fields are a default VM's, ``per_vm_type`` each type's own."""
     host = core.host
     gmem_flags = _gmem_flags(host.guest_memfd_flags)
-    per_vm_type = {
-        name: {"memory_attributes": ["private"] if caps.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE else [],
+    per_vm_type = [
+        {"vm_type": name, "memory_attributes": ["private"] if caps.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE else [],
                "memory_attributes_ioctl": caps.memory_attributes_ioctl,
                "guest_memfd_flags": _gmem_flags(caps.guest_memfd_flags),
                "conversion_enforcement": core.registry.enforcement_for(name)}
-        for name, caps in host.per_vm_type.items()}
+        for name, caps in host.per_vm_type.items()]
     return {
         "api_version": host.api_version, "kernel_release": host.kernel_release, "arch": host.arch,
         "page_size": host.page_size, "vm_types": list(host.vm_types), "max_memslots": host.max_memslots,
@@ -69,9 +71,11 @@ async def limits(core: CoreDep, settings: SettingsDep, request: Request) -> Any:
     }
 
 
-@router.get("/healthz", response_model=Health)
-async def healthz(core: CoreDep) -> Any:
-    return {"status": "ok", "boot_id": core.events.boot_id, "vms": len(core.registry.vms)}
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True)
+async def healthz(core: CoreDep, request: Request) -> Any:
+    """Liveness. Needs no token on TCP; without one it says only that the daemon answers."""
+    anonymous = request.scope.get("memslotd.listener") == "tcp" and "memslotd.token" not in request.scope
+    return {"status": "ok", "boot_id": core.events.boot_id, "vms": None if anonymous else len(core.registry.vms)}
 
 
 @router.get("/version", response_model=Version)

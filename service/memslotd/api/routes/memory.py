@@ -4,30 +4,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query, Response
 
 from ...core.probe import ProbeOp
 from ...core.ranges import Range
 from ..deps import CoreDep
 from ..schemas import AttributeList, ConvertRequest, ConvertResult, ProbeRequest, ProbeResponse
-from ._common import VMId, problems
+from ..routing import DRY_RUN_HEADER
+from ._common import DryRun, VMId, problems, router as _router
 
-router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
+router = _router("/v1/vms/{vm_id}", "memory")
 
 
 @router.post("/memory/convert", response_model=ConvertResult, response_model_by_alias=True,
              responses=problems(400, 404, 409, 422, 429, 503))
-async def convert(vm_id: VMId, body: ConvertRequest, core: CoreDep) -> Any:
+async def convert(vm_id: VMId, body: ConvertRequest, core: CoreDep, response: Response, dry_run: DryRun = False) -> Any:
     """Make ``[guest_phys_addr, +size)`` private or shared (idempotent; may span slots).
 
     Order as QEMU's ``kvm_convert_memory``: the kernel attribute where the VM's type has
     memory attributes (``enforcement: "kernel"``), then discard of the stale side. Only changed sub-ranges
     are discarded and announced; the rest is reported as ``unchanged``. If a kernel call
     fails part-way, the answer (problem+json ``CONVERSION_PARTIAL``) lists what was converted.
+    With ``dry_run`` the answer is what it would change and discard (``discarded_bytes``); nothing is.
     """
-    result = await core.conversion.convert(vm_id, body.guest_phys_addr, body.size, body.to, body.discard)
+    if dry_run:
+        result = await core.conversion.preview(vm_id, body.guest_phys_addr, body.size, body.to, body.discard)
+        response.headers[DRY_RUN_HEADER] = "true"
+    else:
+        result = await core.conversion.convert(vm_id, body.guest_phys_addr, body.size, body.to, body.discard)
     return {"changed": result.changed, "unchanged": result.unchanged, "discarded": result.discarded,
-            "enforcement": result.enforcement}
+            "discarded_bytes": sum(d["length"] for d in result.discarded), "enforcement": result.enforcement}
 
 
 @router.get("/memory/attributes", response_model=AttributeList, responses=problems(404, 422))

@@ -4,24 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import HTTPException, Response
+from fastapi.responses import JSONResponse
 
-from ..convert import gmem_read, shm_read
+from ..convert import gmem_plan, gmem_read, shm_plan, shm_read
 from ..deps import CoreDep, SettingsDep
+from ..routing import DRY_RUN_HEADER
 from ..schemas import (
-    FileRange, GuestMemfdCreate, GuestMemfdList, GuestMemfdRead, InjectErrorRequest, Invalidation, MemoryErrorRead,
-    SharedMemoryCreate, SharedMemoryList, SharedMemoryRead,
+    FileRange, GuestMemfdCreate, GuestMemfdList, GuestMemfdPlan, GuestMemfdRead, InjectErrorRequest, Invalidation,
+    MemoryErrorRead, SharedMemoryCreate, SharedMemoryList, SharedMemoryPlan, SharedMemoryRead,
 )
-from ._common import ObjectIdPath, VMId, problems
+from ._common import DryRun, ObjectIdPath, VMId, problems, router
 
-gmem_router = APIRouter(prefix="/v1/vms/{vm_id}/guest-memfds", tags=["guest_memfd"])
-shm_router = APIRouter(prefix="/v1/vms/{vm_id}/shared-memory", tags=["shared_memory"])
+gmem_router = router("/v1/vms/{vm_id}/guest-memfds", "guest_memfd")
+shm_router = router("/v1/vms/{vm_id}/shared-memory", "shared_memory")
+DRY = {DRY_RUN_HEADER: "true"}
 
 
-@gmem_router.post("", status_code=201, response_model=GuestMemfdRead, responses=problems(400, 404, 422, 429, 501, 503, 507))
-async def create_gmem(vm_id: VMId, body: GuestMemfdCreate, core: CoreDep, response: Response) -> Any:
+def _done(dry_run: bool) -> Response:
+    return Response(status_code=204, headers=DRY if dry_run else None)
+
+
+@gmem_router.post("", status_code=201, response_model=GuestMemfdRead, responses={
+    200: {"model": GuestMemfdPlan, "description": "dry run: every rule held; the guest_memfd that would be created"},
+    **problems(400, 404, 409, 422, 429, 501, 503, 507)})
+async def create_gmem(vm_id: VMId, body: GuestMemfdCreate, core: CoreDep, response: Response,
+                      dry_run: DryRun = False) -> Any:
     """KVM_CREATE_GUEST_MEMFD (the fd is owned by the daemon, close-on-exec)."""
-    gmem = await core.registry.create_gmem(vm_id, body.size, list(body.flags), body.name)
+    gmem = await core.registry.create_gmem(vm_id, body.size, list(body.flags), body.name, dry_run=dry_run)
+    if gmem is None:
+        return JSONResponse(gmem_plan(body.name, body.size, list(body.flags)), headers=DRY)
     response.headers["Location"] = f"/v1/vms/{vm_id}/guest-memfds/{gmem.id}"
     return gmem_read(core.registry.vm(vm_id), gmem)
 
@@ -39,21 +51,28 @@ async def get_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep) -> Any:
 
 
 @gmem_router.delete("/{gmem_id}", status_code=204, responses=problems(404, 409, 429))
-async def delete_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep) -> None:
+async def delete_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep, dry_run: DryRun = False) -> Response:
     """Close the guest_memfd (409 while a slot is bound to it)."""
-    await core.registry.delete_gmem(vm_id, gmem_id)
+    await core.registry.delete_gmem(vm_id, gmem_id, dry_run=dry_run)
+    return _done(dry_run)
 
 
 @gmem_router.post("/{gmem_id}/allocate", status_code=204, responses=problems(400, 404, 422, 429, 503, 507))
-async def allocate_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep) -> None:
+async def allocate_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep,
+                        dry_run: DryRun = False) -> Response:
     """fallocate(KEEP_SIZE): back the range with memory now."""
-    await core.registry.allocate_gmem(vm_id, gmem_id, body.offset, body.length)
+    await core.registry.allocate_gmem(vm_id, gmem_id, body.offset, body.length, dry_run=dry_run)
+    return _done(dry_run)
 
 
 @gmem_router.post("/{gmem_id}/punch-hole", response_model=Invalidation, responses=problems(400, 404, 422, 429))
-async def punch_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep) -> Any:
-    """fallocate(PUNCH_HOLE|KEEP_SIZE), bracketed by invalidate events; returns the invalidated ranges."""
-    return await core.registry.punch_gmem(vm_id, gmem_id, body.offset, body.length)
+async def punch_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep, response: Response,
+                     dry_run: DryRun = False) -> Any:
+    """fallocate(PUNCH_HOLE|KEEP_SIZE), bracketed by invalidate events; returns the invalidated ranges
+    (with ``dry_run``: the ranges it would invalidate)."""
+    if dry_run:
+        response.headers.update(DRY)
+    return await core.registry.punch_gmem(vm_id, gmem_id, body.offset, body.length, dry_run=dry_run)
 
 
 @gmem_router.post("/{gmem_id}/inject-error", response_model=MemoryErrorRead, responses=problems(403, 404, 409, 422, 501))
@@ -67,10 +86,15 @@ async def inject_error(vm_id: VMId, gmem_id: ObjectIdPath, body: InjectErrorRequ
     return await core.registry.inject_memory_error(vm_id, gmem_id, body.offset)
 
 
-@shm_router.post("", status_code=201, response_model=SharedMemoryRead, responses=problems(400, 404, 422, 429, 501, 503, 507))
-async def create_shm(vm_id: VMId, body: SharedMemoryCreate, core: CoreDep, response: Response) -> Any:
+@shm_router.post("", status_code=201, response_model=SharedMemoryRead, responses={
+    200: {"model": SharedMemoryPlan, "description": "dry run: every rule held; the region that would be created"},
+    **problems(400, 404, 409, 422, 429, 501, 503, 507)})
+async def create_shm(vm_id: VMId, body: SharedMemoryCreate, core: CoreDep, response: Response,
+                     dry_run: DryRun = False) -> Any:
     """A memfd owned and mapped by the daemon (the ``userspace_addr`` side of slots)."""
-    shm = await core.registry.create_shm(vm_id, body.size, body.hugepages, body.name)
+    shm = await core.registry.create_shm(vm_id, body.size, body.hugepages, body.name, dry_run=dry_run)
+    if shm is None:
+        return JSONResponse(shm_plan(core.registry, body.name, body.size, body.hugepages), headers=DRY)
     response.headers["Location"] = f"/v1/vms/{vm_id}/shared-memory/{shm.id}"
     return shm_read(shm)
 
@@ -86,6 +110,7 @@ async def get_shm(vm_id: VMId, shm_id: ObjectIdPath, core: CoreDep) -> Any:
 
 
 @shm_router.delete("/{shm_id}", status_code=204, responses=problems(404, 409, 429))
-async def delete_shm(vm_id: VMId, shm_id: ObjectIdPath, core: CoreDep) -> None:
+async def delete_shm(vm_id: VMId, shm_id: ObjectIdPath, core: CoreDep, dry_run: DryRun = False) -> Response:
     """Unmap and close (409 while a slot uses it)."""
-    await core.registry.delete_shm(vm_id, shm_id)
+    await core.registry.delete_shm(vm_id, shm_id, dry_run=dry_run)
+    return _done(dry_run)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -15,17 +15,19 @@ from ...core.batch import BatchOp
 from ...core.memslots import SlotRequest, dirty_ranges
 from ...core.ranges import Range
 from ...core.slots import Backing, Slot
+from ...core.errors import InvalidRequest
 from ..batch_body import BATCH_BODY
+from ..body import check_charset, parse_json
 from ..convert import slot_read
 from ..deps import CoreDep
+from ..routing import DRY_RUN_HEADER
 from ..schemas import BatchResponse, DirtyLog, MemslotCreate, MemslotList, MemslotRead
-from ._common import DryRun, IfMatch, IfNoneMatch, SlotId, VMId, problems
+from ._common import DryRun, IfMatch, IfNoneMatch, SlotId, VMId, lookup_slot_id, problems, router as _router
 
-router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
-batch_router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memslots"])
+router = _router("/v1/vms/{vm_id}/memslots", "memslots")
+batch_router = _router("/v1/vms/{vm_id}", "memslots")
 
 ERRORS = problems(400, 404, 409, 412, 422, 429, 503)
-DRY_RUN_HEADER = "memslotd-dry-run"
 
 
 _BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {
@@ -42,17 +44,37 @@ async def batch(vm_id: VMId, request: Request, core: CoreDep, dry_run: DryRun = 
     """
     # Thousands of ops: pydantic parses the JSON itself into plain dicts (batch_body), and the
     # result, built by the core in the documented shape, is not validated a second time.
-    if "json" not in request.headers.get("content-type", ""):
+    content_type = request.headers.get("content-type", "")
+    if "json" not in content_type:
         raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": "JSON body required"}])
-    try:
-        body = BATCH_BODY.validate_json(await request.body())
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    check_charset(content_type)
+    body = _batch_body(await request.body())
     ops = [BatchOp("delete", op["slot"]) if op["op"] == "delete" else BatchOp("create", op.get("slot"), _slot_request(op))
            for op in body["ops"]]
     results = await core.batch.apply(vm_id, ops, dry_run=dry_run)
     return Response(orjson.dumps({"results": results}), media_type="application/json",
                     headers={DRY_RUN_HEADER: "true"} if dry_run else None)
+
+
+def _batch_body(raw: bytes) -> Any:
+    """Fast path: pydantic parses the bytes itself. It keeps the last of duplicate keys, so the
+    keys are counted: in a valid batch no string holds a ':' (ids and names have patterns), so
+    the body has exactly one ':' per key. A mismatch, or any refusal, goes the slow way
+    (api.body's parser, then the same rules), which names exactly what is wrong."""
+    try:
+        body = BATCH_BODY.validate_json(raw)
+    except ValidationError:
+        body = None
+    if body is not None:
+        ops: list[Any] = body["ops"]
+        keys = 1 + sum(map(len, ops)) + sum(len(op.get("shared") or ()) + len(op.get("private") or ()) for op in ops)
+        if raw.count(b":") == keys:
+            return body
+    parsed = parse_json(raw)
+    try:
+        return BATCH_BODY.validate_python(parsed)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
 def _request(body: MemslotCreate) -> SlotRequest:
@@ -75,20 +97,26 @@ def _slot_request(op: Mapping[str, Any]) -> SlotRequest:
             "description": "An identical slot exists (idempotent), or a shared-only slot was moved"}, **ERRORS})
 async def put_memslot(vm_id: VMId, slot: SlotId, body: MemslotCreate, core: CoreDep, response: Response,
                       dry_run: DryRun = False, if_match: IfMatch = None, if_none_match: IfNoneMatch = None) -> Any:
-    """Create slot ``slot`` (201), or no-op on an identical slot (200).
+    """Create slot ``slot`` (201), or no-op on an identical slot (200). A dry run answers 200 with
+    the slot as it would stand (no ``Location``: nothing was created).
 
     A shared-only slot may be moved (new ``guest_phys_addr``) or have ``log_dirty_pages``
     toggled (200). A slot with a private part can only be deleted (409 ``SLOT_IMMUTABLE``).
     ``If-Match: <etag>`` acts only on the slot version you read; ``If-None-Match: *`` only creates.
     """
-    created_slot, created = await core.memslots.put(vm_id, slot, _request(body), dry_run=dry_run,
+    core.registry.vm(vm_id)
+    if not (slot.isascii() and slot.isdigit() and len(slot) <= 5 and int(slot) < core.registry.max_slots):
+        raise InvalidRequest(f"slot id {slot[:64]!r} is not an integer 0..{core.registry.max_slots - 1}",
+                             code="SLOT_ID_OUT_OF_RANGE")
+    created_slot, created = await core.memslots.put(vm_id, int(slot), _request(body), dry_run=dry_run,
                                                     if_match=if_match, if_none_match=if_none_match)
     return _slot_answer(core, vm_id, created_slot, created, response, dry_run)
 
 
 def _slot_answer(core: MemoryCore, vm_id: str, slot: Slot, created: bool, response: Response, dry_run: bool) -> Any:
-    response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/v1/vms/{vm_id}/memslots/{slot.slot_id}"
+    response.status_code = 201 if created and not dry_run else 200
+    if not dry_run:
+        response.headers["Location"] = f"/v1/vms/{vm_id}/memslots/{slot.slot_id}"
     if dry_run:
         response.headers[DRY_RUN_HEADER] = "true"
     else:
@@ -97,10 +125,11 @@ def _slot_answer(core: MemoryCore, vm_id: str, slot: Slot, created: bool, respon
     return slot_read(vm, slot, core.host.guest_memfd_only_honoured)
 
 
-@router.post("", status_code=201, response_model=MemslotRead, responses=ERRORS)
+@router.post("", status_code=201, response_model=MemslotRead, responses={
+    200: {"model": MemslotRead, "description": "dry run: every rule held; the slot that would be created"}, **ERRORS})
 async def post_memslot(vm_id: VMId, body: MemslotCreate, core: CoreDep, response: Response,
                        dry_run: DryRun = False) -> Any:
-    """Create a slot with the lowest free slot id."""
+    """Create a slot with the lowest free slot id (a dry run answers 200 with the slot it would create)."""
     created_slot, _ = await core.memslots.put(vm_id, None, _request(body), dry_run=dry_run)
     return _slot_answer(core, vm_id, created_slot, True, response, dry_run)
 
@@ -128,7 +157,7 @@ async def fetch_dirty_log(vm_id: VMId, slot: SlotId, core: CoreDep,
                           format: Annotated[Literal["ranges", "bitmap"], Query()] = "ranges") -> Any:
     """Collect and reset the slot's dirty log (KVM_GET_DIRTY_LOG): the pages the guest wrote since
     the previous fetch. The slot needs the ``log_dirty_pages`` flag (409 ``DIRTY_LOGGING_OFF``)."""
-    found, bitmap = await core.memslots.fetch_dirty_log(vm_id, slot)
+    found, bitmap = await core.memslots.fetch_dirty_log(vm_id, lookup_slot_id(core, vm_id, slot))
     page = core.registry.page_size
     pages = found.memory_size // page
     if format == "bitmap":
@@ -142,7 +171,7 @@ async def fetch_dirty_log(vm_id: VMId, slot: SlotId, core: CoreDep,
 async def get_memslot(vm_id: VMId, slot: SlotId, core: CoreDep, response: Response) -> Any:
     """The slot, with its ``ETag`` for conditional PUT/DELETE."""
     vm = core.registry.vm(vm_id)
-    found = core.memslots.get(vm, slot)
+    found = core.memslots.get(vm, lookup_slot_id(core, vm_id, slot))
     response.headers["ETag"] = found.etag
     return slot_read(vm, found, core.host.guest_memfd_only_honoured)
 
@@ -151,6 +180,6 @@ async def get_memslot(vm_id: VMId, slot: SlotId, core: CoreDep, response: Respon
 async def delete_memslot(vm_id: VMId, slot: SlotId, core: CoreDep, response: Response, dry_run: DryRun = False,
                          if_match: IfMatch = None) -> None:
     """KVM_SET_USER_MEMORY_REGION2 with size 0, bracketed by invalidate events."""
-    await core.memslots.delete(vm_id, slot, dry_run=dry_run, if_match=if_match)
+    await core.memslots.delete(vm_id, lookup_slot_id(core, vm_id, slot), dry_run=dry_run, if_match=if_match)
     if dry_run:
         response.headers[DRY_RUN_HEADER] = "true"

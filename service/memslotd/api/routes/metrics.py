@@ -10,8 +10,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ...core import MemoryCore
+from ..routing import ApiRoute
 
-router = APIRouter(tags=["host"])
+router = APIRouter(tags=["host"], route_class=ApiRoute)
 
 
 class CoreCollector(Collector):

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import Response
+from fastapi.responses import JSONResponse
 
-from ..convert import vm_read
+from ..convert import vm_plan, vm_read
 from ..deps import CoreDep
-from ..schemas import VMCreate, VMList, VMRead
-from ._common import VMId, problems
+from ..routing import DRY_RUN_HEADER
+from ..schemas import VMCreate, VMList, VMPlan, VMRead, VMRelease
+from ._common import DryRun, VMId, problems, router as _router
 
-router = APIRouter(prefix="/v1/vms", tags=["vms"])
+router = _router("/v1/vms", "vms")
+DRY = {DRY_RUN_HEADER: "true"}
 
 
-@router.post("", status_code=201, response_model=VMRead, responses=problems(400, 422, 429, 501, 503))
-async def create_vm(body: VMCreate, core: CoreDep, response: Response) -> Any:
-    vm = await core.registry.create_vm(body.type, body.name)
+@router.post("", status_code=201, response_model=VMRead, responses={
+    200: {"model": VMPlan, "description": "dry run: every rule held; the VM that would be created"},
+    **problems(400, 409, 422, 429, 501, 503)})
+async def create_vm(body: VMCreate, core: CoreDep, response: Response, dry_run: DryRun = False) -> Any:
+    """Create a VM (KVM_CREATE_VM). ``name`` is unique among the daemon's VMs (409 ``NAME_TAKEN``)."""
+    vm = await core.registry.create_vm(body.type, body.name, dry_run=dry_run)
+    if vm is None:
+        return JSONResponse(vm_plan(core.registry, body.type, body.name), headers=DRY)
     response.headers["Location"] = f"/v1/vms/{vm.id}"
     return vm_read(vm, vm.enforcement)
 
@@ -32,7 +40,12 @@ async def get_vm(vm_id: VMId, core: CoreDep) -> Any:
     return vm_read(vm, vm.enforcement)
 
 
-@router.delete("/{vm_id}", status_code=204, responses=problems(404, 429))
-async def delete_vm(vm_id: VMId, core: CoreDep) -> None:
+@router.delete("/{vm_id}", status_code=204, response_model=None, responses={
+    200: {"model": VMRelease, "description": "dry run: what the delete would release (nothing was)"},
+    **problems(404, 429)})
+async def delete_vm(vm_id: VMId, core: CoreDep, dry_run: DryRun = False) -> Any:
     """Tear down every slot, guest_memfd and shared-memory region of the VM (events for each)."""
+    if dry_run:
+        return JSONResponse(core.registry.vm_release(vm_id), headers=DRY)
     await core.registry.delete_vm(vm_id)
+    return Response(status_code=204)
