@@ -155,7 +155,7 @@ def main() -> int:
                 time.sleep(0.1)
             stop_follow.set()
             follower.join(10)
-            vms = {v["id"]: v for v in c.get("/v1/vms", params={"limit": 1000}).json()["items"]}
+            vms = {v["id"]: v for v in c.get("/v1/vms").json()["items"]}
             slots = {vm: sorted(s["slot"] for s in c.get(f"/v1/vms/{vm}/memslots", params={"limit": 1000}).json()["items"])
                      for vm in vms}
             objects = {vm: (len(c.get(f"/v1/vms/{vm}/guest-memfds").json()["items"]),

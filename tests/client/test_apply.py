@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from memslotd.cli.layout import LayoutError, load, parse, schema
 from tests.client.test_cli import ctl
 from tests.helpers import start_daemon
@@ -105,15 +107,20 @@ def test_dry_run_changes_nothing_and_asks_the_daemon(short_tmp):
 
 
 def test_a_failing_apply_undoes_what_it_did_and_a_rerun_converges(short_tmp):
-    d = start_daemon(short_tmp, "--max-bytes-per-vm", str(72 << 20))
+    """A step only the kernel can refuse: 2M hugetlb shared memory on a host with no huge pages
+    reserved passes every dry run (the daemon cannot know before it maps) and fails for real."""
+    if int(Path("/proc/sys/vm/nr_hugepages").read_text()) != 0:
+        pytest.skip("this host reserves 2M huge pages: the refusal this test needs does not happen")
+    d = start_daemon(short_tmp)
     try:
         layout = short_tmp / "layout.yaml"
-        layout.write_text(LAYOUT)  # 64M + 16M: the shared memory breaks the VM's byte quota
+        layout.write_text(LAYOUT.replace("size: 16M}", "size: 16M, hugepages: 2M}"))
         r = ctl(d, "apply", "-f", str(layout))
-        assert r.returncode == 9 and "create shared memory ram-shared failed" in r.stderr
+        assert r.returncode == 7 and "create shared memory ram-shared failed" in r.stderr, r.stderr
+        assert "HUGEPAGES_NOT_RESERVED" in r.stderr
         assert "undone: create guest_memfd ram-private, create VM layout-vm" in r.stderr
         assert json.loads(ctl(d, "--json", "vm", "list").stdout) == [], "the VM is as it was: absent"
-        layout.write_text(LAYOUT.replace("size: 16M}", "size: 8M}").replace("memory_size: 16M", "memory_size: 8M"))
+        layout.write_text(LAYOUT)
         rc, result = apply(d, layout)
         assert rc == 0 and result["changed"]
         rc, again = apply(d, layout)

@@ -38,6 +38,8 @@ def test_head_works_on_every_get_resource_and_options_answers_allow(daemon):
         for path, item in spec["paths"].items():
             if "get" not in item or path == "/v1/events":
                 continue
+            if any(p.get("in") == "query" and p.get("required") for p in item["get"].get("parameters", [])):
+                continue  # e.g. the host view's offset/length: no GET without them
             url = path.format(**ids) if "{shm_id}" not in path else None
             if url is None:
                 continue

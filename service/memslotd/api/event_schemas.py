@@ -23,6 +23,7 @@ Enforcement = Literal["kernel", "daemon"]
 class VMCreatedData(Response):
     type: str
     name: str | None
+    enforcement: Enforcement = Field(description="who enforces private/shared for this VM (its type decides)")
 
 
 class Empty(Response):
@@ -117,12 +118,28 @@ class MemoryErrorData(InvalidationData):
 
 
 class FaultData(Response):
+    """A guest access KVM could not resolve (KVM_RUN failed with EFAULT or EHWPOISON)."""
+
     gpa: int | None
     size: int | None
     flags: int | None
+    private: bool = Field(description="KVM_MEMORY_EXIT_FLAG_PRIVATE: the guest wanted the private side")
     errno: int | None
     errno_name: str | None
+    exit_reason: Literal["memory_fault", "fault"] = Field(
+        description="memory_fault: a KVM_EXIT_MEMORY_FAULT with gpa/size/flags from KVM; fault: KVM gave no "
+                    "details (gpa/size are the access's own range)")
     source: str
+
+
+class HostWriteData(Response):
+    """The host wrote bytes of a backing object through the host view."""
+
+    guest_memfd_id: str | None = None
+    shared_memory_id: str | None = None
+    offset: int
+    length: int
+    gpa_ranges: list[Annotated[dict[str, Any], Field(description="{slot, guest_phys_addr, size, state}")]]
 
 
 class AttributesData(Response):
@@ -140,7 +157,7 @@ EVENT_DATA: dict[str, type[Response]] = {
     "memslot.created": SlotData, "memslot.updated": SlotUpdatedData, "memslot.deleted": SlotDeletedData,
     "memory.invalidate_start": InvalidationData, "memory.invalidate_end": InvalidationData,
     "memory.converted": ConvertedData, "memory.allocated": AllocatedData, "memory.error": MemoryErrorData,
-    "memory.fault": FaultData, "memory.attributes": AttributesData,
+    "memory.fault": FaultData, "memory.attributes": AttributesData, "memory.host_write": HostWriteData,
 }
 
 

@@ -79,7 +79,8 @@ class Operations:
         return self._execute(Call("GET", "/v1/openapi.json", model=_JSON))
 
     def create_vm(self, name: str | None = None, type: str = "default", *, dry_run: bool = False) -> Any:
-        return self._execute(Call("POST", "/v1/vms", _body(name=name, type=type), _dry(dry_run), model=s.VMRead))
+        return self._execute(Call("POST", "/v1/vms", _body(name=name, type=type), _dry(dry_run),
+                                  model=s.VMPlan if dry_run else s.VMRead))
 
     def list_vms(self) -> Any:
         return self._execute(Call("GET", "/v1/vms", model=s.VMList))
@@ -88,13 +89,15 @@ class Operations:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}", model=s.VMRead))
 
     def delete_vm(self, vm_id: str, *, dry_run: bool = False) -> Any:
-        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}", params=_dry(dry_run)))
+        return self._execute(Call("DELETE", f"/v1/vms/{vm_id}", params=_dry(dry_run),
+                                  model=s.VMRelease if dry_run else None))
 
     # -- guest_memfd ----------------------------------------------------------------------
     def create_guest_memfd(self, vm_id: str, size: int, flags: list[str] | None = None, name: str | None = None, *,
                            dry_run: bool = False) -> Any:
         body = _body(size=size, flags=list(flags or []), name=name)
-        return self._execute(Call("POST", f"/v1/vms/{vm_id}/guest-memfds", body, _dry(dry_run), model=s.GuestMemfdRead))
+        return self._execute(Call("POST", f"/v1/vms/{vm_id}/guest-memfds", body, _dry(dry_run),
+                                  model=s.GuestMemfdPlan if dry_run else s.GuestMemfdRead))
 
     def list_guest_memfds(self, vm_id: str) -> Any:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}/guest-memfds", model=s.GuestMemfdList))
@@ -117,7 +120,7 @@ class Operations:
     def create_shared_memory(self, vm_id: str, size: int, hugepages: str | None = None, name: str | None = None, *,
                              dry_run: bool = False) -> Any:
         return self._execute(Call("POST", f"/v1/vms/{vm_id}/shared-memory", _body(size=size, hugepages=hugepages, name=name),
-                                  _dry(dry_run), model=s.SharedMemoryRead))
+                                  _dry(dry_run), model=s.SharedMemoryPlan if dry_run else s.SharedMemoryRead))
 
     def list_shared_memory(self, vm_id: str) -> Any:
         return self._execute(Call("GET", f"/v1/vms/{vm_id}/shared-memory", model=s.SharedMemoryList))

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from ...core.probe import MAX_PROBE_BYTES
 from ..deps import CoreDep
 from ..schemas import HostBytes, HostWriteRequest
 from ._common import ObjectIdPath, VMId, problems
+from ._common import router as _router
 
-router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["host view"])
+router = _router("/v1/vms/{vm_id}", "host view")
 
 Offset = Annotated[int, Query(ge=0, le=(1 << 53) - 1, description="byte offset in the object")]
 Length = Annotated[int, Query(ge=1, le=MAX_PROBE_BYTES, description="bytes to read")]
