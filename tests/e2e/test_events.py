@@ -164,7 +164,7 @@ def test_initial_state_is_consistent_under_concurrent_mutation(daemon):
     assert set(slots) == listed
 
 
-def test_filters_by_vm_and_type(daemon):
+def test_a_subscriber_filtered_by_vm_and_type_hears_only_that_vms_matching_events(daemon):
     with daemon.client() as c:
         a = c.post("/v1/vms", json={}).json()["id"]
         b = c.post("/v1/vms", json={}).json()["id"]
@@ -173,11 +173,13 @@ def test_filters_by_vm_and_type(daemon):
             c.post(f"/v1/vms/{a}/guest-memfds", json={"size": 2 * MiB})
             g = c.post(f"/v1/vms/{b}/guest-memfds", json={"size": 2 * MiB}).json()["id"]
             c.delete(f"/v1/vms/{b}")
-            got = [(e["type"], e["vm_id"]) for e in (recv(ws) for _ in range(3))]
-            assert got == [("guest_memfd.created", b), ("guest_memfd.deleted", b), ("vm.deleted", b)]
-            assert g
-        with subscribe(daemon, "?types=nonsense.*") as ws:
-            assert recv(ws)["type"] == "error"
+            got = [(e["type"], e["vm_id"], e["data"].get("id")) for e in (recv(ws) for _ in range(3))]
+            assert got == [("guest_memfd.created", b, g), ("guest_memfd.deleted", b, g), ("vm.deleted", b, None)]
+
+
+def test_a_type_filter_no_event_type_matches_is_answered_with_an_error_frame(daemon):
+    with subscribe(daemon, "?types=nonsense.*") as ws:
+        assert recv(ws)["type"] == "error"
 
 
 def test_bookmarks_let_filtered_clients_advance(short_tmp):
