@@ -68,7 +68,7 @@ def head_seq(daemon) -> int:
     return json.loads(lines[-1])["seq"]
 
 
-def test_hello_then_live_events(daemon):
+def test_a_subscriber_hears_hello_then_each_event_with_the_next_seq_and_the_same_boot_id(daemon):
     with subscribe(daemon, "", subprotocols=["memslotd.v1"]) as ws:
         hello = recv(ws)
         assert hello["type"] == "hello" and ws.subprotocol == "memslotd.v1"
@@ -108,7 +108,7 @@ def test_exactly_once_resume_at_random_cut_points_under_mutation(daemon):
     assert seen == list(range(1, last + 1)), "every event exactly once, in order"
 
 
-def test_gone_on_expired_cursor_and_foreign_boot(short_tmp):
+def test_an_expired_cursor_or_a_foreign_boot_id_is_410_gone_and_a_retained_one_resumes(short_tmp):
     d = start_daemon(short_tmp, "--event-retention-count", "16")
     try:
         with d.client() as c:
