@@ -138,7 +138,7 @@ def test_rolled_back_delete_keeps_converted_ranges(vm):
     assert [(x["size"], x["state"]) for x in ranges] == [(MiB, "shared"), (3 * MiB, "private")]
 
 
-def test_all_32764_slots_created_listed_and_deleted(client, vm):
+def test_all_32764_slots_are_created_listed_and_deleted_and_a_full_table_is_429_SLOT_BUDGET_EXHAUSTED(client, vm):
     total = client.get("/v1/capabilities").json()["max_memslots"]
     s = vm.shm(total * PAGE)
     for start in range(0, total, 4096):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +42,7 @@ def events_since(client, seq: int) -> list:
     return client.app.state.core.events.since(seq)
 
 
-def test_default_states_follow_init_shared(vm):
+def test_a_new_slot_starts_private_unless_its_guest_memfd_is_init_shared_or_it_has_no_private_part(vm):
     vm.put_slot(0, BASE, 4 * MiB, gmem=vm.gmem(4 * MiB, flags=[]), shm=vm.shm())
     vm.put_slot(1, BASE + 4 * MiB, 4 * MiB, gmem=vm.gmem(4 * MiB, flags=["mmap", "init_shared"]))
     vm.put_slot(2, BASE + 8 * MiB, 4 * MiB, shm=vm.shm())
@@ -90,7 +91,7 @@ def test_idempotent_and_mixed_ranges_announce_only_changes(client, vm):
     assert attrs(vm) == [(BASE, 4 * MiB, "shared")]
 
 
-def test_conversion_spans_two_slots_and_two_guest_memfds(vm):
+def test_a_conversion_across_two_slots_changes_and_discards_in_each_slots_guest_memfd(vm):
     vm.put_slot(0, BASE, 2 * MiB, gmem=vm.gmem(2 * MiB, flags=[]), shm=vm.shm(2 * MiB))
     vm.put_slot(1, BASE + 2 * MiB, 2 * MiB, gmem=vm.gmem(2 * MiB, flags=[]), shm=vm.shm(2 * MiB))
     r = convert(vm, BASE + MiB, 2 * MiB, "shared").json()
@@ -101,21 +102,27 @@ def test_conversion_spans_two_slots_and_two_guest_memfds(vm):
     assert attrs(vm, gpa_start=BASE + MiB + PAGE, gpa_end=BASE + 2 * MiB) == [(BASE + MiB + PAGE, MiB - PAGE, "shared")]
 
 
-def test_conversion_rejections(vm):
+@pytest.mark.parametrize("gpa, size, to, status, code", [
+    (BASE + 1, PAGE, "shared", 422, "RANGE_NOT_ALIGNED"),  # SA4
+    (BASE, 0, "shared", 422, None),  # SA3: size 0 fails the schema
+    (BASE, PAGE, "secret", 422, None),
+    (BASE, 6 * MiB, "shared", 409, "RANGE_NOT_COVERED"),  # extra.gaps names the gap
+    (BASE + 4 * MiB, PAGE, "private", 409, "NO_PRIVATE_PART"),
+    (64 * GiB, PAGE, "shared", 409, "RANGE_NOT_COVERED"),
+], ids=["SA4_an_address_off_a_page_boundary_is_422_RANGE_NOT_ALIGNED", "SA3_size_0_fails_the_schema",
+        "an_unknown_target_state_fails_the_schema", "a_range_over_a_gap_between_slots_is_409_RANGE_NOT_COVERED",
+        "a_shared_only_slot_cannot_become_private_409_NO_PRIVATE_PART",
+        "a_range_outside_every_slot_is_409_RANGE_NOT_COVERED"])
+def test_a_conversion_that_cannot_be_done_is_refused_with_the_rules_code(vm, gpa, size, to, status, code):
     vm.put_slot(0, BASE, 2 * MiB, gmem=vm.gmem(2 * MiB))
     vm.put_slot(1, BASE + 4 * MiB, 2 * MiB, shm=vm.shm(2 * MiB))
-    assert convert(vm, BASE + 1, PAGE, "shared").json()["code"] == "RANGE_NOT_ALIGNED"
-    assert convert(vm, BASE, 0, "shared").status_code == 422
-    assert convert(vm, BASE, PAGE, "secret").status_code == 422
-    gap = convert(vm, BASE, 6 * MiB, "shared")
-    assert gap.status_code == 409 and gap.json()["code"] == "RANGE_NOT_COVERED"
-    assert gap.json()["extra"]["gaps"] == [{"guest_phys_addr": BASE + 2 * MiB, "size": 2 * MiB}]
-    nop = convert(vm, BASE + 4 * MiB, PAGE, "private")
-    assert nop.status_code == 409 and nop.json()["code"] == "NO_PRIVATE_PART"
-    assert convert(vm, 64 * GiB, PAGE, "shared").json()["code"] == "RANGE_NOT_COVERED"
+    r = convert(vm, gpa, size, to)
+    assert r.status_code == status and (code is None or r.json()["code"] == code), r.text
+    if size == 6 * MiB:
+        assert r.json()["extra"]["gaps"] == [{"guest_phys_addr": BASE + 2 * MiB, "size": 2 * MiB}]
 
 
-def test_slot_delete_drops_ranges_and_recreate_starts_from_default(client, vm):
+def test_deleting_a_slot_drops_its_converted_ranges_and_a_recreated_slot_starts_from_its_default(client, vm):
     g = vm.gmem(2 * MiB, flags=[])
     vm.put_slot(0, BASE, 2 * MiB, gmem=g)
     convert(vm, BASE, MiB, "shared")
@@ -144,7 +151,7 @@ class FailingGuestMemfd:
         return getattr(self._real, name)
 
 
-def test_failure_half_way_reports_exactly_what_changed(client, vm):
+def test_a_conversion_failing_half_way_is_500_CONVERSION_PARTIAL_naming_exactly_what_changed(client, vm):
     g = vm.gmem(4 * MiB, flags=[])
     vm.put_slot(0, BASE, 4 * MiB, gmem=g)
     convert(vm, BASE + MiB, MiB, "shared")

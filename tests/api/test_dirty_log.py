@@ -36,7 +36,7 @@ def test_dirty_log_holds_every_page_the_guest_wrote_and_no_page_it_never_touched
     assert raw.headers["content-type"] == "application/octet-stream" and raw.content[0] == 1 and len(raw.content) == 64
 
 
-def test_dirty_log_needs_the_flag(client, vm):
+def test_the_dirty_log_of_a_slot_without_log_dirty_pages_is_409_DIRTY_LOGGING_OFF(client, vm):
     vm.put_slot(0, GiB, 2 * MiB, shm=vm.shm(2 * MiB))
     r = client.post(f"{vm.base}/memslots/0/dirty-log")
     assert r.status_code == 409 and r.json()["code"] == "DIRTY_LOGGING_OFF"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .conftest import GiB, MiB
 
 
-def test_dry_run_put_validates_but_creates_nothing(client, vm):
+def test_a_dry_run_put_checks_every_rule_and_creates_nothing_in_the_daemon_or_the_kernel(client, vm):
     s = vm.shm(4 * MiB)
     seq = client.app.state.core.events.seq
     body = {"guest_phys_addr": GiB, "memory_size": 4 * MiB, "shared": {"shared_memory_id": s}}
@@ -19,12 +19,16 @@ def test_dry_run_put_validates_but_creates_nothing(client, vm):
     assert bad.status_code == 422 and bad.json()["code"] == "RANGE_OUTSIDE_BACKING"
 
 
-def test_dry_run_delete_and_batch(client, vm):
-    s = vm.shm(8 * MiB)
-    vm.put_slot(0, 0, 4 * MiB, shm=s)
+def test_a_dry_run_delete_is_204_and_the_slot_stays(client, vm):
+    vm.put_slot(0, 0, 4 * MiB, shm=vm.shm(8 * MiB))
     r = client.delete(f"{vm.base}/memslots/0", params={"dry_run": "true"})
     assert r.status_code == 204 and r.headers["memslotd-dry-run"] == "true"
     assert client.get(f"{vm.base}/memslots/0").status_code == 200
+
+
+def test_a_dry_run_batch_answers_every_op_applies_none_and_names_the_index_that_would_fail(client, vm):
+    s = vm.shm(8 * MiB)
+    vm.put_slot(0, 0, 4 * MiB, shm=s)
     ops = [{"op": "delete", "slot": 0},
            {"op": "create", "slot": 1, "guest_phys_addr": 0, "memory_size": 4 * MiB,
             "shared": {"shared_memory_id": s, "offset": 4 * MiB}}]
@@ -35,7 +39,7 @@ def test_dry_run_delete_and_batch(client, vm):
     assert failing.status_code == 409 and failing.json()["extra"]["index"] == 0  # overlaps slot 0, which stays
 
 
-def test_etags_and_conditional_requests(client, vm):
+def test_a_put_or_delete_with_an_if_match_etag_a_change_outdated_is_412_PRECONDITION_FAILED(client, vm):
     s = vm.shm(4 * MiB)
     created = vm.put_slot(0, 0, 4 * MiB, shm=s)
     etag = created.headers["etag"]
@@ -45,12 +49,19 @@ def test_etags_and_conditional_requests(client, vm):
     assert moved.status_code == 200 and moved.headers["etag"] != etag
     stale = client.put(f"{vm.base}/memslots/0", json={**body, "guest_phys_addr": 2 * GiB}, headers={"if-match": etag})
     assert stale.status_code == 412 and stale.json()["code"] == "PRECONDITION_FAILED"
-    create_only = client.put(f"{vm.base}/memslots/0", json=body, headers={"if-none-match": "*"})
-    assert create_only.status_code == 412
     assert client.delete(f"{vm.base}/memslots/0", headers={"if-match": etag}).status_code == 412
     assert client.delete(f"{vm.base}/memslots/0", headers={"if-match": moved.headers["etag"]}).status_code == 204
+
+
+def test_a_put_with_if_none_match_star_is_412_on_an_existing_slot_and_creates_a_missing_one(client, vm):
+    s = vm.shm(4 * MiB)
+    body = {"guest_phys_addr": GiB, "memory_size": 4 * MiB, "shared": {"shared_memory_id": s}}
+    first = vm.put_slot(0, GiB, 4 * MiB, shm=s)
+    create_only = client.put(f"{vm.base}/memslots/0", json=body, headers={"if-none-match": "*"})
+    assert create_only.status_code == 412
+    assert client.delete(f"{vm.base}/memslots/0").status_code == 204
     recreated = client.put(f"{vm.base}/memslots/0", json=body, headers={"if-none-match": "*"})
-    assert recreated.status_code == 201 and recreated.headers["etag"] != moved.headers["etag"]
+    assert recreated.status_code == 201 and recreated.headers["etag"] != first.headers["etag"]  # same body, new slot
 
 
 def _dry(r):

@@ -63,16 +63,23 @@ def test_invalidate_brackets_every_discard(client, vm, operation):
     record.port = record.port._real
 
 
-def test_lifecycle_events(client, vm):
+def test_each_create_and_the_vm_delete_announce_every_object_by_its_id_in_seq_order(client, vm):
     core = client.app.state.core
     seq = core.events.seq
     g, s = vm.gmem(2 * MiB), vm.shm(2 * MiB)
-    vm.put_slot(0, 4 * GiB, 2 * MiB, gmem=g)
+    assert vm.put_slot(0, 4 * GiB, 2 * MiB, gmem=g).status_code == 201
     client.delete(vm.base)
-    kinds = [e.type for e in core.events.since(seq)]
-    assert kinds[:3] == ["guest_memfd.created", "shared_memory.created", "memslot.created"]
-    assert kinds[-4:] == ["memslot.deleted", "guest_memfd.deleted", "shared_memory.deleted", "vm.deleted"]
-    assert s
+    events = core.events.since(seq)
+    assert [e.seq for e in events] == list(range(seq + 1, seq + 1 + len(events)))  # the next seqs, none skipped
+    assert {e.vm_id for e in events} == {vm.id}
+
+    def subject(e):  # what the event is about: an object id, a slot, or the VM itself
+        return e.data.get("id", e.data.get("slot"))
+
+    assert [(e.type, subject(e)) for e in events[:3]] == \
+        [("guest_memfd.created", g), ("shared_memory.created", s), ("memslot.created", 0)]
+    assert [(e.type, subject(e)) for e in events[-4:]] == \
+        [("memslot.deleted", 0), ("guest_memfd.deleted", g), ("shared_memory.deleted", s), ("vm.deleted", None)]
 
 
 def test_memory_error_injection_is_off_by_default(vm):

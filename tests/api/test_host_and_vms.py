@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.helpers import fd_count, guest_memory_mappings
 from tests.kernel_facts import kernel_facts
 
@@ -34,14 +36,14 @@ def test_capabilities_agree_with_an_independent_probe_per_vm_type(client):
                                               "purpose": "guest probe window (code and page tables)"}
 
 
-def test_health_version_and_boot_id_header(client):
+def test_healthz_is_ok_with_the_boot_id_of_its_header_and_the_api_version_is_v1(client):
     h = client.get("/v1/healthz")
     assert h.json()["status"] == "ok"
     assert h.headers["memslotd-boot-id"] == h.json()["boot_id"]
     assert client.get("/v1/version").json()["api"] == "v1"
 
 
-def test_vm_lifecycle(client):
+def test_a_created_vm_is_201_at_its_location_with_every_slot_free_and_404_VM_NOT_FOUND_once_deleted(client):
     r = client.post("/v1/vms", json={"name": "guest-1"})
     assert r.status_code == 201
     vm = r.json()
@@ -57,21 +59,28 @@ def test_vm_lifecycle(client):
     assert missing.headers["content-type"] == "application/problem+json"
 
 
-def test_unsupported_vm_type_is_501(client):
+def test_a_vm_type_the_host_cannot_create_is_501_CAPABILITY_MISSING(client):
     r = client.post("/v1/vms", json={"type": "snp"})
     assert r.status_code == 501 and r.json()["code"] == "CAPABILITY_MISSING"
 
 
-def test_bad_bodies(client):
-    assert client.post("/v1/vms", json={"bogus": 1}).json()["code"] == "VALIDATION_FAILED"
-    assert client.post("/v1/vms", json={"name": "white space"}).status_code == 422
-    r = client.post("/v1/vms", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and r.json()["code"] == "MALFORMED_JSON"
-    r = client.post("/v1/vms", content=b"{}", headers={"content-type": "text/plain"})
-    assert r.status_code == 415
-    r = client.post("/v1/vms", content=b"{" + b" " * (70 << 10) + b"}", headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json()["code"] == "BODY_TOO_LARGE"
-    assert client.get("/v1/nope").json()["code"] == "ROUTE_NOT_FOUND"
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize("method, path, request_kw, status, code", [
+    ("POST", "/v1/vms", {"json": {"bogus": 1}}, 422, "VALIDATION_FAILED"),
+    ("POST", "/v1/vms", {"json": {"name": "white space"}}, 422, None),
+    ("POST", "/v1/vms", {"content": b"{not json", "headers": JSON}, 400, "MALFORMED_JSON"),
+    ("POST", "/v1/vms", {"content": b"{}", "headers": {"content-type": "text/plain"}}, 415, None),
+    ("POST", "/v1/vms", {"content": b"{" + b" " * (70 << 10) + b"}", "headers": JSON}, 413, "BODY_TOO_LARGE"),
+    ("GET", "/v1/nope", {}, 404, "ROUTE_NOT_FOUND"),
+], ids=["an_unknown_field_is_422_VALIDATION_FAILED", "a_name_with_white_space_is_422",
+        "malformed_json_is_400_MALFORMED_JSON", "a_body_that_is_not_json_is_415",
+        "a_body_over_64_KiB_is_413_BODY_TOO_LARGE", "an_unknown_route_is_404_ROUTE_NOT_FOUND"])
+def test_a_request_the_api_cannot_take_is_refused_with_its_status_and_code(client, method, path, request_kw, status,
+                                                                           code):
+    r = client.request(method, path, **request_kw)
+    assert r.status_code == status and (code is None or r.json()["code"] == code), r.text
 
 
 def test_deleting_a_vm_releases_every_fd_and_mapping(client, vm):
@@ -88,7 +97,7 @@ def test_deleting_a_vm_releases_every_fd_and_mapping(client, vm):
     assert guest_memory_mappings() == maps_before
 
 
-def test_vm_quota(client):
+def test_a_vm_past_max_vms_is_429_VM_QUOTA():
     from .conftest import make_client
 
     with make_client(max_vms=1) as c:

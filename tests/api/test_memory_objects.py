@@ -9,7 +9,7 @@ from tests.helpers import fd_count
 from .conftest import MiB
 
 
-def test_guest_memfd_crud(client, vm):
+def test_a_guest_memfd_reads_as_created_allocates_punches_unbound_and_is_404_once_deleted(client, vm):
     r = client.post(f"{vm.base}/guest-memfds", json={"size": 8 * MiB, "flags": ["mmap", "init_shared"]})
     assert r.status_code == 201
     g = r.json()
@@ -23,31 +23,37 @@ def test_guest_memfd_crud(client, vm):
     assert client.get(f"{vm.base}/guest-memfds/{g['id']}").json()["code"] == "GUEST_MEMFD_NOT_FOUND"
 
 
-def test_guest_memfd_rules(client, vm):
-    def create(body):
-        return client.post(f"{vm.base}/guest-memfds", json=body)
+@pytest.mark.parametrize("body, code", [
+    ({"size": 4097}, "RANGE_NOT_ALIGNED"),  # GC2
+    ({"size": 0}, None),  # GC2: 0 fails the schema
+    ({"size": "4096"}, None),  # strict: no coercion
+    ({"size": 4096, "flags": ["huge"]}, None),  # GC1: an unknown flag name fails the schema
+    ({"size": 4096, "flags": ["init_shared"]}, "FLAGS_INCOMPATIBLE"),  # GC1: init_shared is useless without mmap
+], ids=["GC2_a_size_off_a_page_boundary_is_RANGE_NOT_ALIGNED", "GC2_size_0_fails_the_schema",
+        "a_size_as_a_string_fails_the_strict_schema", "GC1_an_unknown_flag_name_fails_the_schema",
+        "GC1_init_shared_without_mmap_is_FLAGS_INCOMPATIBLE"])
+def test_a_guest_memfd_the_kernel_would_refuse_is_422_with_the_rules_code(client, vm, body, code):
+    r = client.post(f"{vm.base}/guest-memfds", json=body)
+    assert r.status_code == 422 and (code is None or r.json()["code"] == code), r.text
 
-    assert create({"size": 4097}).json()["code"] == "RANGE_NOT_ALIGNED"
-    assert create({"size": 0}).status_code == 422
-    assert create({"size": "4096"}).status_code == 422  # strict: no coercion
-    assert create({"size": 4096, "flags": ["huge"]}).status_code == 422
-    assert create({"size": 4096, "flags": ["init_shared"]}).json()["code"] == "FLAGS_INCOMPATIBLE"
+
+@pytest.mark.parametrize("path", ["allocate", "punch-hole"])
+def test_a_range_past_the_guest_memfd_end_is_RANGE_OUTSIDE_BACKING_and_off_a_page_RANGE_NOT_ALIGNED(client, vm, path):
     g = vm.gmem(4 * MiB)
-    for path in ("allocate", "punch-hole"):
-        r = client.post(f"{vm.base}/guest-memfds/{g}/{path}", json={"offset": 4 * MiB, "length": 4096})
-        assert r.status_code == 422 and r.json()["code"] == "RANGE_OUTSIDE_BACKING"
-        r = client.post(f"{vm.base}/guest-memfds/{g}/{path}", json={"offset": 1, "length": 4096})
-        assert r.json()["code"] == "RANGE_NOT_ALIGNED"
+    r = client.post(f"{vm.base}/guest-memfds/{g}/{path}", json={"offset": 4 * MiB, "length": 4096})
+    assert r.status_code == 422 and r.json()["code"] == "RANGE_OUTSIDE_BACKING"
+    r = client.post(f"{vm.base}/guest-memfds/{g}/{path}", json={"offset": 1, "length": 4096})
+    assert r.json()["code"] == "RANGE_NOT_ALIGNED"
 
 
-def test_punch_hole_reports_bound_gpa_ranges(client, vm):
+def test_a_punch_hole_reports_the_gpa_ranges_of_the_slots_bound_to_the_punched_range(client, vm):
     g = vm.gmem(8 * MiB)
     assert vm.put_slot(3, 1 << 32, 4 * MiB, gmem=g, gmem_offset=4 * MiB).status_code == 201
     r = client.post(f"{vm.base}/guest-memfds/{g}/punch-hole", json={"offset": 5 * MiB, "length": 2 * MiB})
     assert r.json()["gpa_ranges"] == [{"slot": 3, "guest_phys_addr": (1 << 32) + MiB, "size": 2 * MiB}]
 
 
-def test_bound_guest_memfd_cannot_be_deleted(client, vm):
+def test_deleting_a_bound_guest_memfd_is_409_GMEM_BOUND_until_its_slot_is_deleted(client, vm):
     g = vm.gmem()
     assert vm.put_slot(0, 1 << 32, 4 * MiB, gmem=g).status_code == 201
     r = client.delete(f"{vm.base}/guest-memfds/{g}")
@@ -56,7 +62,7 @@ def test_bound_guest_memfd_cannot_be_deleted(client, vm):
     assert client.delete(f"{vm.base}/guest-memfds/{g}").status_code == 204
 
 
-def test_shared_memory_crud_and_in_use(client, vm):
+def test_shared_memory_lists_its_slots_and_deleting_it_in_use_is_SHARED_MEMORY_IN_USE(client, vm):
     r = client.post(f"{vm.base}/shared-memory", json={"size": 4 * MiB})
     assert r.status_code == 201
     s = r.json()
@@ -69,7 +75,7 @@ def test_shared_memory_crud_and_in_use(client, vm):
     assert client.get(f"{vm.base}/shared-memory").json()["items"] == []
 
 
-def test_failing_requests_leak_no_fd(client, vm):
+def test_refused_object_and_slot_requests_leak_no_fd(client, vm):
     g = vm.gmem()
     before = fd_count()
     for _ in range(20):
@@ -107,15 +113,15 @@ def test_allocating_past_the_byte_quota_is_507_and_commits_nothing(client):
         assert c.post(f"{base}/guest-memfds/{g2}/allocate", json={"offset": 0, "length": 32 * MiB}).status_code == 204
 
 
-def test_a_huge_allocate_is_refused_before_the_kernel_sees_it():
-    """A 1 TiB guest_memfd exceeds the default quota; under a configured quota larger than the
-    host, an allocate the host cannot give is 503 HOST_MEMORY_LOW, and nothing was committed."""
+def test_a_guest_memfd_larger_than_the_default_quota_is_507(client, vm):
+    r = client.post(f"{vm.base}/guest-memfds", json={"size": 1 << 40})  # 1 TiB
+    assert r.status_code == 507 and r.json()["code"] in ("VM_MEMORY_QUOTA", "DAEMON_MEMORY_QUOTA")
+
+
+def test_an_allocate_the_host_cannot_give_is_503_HOST_MEMORY_LOW_before_the_kernel_sees_it():
+    """Under a configured quota larger than the host, nothing of the refused allocate was committed."""
     from .conftest import make_client
 
-    with make_client() as c:
-        vm_id = c.post("/v1/vms", json={}).json()["id"]
-        r = c.post(f"/v1/vms/{vm_id}/guest-memfds", json={"size": 1 << 40})
-        assert r.status_code == 507 and r.json()["code"] in ("VM_MEMORY_QUOTA", "DAEMON_MEMORY_QUOTA")
     with make_client(max_bytes_per_vm=1 << 42, max_bytes_total=1 << 42) as c:
         vm_id = c.post("/v1/vms", json={}).json()["id"]
         size = 2 * _mem_available()
@@ -128,7 +134,7 @@ def test_a_huge_allocate_is_refused_before_the_kernel_sees_it():
         assert _mem_available() > before - 1024 * MiB
 
 
-def test_default_byte_quota_is_below_mem_total(client):
+def test_the_default_byte_quotas_leave_the_memory_reserve_of_mem_total_free(client):
     from memslotd.core.limits import read_meminfo
 
     mem_total = read_meminfo().total
@@ -147,7 +153,7 @@ def test_hugepages_without_a_reserved_pool_say_which_sysctl_to_set(client, vm):
     assert "vm.nr_hugepages" in r.json()["detail"]
 
 
-def test_kernel_error_details_keep_their_closing_parenthesis():
+def test_a_kernel_error_detail_names_the_call_the_errno_and_its_message_in_parentheses():
     import errno
 
     from memslotd.core.errors import kernel_error
@@ -157,7 +163,7 @@ def test_kernel_error_details_keep_their_closing_parenthesis():
     assert kernel_error(OSError(errno.EIO, ""), "x").detail == "x: syscall failed with EIO"
 
 
-def test_names_are_unique_within_a_vm(client, vm):
+def test_an_object_name_taken_in_the_vm_is_409_NAME_TAKEN_and_a_malformed_one_422(client, vm):
     r = client.post(f"{vm.base}/guest-memfds", json={"size": 4096, "name": "ram0"})
     assert r.status_code == 201 and r.json()["name"] == "ram0"
     dup = client.post(f"{vm.base}/shared-memory", json={"size": 4096, "name": "ram0"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import fd_count
 
 from .conftest import GiB, MiB
@@ -13,7 +15,7 @@ def probe(vm, *ops):
     return vm.c.post(f"{vm.base}/probe", json={"ops": list(ops)})
 
 
-def test_probe_reads_and_writes_a_shared_slot(client, vm):
+def test_a_probe_reads_and_writes_exactly_the_requested_bytes_of_a_shared_slot(client, vm):
     s = vm.shm(2 * MiB)
     vm.put_slot(0, 0x100000, 2 * MiB, shm=s)
     host = client.app.state.core.registry.vms[vm.id].shms[s].port.mapping
@@ -42,7 +44,7 @@ def test_probe_reaches_high_guest_physical_addresses(vm):
                  {"op": "read", "guest_phys_addr": high, "length": 3}).json()["results"][1]["data_hex"] == "010203"
 
 
-def test_probe_window_is_temporary_and_leaks_nothing(client, vm):
+def test_the_probe_windows_slot_exists_only_during_a_probe_and_probes_leak_no_fd(client, vm):
     vm.put_slot(0, BASE, 2 * MiB, gmem=vm.gmem(2 * MiB))
     probe(vm, {"op": "read", "guest_phys_addr": BASE, "length": 8})  # creates the vCPU and window once
     before = fd_count()
@@ -53,18 +55,26 @@ def test_probe_window_is_temporary_and_leaks_nothing(client, vm):
     assert [i["slot"] for i in listing["items"]] == [0]  # the window's slot is gone again
 
 
-def test_probe_bounds(vm):
-    read = {"op": "read", "guest_phys_addr": BASE, "length": 8}
-    assert probe(vm).status_code == 422
-    assert probe(vm, *[read] * 65).json()["code"] == "PROBE_TOO_MANY_OPS"
-    assert probe(vm, {**read, "length": (64 << 10) + 1}).status_code == 422
-    assert probe(vm, {**read, "guest_phys_addr": 0xFFE00000}).json()["code"] == "PROBE_OUT_OF_BOUNDS"
-    assert probe(vm, {**read, "guest_phys_addr": 1 << 48}).json()["code"] == "PROBE_OUT_OF_BOUNDS"
-    assert probe(vm, {"op": "write", "guest_phys_addr": BASE, "length": 2}).json()["code"] == "PROBE_DATA_LENGTH"
-    assert probe(vm, {"op": "write", "guest_phys_addr": BASE, "length": 2, "data_hex": "zz"}).status_code == 422
+READ = {"op": "read", "guest_phys_addr": BASE, "length": 8}
 
 
-def test_probing_more_distinct_gib_regions_than_the_table_pool_holds(vm):
+@pytest.mark.parametrize("ops, code", [
+    ([], None),
+    ([READ] * 65, "PROBE_TOO_MANY_OPS"),
+    ([{**READ, "length": (64 << 10) + 1}], None),
+    ([{**READ, "guest_phys_addr": 0xFFE00000}], "PROBE_OUT_OF_BOUNDS"),
+    ([{**READ, "guest_phys_addr": 1 << 48}], "PROBE_OUT_OF_BOUNDS"),
+    ([{"op": "write", "guest_phys_addr": BASE, "length": 2}], "PROBE_DATA_LENGTH"),
+    ([{"op": "write", "guest_phys_addr": BASE, "length": 2, "data_hex": "zz"}], None),
+], ids=["no_op_fails_the_schema", "more_than_64_ops_is_PROBE_TOO_MANY_OPS", "an_op_over_64_KiB_fails_the_schema",
+        "the_probe_window_is_PROBE_OUT_OF_BOUNDS", "a_gpa_at_2_to_the_48_is_PROBE_OUT_OF_BOUNDS",
+        "a_write_without_its_length_of_data_is_PROBE_DATA_LENGTH", "data_that_is_not_hex_fails_the_schema"])
+def test_a_probe_past_its_bounds_is_422_with_the_bounds_code(vm, ops, code):
+    r = probe(vm, *ops)
+    assert r.status_code == 422 and (code is None or r.json()["code"] == code), r.text
+
+
+def test_probing_more_distinct_gib_regions_than_the_table_pool_holds_keeps_reading_real_memory(vm):
     """The probe maps each GiB region it touches with append-only page tables from a fixed pool
     (384 pages); touching 450 distinct regions must keep working (the pool is rebuilt), and the
     guest still reads real memory afterwards."""

@@ -10,11 +10,14 @@ from .conftest import MiB
 JSON = {"content-type": "application/json"}
 
 
-def test_unknown_query_parameters_are_refused_by_name(client, vm):
+def test_an_unknown_query_parameter_is_422_UNKNOWN_QUERY_PARAMETER_naming_it(client, vm):
     r = client.get(f"{vm.base}/memslots", params={"limt": "1"})
     assert r.status_code == 422 and r.json()["code"] == "UNKNOWN_QUERY_PARAMETER"
     assert "'limt'" in r.json()["detail"] and r.json()["extra"]["parameter"] == "limt"
     assert client.get("/v1/vms", params={"x": "1"}).json()["code"] == "UNKNOWN_QUERY_PARAMETER"
+
+
+def test_a_repeated_query_parameter_is_422_DUPLICATE_QUERY_PARAMETER(client, vm):
     twice = client.get(f"{vm.base}/memslots?limit=1&limit=2")
     assert twice.status_code == 422 and twice.json()["code"] == "DUPLICATE_QUERY_PARAMETER"
     assert client.get(f"{vm.base}/memslots", params={"limit": "1"}).status_code == 200
@@ -29,7 +32,7 @@ def test_a_malformed_vm_id_is_a_vm_that_does_not_exist(client, path, code):
         assert r.status_code == 404 and r.json()["code"] == code, (method, r.text)
 
 
-def test_malformed_object_and_slot_ids_are_404(client, vm):
+def test_a_malformed_object_or_slot_id_is_404_NOT_FOUND_of_its_kind_after_the_vm(client, vm):
     for path, code in ((f"{vm.base}/guest-memfds/not-an-id", "GUEST_MEMFD_NOT_FOUND"),
                        (f"{vm.base}/shared-memory/SHM", "SHARED_MEMORY_NOT_FOUND"),
                        (f"{vm.base}/memslots/abc", "SLOT_NOT_FOUND"), (f"{vm.base}/memslots/99999999", "SLOT_NOT_FOUND"),
@@ -40,7 +43,7 @@ def test_malformed_object_and_slot_ids_are_404(client, vm):
     assert client.post("/v1/vms/nope/memslots/abc/dirty-log").json()["code"] == "VM_NOT_FOUND"  # the VM first
 
 
-def test_vm_names_are_unique(client):
+def test_a_vm_name_in_use_is_409_NAME_TAKEN_naming_its_vm_until_that_vm_is_deleted(client):
     first = client.post("/v1/vms", json={"name": "demo"})
     assert first.status_code == 201
     second = client.post("/v1/vms", json={"name": "demo"})
@@ -71,7 +74,7 @@ def test_duplicate_json_keys_are_refused_naming_the_key(client, vm):
     (b'{"size": NaN}', JSON, 400, "MALFORMED_JSON"),
     (b'{"size": 4096,}', JSON, 400, "MALFORMED_JSON"),
 ])
-def test_bodies_the_parser_refuses_have_a_code_each(client, vm, body, headers, status, code):
+def test_a_body_the_json_parser_refuses_has_its_own_code_on_every_route(client, vm, body, headers, status, code):
     for path in (f"{vm.base}/guest-memfds", f"{vm.base}/memslots:batch"):
         r = client.post(path, content=body, headers=headers)
         assert r.status_code == status and r.json()["code"] == code, (path, r.text[:300])
@@ -90,7 +93,7 @@ def test_an_integral_number_is_an_integer_as_json_schema_says(client, vm):
     assert r.status_code == 200, r.text
 
 
-def test_chunked_body_over_the_limit_is_413(client, vm):
+def test_a_chunked_body_over_the_limit_is_413_BODY_TOO_LARGE(client, vm):
     def chunks():
         for _ in range(80):
             yield b" " * 1024

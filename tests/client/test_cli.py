@@ -27,7 +27,7 @@ def ctl(daemon: Daemon, *args: str, stdin: str | None = None) -> subprocess.Comp
                           timeout=120, input=stdin)
 
 
-def test_walkthrough_with_sizes_names_tables_and_json(daemon):
+def test_the_cli_takes_sizes_and_names_and_answers_tables_or_json(daemon):
     assert ctl(daemon, "vm", "create", "--name", "demo").returncode == 0
     assert ctl(daemon, "gmem", "create", "demo", "64M", "--flag", "mmap", "--flag", "init_shared", "--name", "ram").returncode == 0
     put = ctl(daemon, "slot", "put", "demo", "0", "--gpa", "4G", "--size", "0x400_0000", "--gmem", "ram")
@@ -162,7 +162,7 @@ def test_shell_completion_is_installed_with_the_package():
     assert "plain,slot" in words.splitlines()  # bash_complete answers TYPE,VALUE lines
 
 
-def test_batch_file_with_progress(daemon, tmp_path):
+def test_a_batch_file_is_checked_by_a_dry_run_then_applied_whole(daemon, tmp_path):
     ctl(daemon, "vm", "create", "--name", "b")
     ctl(daemon, "shm", "create", "b", "64M", "--name", "s")
     shm = json.loads(ctl(daemon, "--json", "shm", "list", "b").stdout)[0]["id"]

@@ -15,7 +15,7 @@ from tests.helpers import start_daemon
 MiB, GiB = 1 << 20, 1 << 30
 
 
-def test_sync_client_round_trip(daemon):
+def test_the_sync_client_drives_every_use_case_and_answers_typed_models(daemon):
     with Client(str(daemon.socket_path)) as c:
         assert c.capabilities().conversion_enforcement == "daemon"
         vm = c.create_vm(name="client")
@@ -36,7 +36,7 @@ def test_sync_client_round_trip(daemon):
         assert "memslotd_vms" in c.metrics()
 
 
-def test_typed_errors_carry_the_code(daemon):
+def test_a_problem_raises_the_exception_of_its_status_carrying_its_code(daemon):
     with Client(str(daemon.socket_path)) as c:
         with pytest.raises(NotFound) as e:
             c.get_vm("vm-000000000000")
@@ -52,7 +52,7 @@ def test_typed_errors_carry_the_code(daemon):
         assert conflict.value.code == "GMEM_BOUND"
 
 
-def test_async_client(daemon):
+def test_the_async_client_creates_lists_and_deletes_a_vm(daemon):
     async def scenario() -> None:
         async with AsyncClient(str(daemon.socket_path)) as c:
             vm = await c.create_vm(name="async")
@@ -108,7 +108,7 @@ def test_event_iterator_raises_gone_when_the_daemon_restarted(short_tmp):
         d2.stop()
 
 
-def test_client_dry_run_and_preconditions(daemon):
+def test_the_client_sends_dry_run_and_preconditions_and_a_stale_if_match_raises_412(daemon):
     with Client(str(daemon.socket_path)) as c:
         vm = c.create_vm()
         shm = c.create_shared_memory(vm.id, 4 * MiB)

@@ -17,7 +17,7 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_systemd_units_verify(tmp_path):
+def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path):
     for unit in ("memslotd.service", "memslotd.socket", "memslotd-ro.socket"):
         text = (DEPLOY / "systemd" / unit).read_text()
         # verify checks that ExecStart exists: point it at this checkout's entry point
@@ -37,7 +37,7 @@ def test_systemd_unit_is_notify_hardened_and_allows_kvm():
     assert "FileDescriptorName=api-ro" in (DEPLOY / "systemd" / "memslotd-ro.socket").read_text()
 
 
-def test_example_configuration_is_valid():
+def test_the_example_configurations_are_valid_settings():
     from memslotd.settings import Settings
 
     data = tomllib.loads((DEPLOY / "systemd" / "memslotd.toml").read_text())
@@ -53,7 +53,7 @@ def test_kubernetes_manifests_validate_against_the_schemas():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_containerfile_lints():
+def test_the_containerfile_passes_hadolint():
     hadolint = shutil.which("hadolint", path=str(BIN)) or shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint not installed")

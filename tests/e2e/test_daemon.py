@@ -16,7 +16,7 @@ from tests.helpers import fd_count, guest_memory_mappings, start_daemon
 MiB, GiB = 1 << 20, 1 << 30
 
 
-def test_socket_permissions(daemon):
+def test_the_socket_is_0660_in_a_0750_directory(daemon):
     assert stat.S_IMODE(daemon.socket_path.stat().st_mode) == 0o660
     assert stat.S_ISSOCK(daemon.socket_path.stat().st_mode)
     assert stat.S_IMODE(daemon.socket_path.parent.stat().st_mode) == 0o750
@@ -74,7 +74,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> int | None:
         return None
 
 
-def test_socket_path_from_environment(short_tmp):
+def test_memslotd_socket_in_the_environment_sets_the_socket_path(short_tmp):
     path = short_tmp / "env" / "api.sock"
     proc = _spawn_on(path)
     try:

@@ -68,7 +68,7 @@ def head_seq(daemon) -> int:
     return json.loads(lines[-1])["seq"]
 
 
-def test_hello_then_live_events(daemon):
+def test_a_subscriber_hears_hello_then_each_event_with_the_next_seq_and_the_same_boot_id(daemon):
     with subscribe(daemon, "", subprotocols=["memslotd.v1"]) as ws:
         hello = recv(ws)
         assert hello["type"] == "hello" and ws.subprotocol == "memslotd.v1"
@@ -108,7 +108,7 @@ def test_exactly_once_resume_at_random_cut_points_under_mutation(daemon):
     assert seen == list(range(1, last + 1)), "every event exactly once, in order"
 
 
-def test_gone_on_expired_cursor_and_foreign_boot(short_tmp):
+def test_an_expired_cursor_or_a_foreign_boot_id_is_410_gone_and_a_retained_one_resumes(short_tmp):
     d = start_daemon(short_tmp, "--event-retention-count", "16")
     try:
         with d.client() as c:
@@ -164,7 +164,7 @@ def test_initial_state_is_consistent_under_concurrent_mutation(daemon):
     assert set(slots) == listed
 
 
-def test_filters_by_vm_and_type(daemon):
+def test_a_subscriber_filtered_by_vm_and_type_hears_only_that_vms_matching_events(daemon):
     with daemon.client() as c:
         a = c.post("/v1/vms", json={}).json()["id"]
         b = c.post("/v1/vms", json={}).json()["id"]
@@ -173,11 +173,13 @@ def test_filters_by_vm_and_type(daemon):
             c.post(f"/v1/vms/{a}/guest-memfds", json={"size": 2 * MiB})
             g = c.post(f"/v1/vms/{b}/guest-memfds", json={"size": 2 * MiB}).json()["id"]
             c.delete(f"/v1/vms/{b}")
-            got = [(e["type"], e["vm_id"]) for e in (recv(ws) for _ in range(3))]
-            assert got == [("guest_memfd.created", b), ("guest_memfd.deleted", b), ("vm.deleted", b)]
-            assert g
-        with subscribe(daemon, "?types=nonsense.*") as ws:
-            assert recv(ws)["type"] == "error"
+            got = [(e["type"], e["vm_id"], e["data"].get("id")) for e in (recv(ws) for _ in range(3))]
+            assert got == [("guest_memfd.created", b, g), ("guest_memfd.deleted", b, g), ("vm.deleted", b, None)]
+
+
+def test_a_type_filter_no_event_type_matches_is_answered_with_an_error_frame(daemon):
+    with subscribe(daemon, "?types=nonsense.*") as ws:
+        assert recv(ws)["type"] == "error"
 
 
 def test_bookmarks_let_filtered_clients_advance(short_tmp):

@@ -39,7 +39,7 @@ def _wait_healthy(path, proc, timeout: float = 20) -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate not installed")
-def test_socket_activation_with_an_inherited_fd(short_tmp):
+def test_an_inherited_systemd_socket_is_served_instead_of_binding_one(short_tmp):
     path = short_tmp / "activated.sock"
     proc = subprocess.Popen(["systemd-socket-activate", "-l", str(path), "--fdname=api",
                              sys.executable, "-m", "memslotd.daemon", "--socket", str(short_tmp / "unused" / "x.sock")],
@@ -56,7 +56,7 @@ def test_socket_activation_with_an_inherited_fd(short_tmp):
         proc.wait(20)
 
 
-def test_sd_notify_ready_and_stopping(short_tmp):
+def test_sd_notify_hears_ready_once_serving_and_stopping_on_sigterm(short_tmp):
     notify_path = short_tmp / "notify"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(notify_path))
@@ -132,7 +132,7 @@ def test_fd_exhaustion_is_503_with_errno_and_leaks_nothing(short_tmp):
         d.stop()
 
 
-def test_toml_configuration_file(short_tmp):
+def test_a_toml_configuration_file_sets_the_limits(short_tmp):
     cfg = short_tmp / "memslotd.toml"
     cfg.write_text("max_vms = 1\nlog_format = \"text\"\n")
     d = start_daemon(short_tmp, "--config", str(cfg))
@@ -142,6 +142,9 @@ def test_toml_configuration_file(short_tmp):
             assert c.post("/v1/vms", json={}).json()["code"] == "VM_QUOTA"
     finally:
         d.stop()
+
+
+def test_a_toml_value_of_the_wrong_type_stops_the_start_naming_the_option(short_tmp):
     bad = short_tmp / "bad.toml"
     bad.write_text("max_vms = 'many'\n")
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--config", str(bad), "--socket", str(short_tmp / "b.sock")],
@@ -157,7 +160,7 @@ def test_help_documents_every_option():
         assert f"--{name.replace('_', '-')}" in r.stdout, name
 
 
-def test_probe_rate_quota(short_tmp):
+def test_probes_past_max_probes_per_second_are_429(short_tmp):
     d = start_daemon(short_tmp, "--max-probes-per-second", "1")
     try:
         with d.client() as c:

@@ -101,7 +101,7 @@ def tcp_daemon(short_tmp):
     d.stop()
 
 
-def test_tcp_tokens_scopes_and_origin(tcp_daemon):
+def test_tcp_refuses_a_missing_token_401_a_missing_scope_or_a_foreign_origin_403_and_audits_each(tcp_daemon):
     d, url, _ = tcp_daemon
     with httpx.Client(base_url=url) as c:
         r = c.get("/v1/vms")
@@ -121,7 +121,7 @@ def test_tcp_tokens_scopes_and_origin(tcp_daemon):
     assert any(a.get("token") == "orchestrator" and a["status"] == 201 for a in audit_lines(d))
 
 
-def test_websocket_auth_for_browsers(tcp_daemon):
+def test_a_browser_websocket_authenticates_by_subprotocol_or_first_message_and_a_foreign_origin_is_refused(tcp_daemon):
     _, _, port = tcp_daemon
     ws_url = f"ws://127.0.0.1:{port}/v1/events"
     # token in the subprotocol (browsers cannot set headers), Origin checked
@@ -155,7 +155,7 @@ def _make_certs(tmp: Path) -> dict[str, Path]:
     return {n: tmp / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
-def test_tls_and_mutual_tls(short_tmp):
+def test_tls_tcp_needs_a_client_certificate_refuses_plain_http_and_the_unix_socket_stays_plain(short_tmp):
     certs = _make_certs(short_tmp)
     port = free_port()
     d = start_daemon(short_tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file(short_tmp)),
@@ -188,7 +188,7 @@ def test_tls_and_mutual_tls(short_tmp):
         d.stop()
 
 
-def test_socket_group_is_applied(short_tmp):
+def test_the_socket_belongs_to_the_configured_group(short_tmp):
     import grp
 
     group = grp.getgrgid(os.getgroups()[-1] if os.getgroups() else os.getgid()).gr_name

@@ -21,32 +21,52 @@ def slot(i: int, start: int, size: int) -> Slot:
     return Slot(i, start, size, (), Backing("shm-1", 0), None, 0, "shared_memory", 0.0)
 
 
-def test_range_checks():
+def test_an_aligned_start_and_size_make_the_half_open_range():
     assert check_aligned_range(4096, 8192, 4096, what="x") == Range(4096, 12288)
-    for start, size, code in ((0, 0, "RANGE_EMPTY"), (1, 4096, "RANGE_NOT_ALIGNED"), ((1 << 53) - 4096, 8192, "RANGE_OVERFLOW")):
-        with pytest.raises(InvalidRequest) as e:
-            check_aligned_range(start, size, 4096, what="x")
-        assert e.value.code == code
 
 
-def test_slot_table_overlap_ids_and_pages():
+@pytest.mark.parametrize("start, size, code", [
+    (0, 0, "RANGE_EMPTY"), (1, 4096, "RANGE_NOT_ALIGNED"), ((1 << 53) - 4096, 8192, "RANGE_OVERFLOW"),
+], ids=["an_empty_range_is_RANGE_EMPTY", "an_unaligned_start_is_RANGE_NOT_ALIGNED",
+        "an_end_past_2_to_the_53_is_RANGE_OVERFLOW"])
+def test_a_range_that_cannot_be_a_memory_range_is_refused_with_its_code(start, size, code):
+    with pytest.raises(InvalidRequest) as e:
+        check_aligned_range(start, size, 4096, what="x")
+    assert e.value.code == code
+
+
+def _three_slots() -> MemslotTable:
+    """Slots 0, 1 and 3 at [0, 100), [200, 300), [400, 500)."""
     t = MemslotTable(8)
     t.add(slot(0, 0, 100))
     t.add(slot(1, 200, 100))
     t.add(slot(3, 400, 100))
+    return t
+
+
+def test_the_slot_table_hands_out_the_lowest_free_id():
+    t = _three_slots()
     assert t.lowest_free_id() == 2
+    t.remove(0)
+    assert t.lowest_free_id() == 0 and len(t) == 2
+
+
+def test_the_slot_table_finds_the_first_overlap_in_gpa_order_ignoring_the_slot_being_changed():
+    t = _three_slots()
     assert t.first_overlap(Range(50, 60)).slot_id == 0
     assert t.first_overlap(Range(100, 200)) is None
     assert t.first_overlap(Range(150, 250)).slot_id == 1
     assert t.first_overlap(Range(0, 1000)).slot_id == 0
     assert t.first_overlap(Range(250, 260), ignore=1) is None
     assert [s.slot_id for s in t.overlapping(Range(99, 401))] == [0, 1, 3]
+
+
+def test_the_slot_table_pages_in_gpa_order_with_the_next_pages_start():
+    t = _three_slots()
     items, nxt = t.page(Range(0, 1000), None, 2)
     assert [s.slot_id for s in items] == [0, 1] and nxt == 200
     items, nxt = t.page(Range(0, 1000), nxt, 2)
     assert [s.slot_id for s in items] == [3] and nxt is None
-    t.remove(0)
-    assert t.lowest_free_id() == 0 and len(t) == 2
 
 
 @given(st.lists(st.tuples(st.integers(0, 50), st.integers(1, 10)), max_size=40), st.integers(0, 60), st.integers(1, 15))
@@ -113,7 +133,7 @@ def test_bulk_attribute_updates_equal_one_at_a_time(spans):
     assert one.private_bytes == bulk.private_bytes
 
 
-def test_gmem_bindings():
+def test_a_guest_memfd_range_overlap_names_the_bound_slot_except_the_one_ignored_until_unbound():
     b = GmemBindings()
     b.bind(Range(0, 10), 1)
     b.bind(Range(20, 30), 2)
@@ -172,7 +192,7 @@ def test_attribute_map_equals_a_per_page_model(operations):
         assert amap.private_bytes == sum(1 for v in model.pages.values() if v == PRIVATE)
 
 
-def test_attribute_runs_are_clipped():
+def test_attribute_runs_are_clipped_to_the_window_asked_for():
     amap = AttributeMap()
     amap.add(Range(0, 100), PRIVATE)
     amap.assign(Range(40, 60), SHARED)
@@ -180,12 +200,21 @@ def test_attribute_runs_are_clipped():
     assert amap.state_at(45) == SHARED and amap.state_at(100) is None
 
 
-def test_event_log_resume_and_gone():
+def _five_events_three_kept() -> EventLog:
     log = EventLog(max_events=3)
     for i in range(5):
         log.append("vm.created", f"vm-{i}", {})
+    return log
+
+
+def test_the_event_log_resumes_after_any_seq_it_still_holds():
+    log = _five_events_three_kept()
     assert [e.seq for e in log.since(2)] == [3, 4, 5]
     assert log.since(5) == []
+
+
+def test_a_cursor_expired_from_another_boot_or_from_the_future_is_gone():
+    log = _five_events_three_kept()
     with pytest.raises(CursorGone) as gone:
         log.since(1)
     assert gone.value.reason == "expired" and gone.value.oldest_seq == 3
@@ -195,27 +224,24 @@ def test_event_log_resume_and_gone():
         log.since(99)
 
 
-def test_event_log_byte_bound():
+def test_the_event_log_drops_its_oldest_events_to_stay_within_its_bytes():
     log = EventLog(max_events=1000, max_bytes=500)
     for _ in range(50):
         log.append("memory.converted", "vm-1", {"pad": "x" * 50})
     assert log.retained_bytes <= 500 and log.oldest_seq > 1
 
 
-def test_kernel_errno_mapping_is_exact():
-    def err(code: int) -> OSError:
-        e = OSError(code, "x")
-        e.ioctl = "KVM_SET_USER_MEMORY_REGION2"  # type: ignore[attr-defined]
-        return e
-
-    assert isinstance(kernel_error(err(errno.ENOMEM), "x"), HostResourcesExhausted)
-    assert isinstance(kernel_error(err(errno.EMFILE), "x"), HostResourcesExhausted)
-    eexist = kernel_error(err(errno.EEXIST), "x")
-    assert isinstance(eexist, Conflict) and eexist.extra["errno"] == errno.EEXIST
-    assert isinstance(kernel_error(err(errno.ENOTTY), "x"), CapabilityMissing)
-    assert isinstance(kernel_error(err(errno.EINVAL), "x"), InvalidRequest)
-    eio = kernel_error(err(errno.EIO), "x")
-    assert isinstance(eio, KernelError) and eio.extra["ioctl"] == "KVM_SET_USER_MEMORY_REGION2"
+@pytest.mark.parametrize("code, error", [
+    (errno.ENOMEM, HostResourcesExhausted), (errno.EMFILE, HostResourcesExhausted), (errno.EEXIST, Conflict),
+    (errno.ENOTTY, CapabilityMissing), (errno.EINVAL, InvalidRequest), (errno.EIO, KernelError),
+], ids=["ENOMEM_is_HostResourcesExhausted", "EMFILE_is_HostResourcesExhausted", "EEXIST_is_Conflict",
+        "ENOTTY_is_CapabilityMissing", "EINVAL_is_InvalidRequest", "EIO_is_KernelError"])
+def test_a_kernel_errno_becomes_its_domain_error_carrying_the_errno_and_the_ioctl(code, error):
+    exc = OSError(code, "x")
+    exc.ioctl = "KVM_SET_USER_MEMORY_REGION2"  # type: ignore[attr-defined]
+    got = kernel_error(exc, "x")
+    assert isinstance(got, error)
+    assert got.extra["errno"] == code and got.extra["ioctl"] == "KVM_SET_USER_MEMORY_REGION2"
 
 
 def test_vm_mutations_are_serialized_and_the_queue_is_bounded():

@@ -50,8 +50,9 @@ class VCPUFd(OwnedFd):
         self.phys_bits = 36
 
     def map_run(self, size: int) -> None:
+        fd = self._fd_or_raise("mmap(kvm_run)")
         out = ffi.new("void **")
-        check(lib.msd_mmap(self._fd, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, 0, out), "mmap(kvm_run)")
+        check(lib.msd_mmap(fd, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, 0, out), "mmap(kvm_run)")
         self._run, self._run_size = out[0], size
 
     def _release(self) -> None:
