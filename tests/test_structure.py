@@ -94,7 +94,7 @@ def test_the_package_type_checks():
 
 def test_value_types_are_immutable_to_the_type_checker(tmp_path):
     """core.values trades run-time freezing for speed; mypy must still refuse a mutation."""
-    (tmp_path / "mutate.py").write_text("from memslotd.core.slots import Backing\n\nBacking('shm-1', 0).offset = 4096\n")
+    (tmp_path / "mutate.py").write_text("from memslotd.core.slot_table import Backing\n\nBacking('shm-1', 0).offset = 4096\n")
     r = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", str(tmp_path / "mutate.py")], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and 'Property "offset" defined in "Backing" is read-only' in r.stdout, r.stdout

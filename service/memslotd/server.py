@@ -16,7 +16,7 @@ import uvicorn
 
 from . import __version__
 from .connections import ConnectionGuard, fd_budget, protocols
-from .adapter import build_core
+from .kernel_adapter import build_core
 from .api.app import create_app
 from .api.auth import TokenStore
 from .http_protocol import BoundedHttpTools

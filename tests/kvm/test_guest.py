@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from memslotd.kvm import KVMSystem, SharedMemory
-from memslotd.kvm.guest import GuestRunner
+from memslotd.kvm.probe_guest import GuestRunner
 from memslotd.uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, PROBE_WINDOW_GPA
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")

@@ -12,7 +12,7 @@ from memslotd.core.attributes import PRIVATE, SHARED, AttributeMap
 from memslotd.core.errors import CapabilityMissing, Conflict, HostResourcesExhausted, InvalidRequest, KernelError, kernel_error
 from memslotd.core.events import CursorGone, EventLog
 from memslotd.core.ranges import Range, check_aligned_range
-from memslotd.core.slots import Backing, FreeIds, GmemBindings, MemslotTable, Slot
+from memslotd.core.slot_table import Backing, FreeIds, GmemBindings, MemslotTable, Slot
 from memslotd.core.sorted_keys import floor_key, higher_key
 from sortedcontainers import SortedDict
 

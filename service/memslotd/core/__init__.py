@@ -2,7 +2,7 @@
 
 from .errors import DomainError
 from .events import EventLog
-from .facade import MemoryCore
+from .memory_core import MemoryCore
 from .limits import Limits
 from .ranges import Range
 

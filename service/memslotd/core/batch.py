@@ -22,11 +22,11 @@ from typing import Any
 
 from ..uapi import RegionArgs
 from .errors import Conflict, DomainError, QuotaExceeded, kernel_error
-from .memslots import (MemslotService, SlotRequest, continues_run, initial_state, invalidation_of_run,
+from .memslots import (MemslotService, SlotRequest, continues_run, invalidation_of_run, slot_start_state,
                        set_kernel_attributes, slot_event)
 from .records import VMRecord
-from .slots import Slot
-from .values import value_type
+from .slot_table import Slot
+from .value_type import value_type
 
 __all__ = ["BatchOp", "BatchService", "BatchFailed", "MAX_BATCH_OPS"]
 
@@ -165,7 +165,7 @@ class BatchService:
         for op, run in itertools.groupby(steps, key=lambda step: step.op):
             if op == "create":
                 vm.attributes.add_many([(step.slot.guest_phys_addr, step.slot.guest_phys_addr + step.slot.memory_size,
-                                         initial_state(vm, step.slot)) for step in run])
+                                         slot_start_state(vm, step.slot)) for step in run])
             elif op == "delete":
                 vm.attributes.remove_many([(step.slot.guest_phys_addr, step.slot.guest_phys_addr + step.slot.memory_size)
                                            for step in run])

@@ -19,13 +19,13 @@ from .errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, Quot
 from .records import VMRecord
 from .ranges import Range, check_aligned_range
 from .registry import Registry
-from .slots import Backing, Slot
-from .values import value_type
+from .slot_table import Backing, Slot
+from .value_type import value_type
 
-__all__ = ["SlotRequest", "MemslotService", "initial_state", "invalidation_of_run", "set_kernel_attributes", "continues_run", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
+__all__ = ["SlotRequest", "MemslotService", "slot_start_state", "invalidation_of_run", "set_kernel_attributes", "continues_run", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
 
 SLOT_FLAG_BITS = {"log_dirty_pages": KVM_MEM_LOG_DIRTY_PAGES, "readonly": KVM_MEM_READONLY}
-#: The probe's window (see memslotd.kvm.guest): no user slot may overlap it.
+#: The probe's window (see memslotd.kvm.probe_guest): no user slot may overlap it.
 RESERVED_GPA = Range.of(PROBE_WINDOW_GPA, PROBE_WINDOW_SIZE)
 
 
@@ -48,7 +48,7 @@ def default_state(private: bool, init_shared: bool) -> str:
     return PRIVATE
 
 
-def initial_state(vm: VMRecord, slot: Slot) -> str:
+def slot_start_state(vm: VMRecord, slot: Slot) -> str:
     """The attribute state a new slot's range starts in (see ``default_state``)."""
     if slot.private is None:
         return SHARED
@@ -167,7 +167,7 @@ class MemslotService:
         (as QEMU marks guest_memfd RAM), and a deleted slot's private runs are reset to shared.
         """
         if create:
-            if initial_state(vm, slot) != PRIVATE:
+            if slot_start_state(vm, slot) != PRIVATE:
                 return []
             return [(slot.guest_phys_addr, slot.memory_size, attribute_bits(PRIVATE), 0)]
         return [(r.start, r.size, 0, attribute_bits(PRIVATE))
@@ -241,7 +241,7 @@ class MemslotService:
         if slot.shared is not None:
             vm.shms[slot.shared.object_id].users.add(slot.slot_id)
         if attributes:
-            vm.attributes.add(slot.gpa_range, initial_state(vm, slot))
+            vm.attributes.add(slot.gpa_range, slot_start_state(vm, slot))
 
     @staticmethod
     def commit_delete(vm: VMRecord, slot: Slot, *, attributes: bool = True) -> None:

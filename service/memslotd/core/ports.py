@@ -81,7 +81,7 @@ class VMPort(_Closable, Protocol):
 
 
 class KernelPort(Protocol):
-    """Factory for kernel objects (implemented by ``memslotd.adapter.KernelAdapter``)."""
+    """Factory for kernel objects (implemented by ``memslotd.kernel_adapter.KernelAdapter``)."""
 
     @property
     def host(self) -> HostCapabilities: ...

@@ -13,7 +13,7 @@ from .attributes import SHARED, AttributeMap
 from .errors import NotFound, ShuttingDown, VMBusy
 from .ports import GuestMemfdPort, GuestRunnerPort, SharedMemoryPort, VMPort
 from .ranges import Range
-from .slots import GmemBindings, MemslotTable
+from .slot_table import GmemBindings, MemslotTable
 
 __all__ = ["VMRecord", "GmemRecord", "ShmRecord", "new_id"]
 

@@ -22,7 +22,7 @@ from .limits import Limits, hugepage_pool
 from .ports import KernelPort
 from .ranges import MAX_JSON_INT, Range, check_aligned_range
 from .records import GmemRecord, ShmRecord, VMRecord, new_id
-from .slots import MemslotTable
+from .slot_table import MemslotTable
 from .stats import Stats
 
 __all__ = ["Registry", "GMEM_FLAG_BITS", "HUGEPAGE_SIZES"]

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ... import __version__
 from ...core import MemoryCore
 from ...core.events import EVENT_TYPES, STREAM_TYPES, CursorGone, Event, Subscriber
-from ...core.snapshot import snapshot
+from ...core.initial_state import initial_state
 from ..problems import describe_errors, problem_response
 from ._common import problems, router as _router
 
@@ -119,7 +119,7 @@ class EventStream:
         state: list[str] = []
         if self.query.initial_state:
             now = time.time()
-            for type_, vm_id, data in snapshot(self.core.registry, self.query.vm_id):
+            for type_, vm_id, data in initial_state(self.core.registry, self.query.vm_id):
                 if self.accept(type_, vm_id):
                     state.append(_json({"seq": log.seq, "boot_id": log.boot_id, "time": now, "type": type_,
                                         "vm_id": vm_id, "data": data, "initial": True}))

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import HTTPException, Response
 from fastapi.responses import JSONResponse
 
-from ..convert import gmem_plan, gmem_read, shm_plan, shm_read
+from ..views import gmem_plan, gmem_read, shm_plan, shm_read
 from ..deps import CoreDep, SettingsDep
 from ..routing import DRY_RUN_HEADER
 from ..schemas import (

@@ -14,11 +14,11 @@ from ...core import MemoryCore
 from ...core.batch import BatchOp
 from ...core.memslots import SlotRequest, dirty_ranges
 from ...core.ranges import Range
-from ...core.slots import Backing, Slot
+from ...core.slot_table import Backing, Slot
 from ...core.errors import InvalidRequest
 from ..batch_body import BATCH_BODY
 from ..body import check_charset, parse_json
-from ..convert import slot_read
+from ..views import slot_read
 from ..deps import CoreDep
 from ..routing import DRY_RUN_HEADER
 from ..schemas import BatchResponse, DirtyLog, MemslotCreate, MemslotList, MemslotRead

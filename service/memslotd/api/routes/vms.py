@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
-from ..convert import vm_plan, vm_read
+from ..views import vm_plan, vm_read
 from ..deps import CoreDep
 from ..routing import DRY_RUN_HEADER
 from ..schemas import VMCreate, VMList, VMPlan, VMRead, VMRelease

@@ -27,7 +27,7 @@ from .memslots import GPA_LIMIT
 from .ranges import Range, check_aligned_range
 from .records import VMRecord
 from .registry import Registry
-from .slots import Slot
+from .slot_table import Slot
 
 __all__ = ["ConversionService", "ConversionResult", "ConversionFailed"]
 

@@ -8,7 +8,7 @@ from ..uapi import HostCapabilities
 from .events import EventLog
 from .limits import Limits
 from .batch import BatchService
-from .conversion import ConversionService
+from .memory import ConversionService
 from .host_view import HostViewService
 from .memslots import MemslotService
 from .probe import ProbeService

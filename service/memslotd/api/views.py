@@ -8,7 +8,7 @@ from ..core.backing import guest_backing
 from ..core.memslots import slot_event
 from ..core.records import GmemRecord, ShmRecord, VMRecord
 from ..core.registry import GMEM_FLAG_BITS, HUGEPAGE_SIZES, Registry
-from ..core.slots import Slot
+from ..core.slot_table import Slot
 
 __all__ = ["vm_read", "vm_plan", "gmem_plan", "shm_plan", "gmem_read", "shm_read", "slot_read"]
 
