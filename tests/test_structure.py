@@ -46,6 +46,41 @@ def test_layers_import_one_way():
     assert not broken, "\n".join(broken)
 
 
+def test_the_api_imports_the_core_package_only():
+    """memslotd.api uses the core through its public face (``memslotd.core``'s ``__all__``),
+    never one of its modules: what the core does inside stays the core's business."""
+    reaching_in = []
+    for path in (PKG / "api").rglob("*.py"):
+        for name in _imports(path):
+            if name.startswith("memslotd.core."):
+                reaching_in.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not reaching_in, "\n".join(reaching_in)
+
+
+def _modules_loaded_by(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return set(r.stdout.split())
+
+
+def _loaded(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+def test_the_client_imports_without_the_server_side():
+    """Transitively, not just by its own import lines: a client machine needs no FastAPI and
+    no kernel layer (the client reads the wire models of api.schemas, which are pydantic only)."""
+    assert not _loaded(_modules_loaded_by("memslotd.client"),
+                       ("fastapi", "starlette", "uvicorn", "memslotd.kvm", "memslotd._native", "cffi"))
+
+
+def test_the_core_imports_without_the_kernel_layer():
+    """Transitively: the core reaches the kernel only through the objects it is handed (core.ports),
+    so it imports without the native module, cffi or memslotd.kvm (tests/core runs it so)."""
+    assert not _loaded(_modules_loaded_by("memslotd.core"),
+                       ("memslotd.kvm", "memslotd._native", "cffi", "memslotd.api", "fastapi", "pydantic"))
+
+
 def test_uapi_is_a_leaf_of_the_standard_library():
     """memslotd.uapi (constants, limits, value types) imports nothing of the project nor any
     third-party package, so that every layer may import it (FORBIDDEN lists no layer's uapi)."""

@@ -258,7 +258,7 @@ def test_vm_mutations_are_serialized_and_the_queue_is_bounded():
 
 @given(st.sets(st.integers(0, 300), max_size=80), st.integers(1, 301))
 def test_dirty_ranges_match_the_set_bits(dirty, pages):
-    from memslotd.core.memslots import dirty_ranges
+    from memslotd.core.dirty_log import dirty_ranges
 
     words = bytearray((pages + 63) // 64 * 8)
     for p in dirty:

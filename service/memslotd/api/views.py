@@ -1,69 +1,54 @@
-"""Domain values -> wire models (responses)."""
+"""The core's read models -> wire models (response bodies, as dicts in the schemas' shape)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..core.backing import guest_backing
-from ..core.memslots import slot_event
-from ..core.records import GmemRecord, ShmRecord, VMRecord
-from ..core.registry import GMEM_FLAG_BITS, HUGEPAGE_SIZES, Registry
-from ..core.slot_table import Slot
+from ..core import GuestMemfdView, SharedMemoryView, SlotView, VMView
 
-__all__ = ["vm_read", "vm_plan", "gmem_plan", "shm_plan", "gmem_read", "shm_read", "slot_read"]
+__all__ = ["vm_read", "vm_plan", "gmem_read", "gmem_plan", "shm_read", "shm_plan", "slot_read"]
 
 
-def vm_read(vm: VMRecord, enforcement: str) -> dict[str, Any]:
-    used = len(vm.slots)
+def vm_plan(vm: VMView) -> dict[str, Any]:
+    """The VM without what only creation makes (VMPlan: a dry-run create's answer)."""
+    return {"type": vm.type, "name": vm.name,
+            "memslots": {"used": vm.memslots_used, "free": vm.memslots_max - vm.memslots_used, "max": vm.memslots_max},
+            "guest_memfds": vm.guest_memfds, "shared_memory_regions": vm.shared_memory_regions,
+            "guest_memfd_bytes": vm.guest_memfd_bytes, "shared_memory_bytes": vm.shared_memory_bytes,
+            "slot_bytes": vm.slot_bytes, "private_bytes": vm.private_bytes, "conversion_enforcement": vm.enforcement}
+
+
+def vm_read(vm: VMView) -> dict[str, Any]:
+    return {"id": vm.id, **vm_plan(vm), "created_at": vm.created_at}
+
+
+def gmem_plan(gmem: GuestMemfdView) -> dict[str, Any]:
+    return {"name": gmem.name, "size": gmem.size, "flags": list(gmem.flags), "bindings": [
+        {"slot": b.slot, "offset": b.offset, "size": b.size, "guest_phys_addr": b.guest_phys_addr}
+        for b in gmem.bindings]}
+
+
+def gmem_read(gmem: GuestMemfdView) -> dict[str, Any]:
+    return {"id": gmem.id, **gmem_plan(gmem), "created_at": gmem.created_at}
+
+
+def shm_plan(shm: SharedMemoryView) -> dict[str, Any]:
+    return {"name": shm.name, "size": shm.size, "hugepages": shm.hugepages, "page_size": shm.page_size,
+            "used_by_slots": list(shm.used_by_slots)}
+
+
+def shm_read(shm: SharedMemoryView) -> dict[str, Any]:
+    return {"id": shm.id, **shm_plan(shm), "created_at": shm.created_at}
+
+
+def slot_read(view: SlotView) -> dict[str, Any]:
+    slot = view.slot
     return {
-        "id": vm.id, "type": vm.type, "name": vm.name, "created_at": vm.created_at,
-        "memslots": {"used": used, "free": vm.slots.max_slots - used, "max": vm.slots.max_slots},
-        "guest_memfds": len(vm.gmems), "shared_memory_regions": len(vm.shms),
-        "guest_memfd_bytes": sum(g.size for g in vm.gmems.values()),
-        "shared_memory_bytes": sum(m.size for m in vm.shms.values()),
-        "slot_bytes": vm.slots.total_bytes, "private_bytes": vm.attributes.private_bytes,
-        "conversion_enforcement": enforcement,
-    }
-
-
-def vm_plan(reg: Registry, vm_type: str, name: str | None) -> dict[str, Any]:
-    """The VM a dry-run create would make (VMPlan): empty, with the whole slot budget."""
-    return {"type": vm_type, "name": name, "memslots": {"used": 0, "free": reg.max_slots, "max": reg.max_slots},
-            "guest_memfds": 0, "shared_memory_regions": 0, "guest_memfd_bytes": 0, "shared_memory_bytes": 0,
-            "slot_bytes": 0, "private_bytes": 0, "conversion_enforcement": reg.enforcement}
-
-
-def gmem_plan(name: str | None, size: int, flags: list[str]) -> dict[str, Any]:
-    return {"name": name, "size": size, "flags": [f for f in GMEM_FLAG_BITS if f in flags], "bindings": []}
-
-
-def shm_plan(reg: Registry, name: str | None, size: int, hugepages: str | None) -> dict[str, Any]:
-    page = HUGEPAGE_SIZES[hugepages] if hugepages else reg.page_size
-    return {"name": name, "size": size, "hugepages": hugepages, "page_size": page, "used_by_slots": []}
-
-
-def gmem_read(vm: VMRecord, gmem: GmemRecord) -> dict[str, Any]:
-    bindings = []
-    for slot_id, r in gmem.bindings:
-        slot = vm.slots.get(slot_id)
-        bindings.append({"slot": slot_id, "offset": r.start, "size": r.size,
-                         "guest_phys_addr": slot.guest_phys_addr if slot else 0})
-    return {"id": gmem.id, "name": gmem.name, "size": gmem.size, "flags": list(gmem.flags), "created_at": gmem.created_at,
-            "bindings": bindings}
-
-
-def shm_read(shm: ShmRecord) -> dict[str, Any]:
-    return {"id": shm.id, "name": shm.name, "size": shm.size, "hugepages": shm.hugepages, "page_size": shm.page_size,
-            "created_at": shm.created_at, "used_by_slots": sorted(shm.users)}
-
-
-def slot_read(vm: VMRecord, slot: Slot, gmem_only_honoured: bool | None) -> dict[str, Any]:
-    """The slot as events show it, plus what only a read carries."""
-    return {
-        **slot_event(slot), "address_space": 0,
-        "guest_backing": guest_backing(vm, slot, gmem_only_honoured),
+        "slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "memory_size": slot.memory_size,
+        "flags": list(slot.flags),
+        "shared": {"shared_memory_id": slot.shared.object_id, "offset": slot.shared.offset} if slot.shared else None,
+        "private": {"guest_memfd_id": slot.private.object_id, "offset": slot.private.offset} if slot.private else None,
+        "address_space": 0, "guest_backing": view.guest_backing,
         "userspace_addr_source": slot.userspace_addr_source, "immutable": slot.immutable,
         "created_at": slot.created_at, "generation": slot.generation,
     }
-
-

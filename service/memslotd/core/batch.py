@@ -22,9 +22,9 @@ from typing import Any
 
 from ..uapi import RegionArgs
 from .errors import Conflict, DomainError, QuotaExceeded, kernel_error
-from .memslots import (MemslotService, SlotRequest, continues_run, invalidation_of_run, slot_start_state,
-                       set_kernel_attributes, slot_event)
+from .memslots import MemslotService, SlotRequest, set_kernel_attributes, slot_start_state
 from .records import VMRecord
+from .slot_events import continues_run, invalidation_of_run, slot_event
 from .slot_table import Slot
 from .value_type import value_type
 
@@ -131,7 +131,7 @@ class BatchService:
         ms = self.memslots
         if op.op == "delete":
             assert op.slot_id is not None
-            slot = vm.slots.get(op.slot_id) or ms.get(vm, op.slot_id)  # ms.get raises the 404
+            slot = vm.slots.get(op.slot_id) or ms.find(vm, op.slot_id)  # ms.find raises the 404
             ms.commit_delete(vm, slot, attributes=False)
             return _Step("delete", slot, 0)  # flags: only an undo needs them (see _region)
         assert op.request is not None

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .memslots import slot_event
 from .ranges import Range
 from .registry import Registry
+from .slot_events import slot_event
 
 __all__ = ["initial_state"]
 

@@ -22,9 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ... import __version__
-from ...core import MemoryCore
-from ...core.events import EVENT_TYPES, STREAM_TYPES, CursorGone, Event, Subscriber
-from ...core.initial_state import initial_state
+from ...core import EVENT_TYPES, STREAM_TYPES, CursorGone, Event, MemoryCore, Subscriber
 from ..problems import describe_errors, problem_response
 from ._common import problems, router as _router
 
@@ -109,7 +107,7 @@ class EventStream:
         subscription): the greeting, the seq the backlog ends at, and the initial state."""
         log = self.core.events
         hello = [_frame(self.core, "hello", seq=log.seq, oldest_seq=log.oldest_seq, version=__version__,
-                        bookmark_interval_s=self.bookmark_s, enforcement=self.core.registry.enforcement)]
+                        bookmark_interval_s=self.bookmark_s, enforcement=self.core.host.enforcement)]
         if self.query.since_seq is not None:
             try:
                 log.check_cursor(self.query.since_seq, self.query.boot_id)
@@ -119,7 +117,7 @@ class EventStream:
         state: list[str] = []
         if self.query.initial_state:
             now = time.time()
-            for type_, vm_id, data in initial_state(self.core.registry, self.query.vm_id):
+            for type_, vm_id, data in self.core.initial_state(self.query.vm_id):
                 if self.accept(type_, vm_id):
                     state.append(_json({"seq": log.seq, "boot_id": log.boot_id, "time": now, "type": type_,
                                         "vm_id": vm_id, "data": data, "initial": True}))

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Query
 
-from ...core.probe import MAX_PROBE_BYTES
+from ...core import MAX_PROBE_BYTES
 from ..deps import CoreDep
 from ..schemas import HostBytes, HostWriteRequest
 from ._common import ObjectIdPath, VMId, problems
