@@ -81,6 +81,18 @@ def test_the_core_imports_without_the_kernel_layer():
                        ("memslotd.kvm", "memslotd._native", "cffi", "memslotd.api", "fastapi", "pydantic"))
 
 
+def test_each_limit_has_one_definition():
+    """2^53-1 (the JSON integer bound), the batch size and the object-id pattern are defined once,
+    in the core (MAX_JSON_INT, MAX_BATCH_OPS, id_pattern); every other module names them."""
+    spelled_out = {"1 << 53": "core/ranges.py", "[0-9a-f]{1,32}": None, "max_length=4096": None}
+    wrong = []
+    for path in PKG.rglob("*.py"):
+        text, where = path.read_text(), path.relative_to(PKG).as_posix()
+        wrong += [f"{where} spells out {literal!r}" for literal, home in spelled_out.items()
+                  if literal in text and where != home]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_uapi_is_a_leaf_of_the_standard_library():
     """memslotd.uapi (constants, limits, value types) imports nothing of the project nor any
     third-party package, so that every layer may import it (FORBIDDEN lists no layer's uapi)."""

@@ -17,6 +17,7 @@ from .memory_core import MemoryCore
 from .memslots import GPA_LIMIT, RESERVED_GPA, SlotRequest
 from .probe import MAX_PROBE_BYTES, ProbeOp
 from .ranges import MAX_JSON_INT, Range
+from .records import ID_PATTERN, VM_ID_PATTERN
 from .read_models import (AttributePage, AttributeRun, DirtyLog, GmemBindingView, GuestMemfdView, HostUsage, ProbeReport,
                           SharedMemoryView, SlotPage, SlotView, VMUsage, VMView)
 from .slot_table import Backing, Slot
@@ -35,5 +36,5 @@ __all__ = [
     "DomainError", "InvalidRequest", "NotFound", "Conflict", "PreconditionFailed", "CapabilityMissing", "QuotaExceeded",
     "VMBusy", "HostResourcesExhausted", "ShuttingDown", "KernelError", "BatchFailed", "ConversionFailed",
     # limits the API states
-    "MAX_BATCH_OPS", "MAX_JSON_INT", "MAX_PROBE_BYTES", "GPA_LIMIT", "RESERVED_GPA",
+    "MAX_BATCH_OPS", "MAX_JSON_INT", "MAX_PROBE_BYTES", "GPA_LIMIT", "RESERVED_GPA", "ID_PATTERN", "VM_ID_PATTERN",
 ]

@@ -10,7 +10,7 @@ the failing op. The attribute map is updated once, after the last op succeeded (
 in a batch reads it, and a rolled-back batch then leaves converted ranges untouched by
 construction); runs of adjacent slots go in as one range. Events are emitted only for
 what finally stands, in op order, after the batch (including the invalidate pair of each
-batched delete). 4096 ops take tens of milliseconds of loop time at most.
+batched delete). MAX_BATCH_OPS (4096) ops take tens of milliseconds of loop time at most.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .value_type import value_type
 
 __all__ = ["BatchOp", "BatchService", "BatchFailed", "MAX_BATCH_OPS"]
 
+#: Ops per batch (the API's schema refuses more; the CLI splits larger plans into batches of it).
 MAX_BATCH_OPS = 4096
 
 

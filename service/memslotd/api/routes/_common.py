@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query
 
+from ...core import ID_PATTERN, VM_ID_PATTERN
 from ..routing import ApiRoute
 from ..schemas import Problem
 
@@ -19,9 +20,9 @@ __all__ = ["VMId", "ObjectIdPath", "SlotId", "DryRun", "IfMatch", "IfNoneMatch",
 
 _ANY_ID = "; any other value is an id that does not exist (404)"
 VMId = Annotated[str, Path(description="a VM id" + _ANY_ID,
-                           json_schema_extra={"pattern": r"^vm-[0-9a-f]{1,32}$", "maxLength": 64})]
+                           json_schema_extra={"pattern": VM_ID_PATTERN, "maxLength": 64})]
 ObjectIdPath = Annotated[str, Path(description="a guest_memfd or shared-memory id" + _ANY_ID,
-                                   json_schema_extra={"pattern": r"^[a-z]+-[0-9a-f]{1,32}$", "maxLength": 64})]
+                                   json_schema_extra={"pattern": ID_PATTERN, "maxLength": 64})]
 SlotId = Annotated[str, Path(description="slot id (0 .. max_memslots-1)" + _ANY_ID,
                              json_schema_extra={"type": "integer", "minimum": 0, "maximum": 65535})]
 DryRun = Annotated[bool, Query(description="check every rule and answer what would happen; nothing changes")]

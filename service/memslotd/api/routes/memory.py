@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Query, Response
 
+from ...core import MAX_JSON_INT
 from ..deps import CoreDep
 from ..schemas import AttributeList, ConvertRequest, ConvertResult
 from ..routing import DRY_RUN_HEADER
@@ -37,8 +38,8 @@ async def convert(vm_id: VMId, body: ConvertRequest, core: CoreDep, response: Re
 @router.get("/memory/attributes", response_model=AttributeList, responses=problems(404, 422))
 async def attributes(
     vm_id: VMId, core: CoreDep,
-    gpa_start: Annotated[int, Query(ge=0, le=(1 << 53) - 1)] = 0,
-    gpa_end: Annotated[int, Query(ge=1, le=1 << 53)] = 1 << 53,
+    gpa_start: Annotated[int, Query(ge=0, le=MAX_JSON_INT)] = 0,
+    gpa_end: Annotated[int, Query(ge=1, le=MAX_JSON_INT + 1)] = MAX_JSON_INT + 1,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9a-f]{1,16}$", description="next_cursor of the previous page")] = None,
 ) -> Any:

@@ -10,7 +10,7 @@ from fastapi import Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from ...core import Backing, BatchOp, SlotRequest, SlotView
+from ...core import MAX_BATCH_OPS, MAX_JSON_INT, Backing, BatchOp, SlotRequest, SlotView
 from ..batch_body import BATCH_BODY
 from ..body import check_charset, parse_json
 from ..views import slot_read
@@ -29,14 +29,16 @@ _BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json":
     "schema": {"$ref": "#/components/schemas/BatchRequest"}}}}}
 
 
-@batch_router.post("/memslots:batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=_BATCH_BODY)
-async def batch(vm_id: VMId, request: Request, core: CoreDep, dry_run: DryRun = False) -> Any:
-    """Up to 4096 creates and deletes, applied in order, all or nothing.
+_BATCH_DESCRIPTION = f"""Up to {MAX_BATCH_OPS} creates and deletes, applied in order, all or nothing.
 
-    On the first failure every applied op is rolled back and the answer (problem+json
-    ``BATCH_FAILED``, with the status of the failing op) names its ``index`` and ``cause``.
-    Events are emitted only for what finally stands, in op order, after the batch commits.
-    """
+On the first failure every applied op is rolled back and the answer (problem+json
+``BATCH_FAILED``, with the status of the failing op) names its ``index`` and ``cause``.
+Events are emitted only for what finally stands, in op order, after the batch commits."""
+
+
+@batch_router.post("/memslots:batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=_BATCH_BODY,
+                   description=_BATCH_DESCRIPTION)
+async def batch(vm_id: VMId, request: Request, core: CoreDep, dry_run: DryRun = False) -> Any:
     # Thousands of ops: pydantic parses the JSON itself into plain dicts (batch_body), and the
     # result, built by the core in the documented shape, is not validated a second time.
     content_type = request.headers.get("content-type", "")
@@ -126,8 +128,9 @@ async def post_memslot(vm_id: VMId, body: MemslotCreate, core: CoreDep, response
 @router.get("", response_model=MemslotList, responses=problems(404, 422))
 async def list_memslots(
     vm_id: VMId, core: CoreDep,
-    gpa_start: Annotated[int, Query(ge=0, le=(1 << 53) - 1, description="only slots ending after this GPA")] = 0,
-    gpa_end: Annotated[int, Query(ge=1, le=1 << 53, description="only slots starting before this GPA")] = 1 << 53,
+    gpa_start: Annotated[int, Query(ge=0, le=MAX_JSON_INT, description="only slots ending after this GPA")] = 0,
+    gpa_end: Annotated[int, Query(ge=1, le=MAX_JSON_INT + 1, description="only slots starting before this GPA")
+                       ] = MAX_JSON_INT + 1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9a-f]{1,16}$", description="next_cursor of the previous page")] = None,
 ) -> Any:
