@@ -19,7 +19,7 @@ from .probe import MAX_PROBE_BYTES, ProbeOp
 from .ranges import MAX_JSON_INT, Range
 from .records import ID_PATTERN, VM_ID_PATTERN
 from .read_models import (AttributePage, AttributeRun, DirtyLog, GmemBindingView, GuestMemfdView, HostUsage, ProbeReport,
-                          SharedMemoryView, SlotPage, SlotView, VMUsage, VMView)
+                          SharedMemoryView, SlotPage, SlotView, VMView)
 from .slot_table import Backing, Slot
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
     "SlotRequest", "Backing", "BatchOp", "ProbeOp", "Range",
     # read models
     "VMView", "GuestMemfdView", "GmemBindingView", "SharedMemoryView", "Slot", "SlotView", "SlotPage", "AttributeRun",
-    "AttributePage", "DirtyLog", "ProbeReport", "ConversionResult", "HostUsage", "VMUsage",
+    "AttributePage", "DirtyLog", "ProbeReport", "ConversionResult", "HostUsage",
     # events
     "Event", "Subscriber", "CursorGone", "EVENT_TYPES", "STREAM_TYPES",
     # errors

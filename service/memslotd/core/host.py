@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE, HostCapabilities
 from .limits import read_meminfo
 from .memory_objects import GMEM_FLAG_BITS
-from .read_models import HostUsage, VMUsage
+from .read_models import HostUsage
 from .registry import Registry
 from .stats import Stats
 
@@ -42,10 +42,6 @@ class HostService:
         """What the daemon has committed, and what the host has (``/proc/meminfo``)."""
         info = read_meminfo()
         return HostUsage(self.reg.budget.committed(), info.total, info.available)
-
-    def vm_usage(self) -> list[VMUsage]:
-        return [VMUsage(vm.id, len(vm.slots), sum(g.size for g in vm.gmems.values()),
-                        sum(m.size for m in vm.shms.values())) for vm in self.reg.vms.values()]
 
     @property
     def stats(self) -> Stats:

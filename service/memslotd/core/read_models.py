@@ -12,7 +12,7 @@ from .slot_table import Slot
 from .value_type import value_type
 
 __all__ = ["VMView", "GuestMemfdView", "GmemBindingView", "SharedMemoryView", "SlotView", "SlotPage", "AttributeRun",
-           "AttributePage", "DirtyLog", "ProbeReport", "HostUsage", "VMUsage", "vm_view", "gmem_view", "shm_view"]
+           "AttributePage", "DirtyLog", "ProbeReport", "HostUsage", "vm_view", "gmem_view", "shm_view"]
 
 
 @value_type
@@ -21,15 +21,15 @@ class VMView:
     type: str
     name: str | None
     created_at: float | None
+    enforcement: str  # "kernel" or "daemon": who enforces private/shared for this VM
     memslots_used: int
-    memslots_max: int
+    memslots_max: int  # the slot budget: KVM_CAP_NR_MEMSLOTS
     guest_memfds: int
     shared_memory_regions: int
-    guest_memfd_bytes: int
-    shared_memory_bytes: int
-    slot_bytes: int
+    slot_bytes: int  # what the slots map, of which private_bytes are private now
     private_bytes: int
-    enforcement: str  # "kernel" or "daemon": who enforces private/shared for this VM
+    guest_memfd_bytes: int  # the sizes of its objects (committed memory is the budget's)
+    shared_memory_bytes: int
 
 
 @value_type
@@ -112,18 +112,10 @@ class HostUsage:
     mem_available: int
 
 
-@value_type
-class VMUsage:
-    id: str
-    memslots: int
-    guest_memfd_bytes: int
-    shared_memory_bytes: int
-
-
 def vm_view(vm: VMRecord) -> VMView:
-    return VMView(vm.id, vm.type, vm.name, vm.created_at, len(vm.slots), vm.slots.max_slots, len(vm.gmems), len(vm.shms),
-                  sum(g.size for g in vm.gmems.values()), sum(m.size for m in vm.shms.values()), vm.slots.total_bytes,
-                  vm.attributes.private_bytes, vm.enforcement)
+    return VMView(vm.id, vm.type, vm.name, vm.created_at, vm.enforcement, len(vm.slots), vm.slots.max_slots,
+                  len(vm.gmems), len(vm.shms), vm.slots.total_bytes, vm.attributes.private_bytes,
+                  sum(g.size for g in vm.gmems.values()), sum(m.size for m in vm.shms.values()))
 
 
 def gmem_view(vm: VMRecord, gmem: GmemRecord) -> GuestMemfdView:

@@ -41,7 +41,7 @@ class VMService:
         self._check_quota()
         self._check_name_free(name)
         if dry_run:
-            return VMView(None, vm_type, name, None, 0, reg.max_slots, 0, 0, 0, 0, 0, 0, reg.enforcement)
+            return VMView(None, vm_type, name, None, reg.enforcement, 0, reg.max_slots, 0, 0, 0, 0, 0, 0)
         try:
             port = await reg.blocking(reg.kernel.create_vm, vm_type)
         except OSError as exc:

@@ -22,23 +22,15 @@ class FileBacked(OwnedFd):
 
     def punch_hole(self, offset: int, length: int) -> None:
         """``fallocate(PUNCH_HOLE|KEEP_SIZE)``: the range reads as zeros afterwards."""
-        fd = self._fd_or_raise("fallocate")
-        check(
-            lib.msd_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
-            "fallocate(PUNCH_HOLE)",
-            offset=offset,
-            length=length,
-        )
+        self._fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "fallocate(PUNCH_HOLE)", offset, length)
 
     def allocate(self, offset: int, length: int) -> None:
         """``fallocate(KEEP_SIZE)``: back the range with pages now."""
+        self._fallocate(FALLOC_FL_KEEP_SIZE, "fallocate(KEEP_SIZE)", offset, length)
+
+    def _fallocate(self, mode: int, call: str, offset: int, length: int) -> None:
         fd = self._fd_or_raise("fallocate")
-        check(
-            lib.msd_fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length),
-            "fallocate(KEEP_SIZE)",
-            offset=offset,
-            length=length,
-        )
+        check(lib.msd_fallocate(fd, mode, offset, length), call, offset=offset, length=length)
 
     def map(self) -> Mapping:
         """Map the whole file ``MAP_SHARED`` (once); the object owns the mapping."""

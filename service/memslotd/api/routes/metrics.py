@@ -25,15 +25,16 @@ class CoreCollector(Collector):
         core = self.core
         if core is None:
             return
-        vms = core.host.vm_usage()
+        vms = core.vms.list()
         yield GaugeMetricFamily("memslotd_vms", "VMs", value=len(vms))
         slots = GaugeMetricFamily("memslotd_memslots", "memslots per VM", labels=["vm_id"])
         gmem = GaugeMetricFamily("memslotd_guest_memfd_bytes", "guest_memfd bytes per VM", labels=["vm_id"])
         shm = GaugeMetricFamily("memslotd_shared_memory_bytes", "shared-memory bytes per VM", labels=["vm_id"])
         for vm in vms:
-            slots.add_metric([vm.id], vm.memslots)
-            gmem.add_metric([vm.id], vm.guest_memfd_bytes)
-            shm.add_metric([vm.id], vm.shared_memory_bytes)
+            label = [str(vm.id)]  # a listed VM has one (only a dry-run plan has none)
+            slots.add_metric(label, vm.memslots_used)
+            gmem.add_metric(label, vm.guest_memfd_bytes)
+            shm.add_metric(label, vm.shared_memory_bytes)
         yield from (slots, gmem, shm)
         st = core.host.stats
         for name, doc, value in (
