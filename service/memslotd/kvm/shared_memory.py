@@ -36,5 +36,6 @@ class SharedMemory(FileBacked):
 
     @property
     def address(self) -> int:
+        self._fd_or_raise("mmap")  # closed: the mapping is gone
         assert self.mapping is not None
         return self.mapping.address
