@@ -28,6 +28,7 @@ from ..uapi import PROBE_MAX_GPA as MAX_GPA
 from ..uapi import PROBE_MAX_OP_BYTES as MAX_OP_BYTES
 from ..uapi import PROBE_WINDOW_GPA as WINDOW_GPA
 from ..uapi import PROBE_WINDOW_SIZE as WINDOW_SIZE
+from .errors import FdClosedError
 from .shared_memory import SharedMemory
 from .vcpu import VCPUExit, VCPUFd
 from .vm import VMFd
@@ -87,6 +88,8 @@ class GuestRunner:
         self._installed = slot
 
     def uninstall(self, slot: int) -> None:
+        if self._window.closed:  # closed: the slot is no longer the window's to delete
+            raise FdClosedError("probe window", "KVM_SET_USER_MEMORY_REGION2")
         self._installed = None
         self._vm.delete_user_memory_region(slot)
 
