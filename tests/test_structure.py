@@ -46,6 +46,53 @@ def test_layers_import_one_way():
     assert not broken, "\n".join(broken)
 
 
+def test_the_api_imports_the_core_package_only():
+    """memslotd.api uses the core through its public face (``memslotd.core``'s ``__all__``),
+    never one of its modules: what the core does inside stays the core's business."""
+    reaching_in = []
+    for path in (PKG / "api").rglob("*.py"):
+        for name in _imports(path):
+            if name.startswith("memslotd.core."):
+                reaching_in.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not reaching_in, "\n".join(reaching_in)
+
+
+def _modules_loaded_by(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return set(r.stdout.split())
+
+
+def _loaded(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+def test_the_client_imports_without_the_server_side():
+    """Transitively, not just by its own import lines: a client machine needs no FastAPI and
+    no kernel layer (the client reads the wire models of api.schemas, which are pydantic only)."""
+    assert not _loaded(_modules_loaded_by("memslotd.client"),
+                       ("fastapi", "starlette", "uvicorn", "memslotd.kvm", "memslotd._native", "cffi"))
+
+
+def test_the_core_imports_without_the_kernel_layer():
+    """Transitively: the core reaches the kernel only through the objects it is handed (core.ports),
+    so it imports without the native module, cffi or memslotd.kvm (tests/core runs it so)."""
+    assert not _loaded(_modules_loaded_by("memslotd.core"),
+                       ("memslotd.kvm", "memslotd._native", "cffi", "memslotd.api", "fastapi", "pydantic"))
+
+
+def test_each_limit_has_one_definition():
+    """2^53-1 (the JSON integer bound), the batch size and the object-id pattern are defined once,
+    in the core (MAX_JSON_INT, MAX_BATCH_OPS, id_pattern); every other module names them."""
+    spelled_out = {"1 << 53": "core/ranges.py", "[0-9a-f]{1,32}": None, "max_length=4096": None}
+    wrong = []
+    for path in PKG.rglob("*.py"):
+        text, where = path.read_text(), path.relative_to(PKG).as_posix()
+        wrong += [f"{where} spells out {literal!r}" for literal, home in spelled_out.items()
+                  if literal in text and where != home]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_uapi_is_a_leaf_of_the_standard_library():
     """memslotd.uapi (constants, limits, value types) imports nothing of the project nor any
     third-party package, so that every layer may import it (FORBIDDEN lists no layer's uapi)."""
@@ -94,7 +141,7 @@ def test_the_package_type_checks():
 
 def test_value_types_are_immutable_to_the_type_checker(tmp_path):
     """core.values trades run-time freezing for speed; mypy must still refuse a mutation."""
-    (tmp_path / "mutate.py").write_text("from memslotd.core.slots import Backing\n\nBacking('shm-1', 0).offset = 4096\n")
+    (tmp_path / "mutate.py").write_text("from memslotd.core.slot_table import Backing\n\nBacking('shm-1', 0).offset = 4096\n")
     r = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", str(tmp_path / "mutate.py")], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and 'Property "offset" defined in "Backing" is read-only' in r.stdout, r.stdout

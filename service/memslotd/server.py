@@ -16,7 +16,7 @@ import uvicorn
 
 from . import __version__
 from .connections import ConnectionGuard, fd_budget, protocols
-from .adapter import build_core
+from .kernel_adapter import build_core
 from .api.app import create_app
 from .api.auth import TokenStore
 from .http_protocol import BoundedHttpTools
@@ -56,9 +56,9 @@ class _Server(uvicorn.Server):
             core = _core_of(self.config.loaded_app)
             try:
                 if core is not None:
-                    core.registry.closing = True  # from here mutations answer 503 SHUTTING_DOWN; reads go on
+                    core.closing = True  # from here mutations answer 503 SHUTTING_DOWN; reads go on
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(core.registry.close_all(), self.config.timeout_graceful_shutdown or 10)
+                        await asyncio.wait_for(core.vms.close_all(), self.config.timeout_graceful_shutdown or 10)
                     for _ in range(50):  # bounded: at most 0.5 s for subscribers to drain
                         if not core.events.any_pending():
                             break

@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from .core import MAX_BATCH_OPS
+
 __all__ = ["Settings", "default_socket_path"]
 
 
@@ -47,7 +49,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="log line format")
     max_body_bytes: int = Field(64 << 10, ge=1024, le=16 << 20, description="request body limit in bytes")
     max_batch_body_bytes: int = Field(1 << 20, ge=1024, le=16 << 20,
-                                      description="body limit of memslots:batch (4096 ops fit in 1 MiB)")
+                                      description=f"body limit of memslots:batch ({MAX_BATCH_OPS} ops fit in 1 MiB)")
     max_vms: int = Field(64, ge=1, le=4096, description="VMs per daemon")
     max_slots_per_vm: int = Field(32764, ge=1, le=32764, description="memslots per VM (never above KVM's)")
     max_bytes_per_vm: int | None = Field(None, ge=4096, description="bytes a VM may commit in its guest_memfds and "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from memslotd.adapter import build_core
+from memslotd.kernel_adapter import build_core
 from memslotd.api.app import create_app
 from memslotd.settings import Settings
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from memslotd.adapter import build_core
+from memslotd.kernel_adapter import build_core
 from memslotd.api.app import create_app
 from memslotd.settings import Settings
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
-from memslotd.kvm import KVMSystem, SharedMemory
-from memslotd.kvm.guest import GuestRunner
+from memslotd.kvm import KVMError, KVMSystem, SharedMemory
+from memslotd.kvm.probe_guest import GuestRunner
 from memslotd.uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, PROBE_WINDOW_GPA
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
@@ -84,3 +87,19 @@ def test_deleted_slot_becomes_mmio(vm, runner):
 def test_probe_refuses_its_own_window(runner):
     with pytest.raises(ValueError):
         runner.read(PROBE_WINDOW_GPA, 8)
+
+
+class GuestRunnerFailingToMapTables(GuestRunner):
+    """Failure injection: the page-table step of ``__init__`` fails after the window's memfd was
+    made (writing to our own mapping cannot be made to fail on a real kernel)."""
+
+    def _map_range(self, gpa: int, length: int) -> None:
+        raise KVMError(errno.EFAULT, "injected: page tables", ioctl="none")
+
+
+def test_a_runner_that_fails_half_made_closes_its_window(vm):
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(KVMError, match="injected") as failed:
+        GuestRunnerFailingToMapTables(vm)
+    # the traceback still references the half-made runner: its memfd must be closed already
+    assert failed.traceback and set(os.listdir("/proc/self/fd")) == before

@@ -9,7 +9,7 @@ import pytest
 
 from memslotd.kvm import KVMSystem, SharedMemory
 from memslotd.uapi import VM_TYPES
-from memslotd.kvm.guest import GuestRunner
+from memslotd.kvm.probe_guest import GuestRunner
 from tests.kernel_facts import ATTRIBUTE_PRIVATE, kernel_facts, require_feature
 
 pytestmark = [pytest.mark.lab, pytest.mark.kvm, pytest.mark.usefixtures("no_fd_leak")]

@@ -12,7 +12,7 @@ from memslotd.core.attributes import PRIVATE, SHARED, AttributeMap
 from memslotd.core.errors import CapabilityMissing, Conflict, HostResourcesExhausted, InvalidRequest, KernelError, kernel_error
 from memslotd.core.events import CursorGone, EventLog
 from memslotd.core.ranges import Range, check_aligned_range
-from memslotd.core.slots import Backing, FreeIds, GmemBindings, MemslotTable, Slot
+from memslotd.core.slot_table import Backing, FreeIds, GmemBindings, MemslotTable, Slot
 from memslotd.core.sorted_keys import floor_key, higher_key
 from sortedcontainers import SortedDict
 
@@ -284,7 +284,7 @@ def test_vm_mutations_are_serialized_and_the_queue_is_bounded():
 
 @given(st.sets(st.integers(0, 300), max_size=80), st.integers(1, 301))
 def test_dirty_ranges_match_the_set_bits(dirty, pages):
-    from memslotd.core.memslots import dirty_ranges
+    from memslotd.core.dirty_log import dirty_ranges
 
     words = bytearray((pages + 63) // 64 * 8)
     for p in dirty:

@@ -20,7 +20,7 @@ from .auth import TokenStore
 from .idempotency import IdempotencyKeys
 from .middleware import AllowedOriginsCORS, LimitsAndHeaders
 from .problems import install_problem_handlers
-from .routes import events, host, host_view, memory, memory_objects, memslots, metrics, vms
+from .routes import events, host, host_view, memory, memory_objects, memslots, metrics, probe, vms
 
 __all__ = ["create_app"]
 
@@ -74,7 +74,7 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
                                        json_lines=settings.log_format == "json")
     install_problem_handlers(app)
     documented = [route for router in (host.router, vms.router, memory_objects.gmem_router, memory_objects.shm_router,
-                                       memslots.router, memslots.batch_router, memory.router, host_view.router,
+                                       memslots.router, memslots.batch_router, memory.router, probe.router, host_view.router,
                                        events.router,
                                        metrics.router) for route in router.routes]
     _document_models(app, documented)
@@ -82,7 +82,8 @@ def create_app(settings: Settings, core_factory: Callable[[], MemoryCore], *,
     # prefix): FastAPI >= 0.16x wraps each include_router() in an object it walks on every
     # request, and a quarter of a memslot PUT's time went to route matching. Matching is a
     # scan, so the hot routes come first; the OpenAPI document keeps the order above.
-    hot = (*memslots.router.routes, *memslots.batch_router.routes, *memory.router.routes, *host.router.routes)
+    hot = (*memslots.router.routes, *memslots.batch_router.routes, *memory.router.routes, *probe.router.routes,
+           *host.router.routes)
     app.router.routes.extend([*hot, *(route for route in documented if route not in hot)])
     # the read-only dashboard: static files shipped in the package, no build step, no CDN
     app.mount("/ui", StaticFiles(directory=Path(__file__).resolve().parent.parent / "ui", html=True), name="ui")

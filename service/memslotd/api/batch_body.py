@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import NotRequired, TypedDict
 
-from .schemas import U53, ObjectId, Size, SlotFlag
+from .schemas import MAX_BATCH_OPS, U53, ObjectId, Size, SlotFlag
 
 __all__ = ["BATCH_BODY", "BatchCreate", "BatchDelete", "BatchRequest", "PrivatePart", "SharedPart"]
 
@@ -54,7 +54,7 @@ class BatchDelete(TypedDict):
 @with_config(_STRICT)
 class BatchRequest(TypedDict):
     ops: Annotated[list[Annotated[BatchCreate | BatchDelete, Field(discriminator="op")]],
-                   Field(min_length=1, max_length=4096)]
+                   Field(min_length=1, max_length=MAX_BATCH_OPS)]
 
 
 BATCH_BODY: TypeAdapter[BatchRequest] = TypeAdapter(BatchRequest)

@@ -21,9 +21,8 @@ from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
-from ..core.batch import BatchFailed
-from ..core.errors import (
-    CapabilityMissing, Conflict, DomainError, HostResourcesExhausted, InvalidRequest, KernelError, NotFound,
+from ..core import (
+    BatchFailed, CapabilityMissing, Conflict, DomainError, HostResourcesExhausted, InvalidRequest, KernelError, NotFound,
     PreconditionFailed, QuotaExceeded, VMBusy,
 )
 

@@ -15,9 +15,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-U53 = Annotated[int, Field(ge=0, le=(1 << 53) - 1)]
-Size = Annotated[int, Field(gt=0, le=(1 << 53) - 1)]
-ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z]+-[0-9a-f]{1,32}$")]
+# the core's limits, re-exported for the client and the CLI (which never import the core)
+from ..core import ID_PATTERN as ID_PATTERN
+from ..core import MAX_BATCH_OPS as MAX_BATCH_OPS
+from ..core import MAX_JSON_INT as MAX_JSON_INT
+
+U53 = Annotated[int, Field(ge=0, le=MAX_JSON_INT)]
+Size = Annotated[int, Field(gt=0, le=MAX_JSON_INT)]
+ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 VMType = Literal["default", "sw_protected", "sev", "sev_es", "snp", "tdx"]
 GmemFlag = Literal["mmap", "init_shared"]
 SlotFlag = Literal["log_dirty_pages", "readonly"]
@@ -150,7 +156,7 @@ class Version(Response):
 # -- VMs --------------------------------------------------------------------------------
 class VMCreate(Strict):
     type: VMType = "default"
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+    name: Name | None = None
 
 
 class SlotBudget(Response):
@@ -203,9 +209,6 @@ class VMRelease(Response):
 
 
 # -- guest_memfd ------------------------------------------------------------------------
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-
-
 class GuestMemfdCreate(Strict):
     size: Size
     flags: Annotated[list[GmemFlag], Field(max_length=2)] = []
@@ -473,7 +476,7 @@ class BatchDelete(Strict):
 
 class BatchRequest(Strict):
     ops: Annotated[list[Annotated[BatchCreate | BatchDelete, Field(discriminator="op")]],
-                   Field(min_length=1, max_length=4096)]
+                   Field(min_length=1, max_length=MAX_BATCH_OPS)]
 
 
 class BatchResult(Response):

@@ -21,6 +21,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from ..api.schemas import MAX_BATCH_OPS
 from ..client import Client
 from ..client.errors import Conflict, MemslotdError
 from .layout import Layout, LayoutError, MemslotSpec
@@ -28,7 +29,7 @@ from .sizes import format_size
 
 __all__ = ["Plan", "Action", "plan", "execute", "check"]
 
-BATCH = 4096
+BATCH = MAX_BATCH_OPS
 STEP_PATHS = {  # the endpoint of each kind of step, as the daemon's OpenAPI document names it
     "create_vm": ("POST", "/v1/vms"),
     "create_guest_memfd": ("POST", "/v1/vms/{vm_id}/guest-memfds"),

@@ -20,12 +20,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
+from ..api.schemas import MAX_JSON_INT
 from .sizes import SIZE_PATTERN, parse_size
 
 __all__ = ["Layout", "GuestMemfdSpec", "SharedMemorySpec", "MemslotSpec", "LayoutError", "load", "schema"]
 
-_MAX = (1 << 53) - 1
-_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": _MAX},
+_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_JSON_INT},
                           {"type": "string", "pattern": SIZE_PATTERN}],
                 "description": "bytes: 4096, 0x1000, 0x1_0000_0000, 2M, 4G"}
 
@@ -36,8 +36,8 @@ def _bytes(value: Any) -> Any:
     return value
 
 
-Bytes = Annotated[int, BeforeValidator(_bytes), Field(ge=0, le=_MAX), WithJsonSchema(_SIZE_SCHEMA)]
-Size = Annotated[int, BeforeValidator(_bytes), Field(gt=0, le=_MAX), WithJsonSchema(_SIZE_SCHEMA)]
+Bytes = Annotated[int, BeforeValidator(_bytes), Field(ge=0, le=MAX_JSON_INT), WithJsonSchema(_SIZE_SCHEMA)]
+Size = Annotated[int, BeforeValidator(_bytes), Field(gt=0, le=MAX_JSON_INT), WithJsonSchema(_SIZE_SCHEMA)]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 
 

@@ -9,6 +9,7 @@ import yaml
 from rich.console import Console
 from rich.progress import Progress
 
+from ..api.schemas import MAX_BATCH_OPS
 from ._common import SIZE, State, done, emit, emit_show, pass_state, resolve_object, resolve_vm
 
 __all__ = ["vm", "gmem", "shm", "slot"]
@@ -440,8 +441,8 @@ def slot_batch(state: State, vm: str, file: Any, dry_run: bool) -> None:
     done_ops = 0
     with Progress(console=Console(stderr=True), disable=state.json, transient=True) as progress:
         task = progress.add_task("memslots", total=len(ops))
-        for start in range(0, len(ops), 4096):
-            chunk = ops[start:start + 4096]
+        for start in range(0, len(ops), MAX_BATCH_OPS):
+            chunk = ops[start:start + MAX_BATCH_OPS]
             state.client.batch(vm_id, chunk, dry_run=dry_run)
             done_ops += len(chunk)
             progress.update(task, advance=len(chunk))

@@ -16,7 +16,7 @@ it is derived from what the kernel does, per combination:
 from __future__ import annotations
 
 from .records import VMRecord
-from .slots import Slot
+from .slot_table import Slot
 
 __all__ = ["guest_backing"]
 

@@ -10,7 +10,7 @@ the failing op. The attribute map is updated once, after the last op succeeded (
 in a batch reads it, and a rolled-back batch then leaves converted ranges untouched by
 construction); runs of adjacent slots go in as one range. Events are emitted only for
 what finally stands, in op order, after the batch (including the invalidate pair of each
-batched delete). 4096 ops take tens of milliseconds of loop time at most.
+batched delete). MAX_BATCH_OPS (4096) ops take tens of milliseconds of loop time at most.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from typing import Any
 
 from ..uapi import RegionArgs
 from .errors import Conflict, DomainError, QuotaExceeded, kernel_error
-from .memslots import (MemslotService, SlotRequest, continues_run, initial_state, invalidation_of_run,
-                       set_kernel_attributes, slot_event)
+from .memslots import MemslotService, SlotRequest, set_kernel_attributes, slot_start_state
 from .records import VMRecord
-from .slots import Slot
-from .values import value_type
+from .slot_events import continues_run, invalidation_of_run, slot_event
+from .slot_table import Slot
+from .value_type import value_type
 
 __all__ = ["BatchOp", "BatchService", "BatchFailed", "MAX_BATCH_OPS"]
 
+#: Ops per batch (the API's schema refuses more; the CLI splits larger plans into batches of it).
 MAX_BATCH_OPS = 4096
 
 
@@ -131,7 +132,7 @@ class BatchService:
         ms = self.memslots
         if op.op == "delete":
             assert op.slot_id is not None
-            slot = vm.slots.get(op.slot_id) or ms.get(vm, op.slot_id)  # ms.get raises the 404
+            slot = vm.slots.get(op.slot_id) or ms.find(vm, op.slot_id)  # ms.find raises the 404
             ms.commit_delete(vm, slot, attributes=False)
             return _Step("delete", slot, 0)  # flags: only an undo needs them (see _region)
         assert op.request is not None
@@ -165,7 +166,7 @@ class BatchService:
         for op, run in itertools.groupby(steps, key=lambda step: step.op):
             if op == "create":
                 vm.attributes.add_many([(step.slot.guest_phys_addr, step.slot.guest_phys_addr + step.slot.memory_size,
-                                         initial_state(vm, step.slot)) for step in run])
+                                         slot_start_state(vm, step.slot)) for step in run])
             elif op == "delete":
                 vm.attributes.remove_many([(step.slot.guest_phys_addr, step.slot.guest_phys_addr + step.slot.memory_size)
                                            for step in run])

@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
 
 from ..uapi import KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_MAX_NR_PAGES, KVM_MEM_READONLY
 from ..uapi import MMU_MAX_GPA as GPA_LIMIT
 from ..uapi import PROBE_WINDOW_GPA, PROBE_WINDOW_SIZE, RegionArgs
 from .attributes import PRIVATE, SHARED, attribute_bits
+from .backing import guest_backing
 from .errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, QuotaExceeded, kernel_error
-from .records import VMRecord
+from .dirty_log import dirty_ranges
+from .read_models import DirtyLog, SlotPage, SlotView
 from .ranges import Range, check_aligned_range
+from .records import VMRecord
 from .registry import Registry
-from .slots import Backing, Slot
-from .values import value_type
+from .slot_events import invalidation_of_run, slot_event
+from .slot_table import Backing, Slot
+from .value_type import value_type
 
-__all__ = ["SlotRequest", "MemslotService", "initial_state", "invalidation_of_run", "set_kernel_attributes", "continues_run", "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
+__all__ = ["SlotRequest", "MemslotService", "slot_start_state", "set_kernel_attributes", "check_preconditions",
+           "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
 
 SLOT_FLAG_BITS = {"log_dirty_pages": KVM_MEM_LOG_DIRTY_PAGES, "readonly": KVM_MEM_READONLY}
-#: The probe's window (see memslotd.kvm.guest): no user slot may overlap it.
+#: The probe's window (see memslotd.kvm.probe_guest): no user slot may overlap it.
 RESERVED_GPA = Range.of(PROBE_WINDOW_GPA, PROBE_WINDOW_SIZE)
 
 
@@ -48,7 +52,7 @@ def default_state(private: bool, init_shared: bool) -> str:
     return PRIVATE
 
 
-def initial_state(vm: VMRecord, slot: Slot) -> str:
+def slot_start_state(vm: VMRecord, slot: Slot) -> str:
     """The attribute state a new slot's range starts in (see ``default_state``)."""
     if slot.private is None:
         return SHARED
@@ -119,14 +123,18 @@ class MemslotService:
                            code="SLOT_OVERLAP", slot=other.slot_id)
 
     # -- create / modify --------------------------------------------------------------
-    async def put(self, vm_id: str, slot_id: int | None, req: SlotRequest, *, dry_run: bool = False,
-                  if_match: str | None = None, if_none_match: str | None = None) -> tuple[Slot, bool]:
+    async def put(self, vm_id: str, slot_id: int | str | None, req: SlotRequest, *, dry_run: bool = False,
+                  if_match: str | None = None, if_none_match: str | None = None) -> tuple[SlotView, bool]:
         """Create (True) or return the identical existing slot / apply a move or flags change (False).
 
+        ``slot_id`` may be the id as a client wrote it (422 ``SLOT_ID_OUT_OF_RANGE`` unless a
+        decimal below the slot budget); ``None`` takes the lowest free id.
         ``dry_run`` checks every rule and returns what would stand, without touching the kernel.
         ``if_match`` / ``if_none_match`` are HTTP preconditions on the slot's ETag (412 when false).
         """
         vm = self.reg.vm(vm_id)
+        if isinstance(slot_id, str):
+            slot_id = self._new_slot_id(slot_id)
         async with vm.mutation():
             if slot_id is None:
                 slot_id = self.lowest_free_id(vm)
@@ -134,12 +142,12 @@ class MemslotService:
             check_preconditions(existing, if_match, if_none_match)
             slot, flags = self._validate(vm, slot_id, req) if existing is None else self._validate_modify(vm, existing, req)
             if existing is not None and existing.same_request(slot):
-                return existing, False
+                return self.view(vm, existing), False
             if existing is None and len(vm.slots) >= self.reg.limits.max_slots_per_vm:
                 raise QuotaExceeded(f"VM {vm.id} already has {len(vm.slots)} memslots", code="SLOT_QUOTA",
                                     limit=self.reg.limits.max_slots_per_vm)
             if dry_run:
-                return slot, existing is None
+                return self.view(vm, slot), existing is None
             try:
                 # Inline on purpose: a memslot ioctl takes microseconds (the raw floor is ~4 us here),
                 # a thread hop costs ten times that. Long syscalls (punch, allocate, probe) go off the loop.
@@ -152,10 +160,10 @@ class MemslotService:
             if existing is None:
                 self.commit_create(vm, slot)
                 self.reg.emit("memslot.created", vm.id, **slot_event(slot))
-                return slot, True
+                return self.view(vm, slot), True
             self._commit_modify(vm, existing, slot)
             self.reg.emit("memslot.updated", vm.id, **slot_event(slot), previous_guest_phys_addr=existing.guest_phys_addr)
-            return slot, False
+            return self.view(vm, slot), False
 
     @staticmethod
     def kernel_attribute_changes(vm: VMRecord, slot: Slot, *, create: bool) -> list[tuple[int, int, int, int]]:
@@ -167,7 +175,7 @@ class MemslotService:
         (as QEMU marks guest_memfd RAM), and a deleted slot's private runs are reset to shared.
         """
         if create:
-            if initial_state(vm, slot) != PRIVATE:
+            if slot_start_state(vm, slot) != PRIVATE:
                 return []
             return [(slot.guest_phys_addr, slot.memory_size, attribute_bits(PRIVATE), 0)]
         return [(r.start, r.size, 0, attribute_bits(PRIVATE))
@@ -241,7 +249,7 @@ class MemslotService:
         if slot.shared is not None:
             vm.shms[slot.shared.object_id].users.add(slot.slot_id)
         if attributes:
-            vm.attributes.add(slot.gpa_range, initial_state(vm, slot))
+            vm.attributes.add(slot.gpa_range, slot_start_state(vm, slot))
 
     @staticmethod
     def commit_delete(vm: VMRecord, slot: Slot, *, attributes: bool = True) -> None:
@@ -261,10 +269,11 @@ class MemslotService:
             vm.attributes.add(new.gpa_range, SHARED)  # only shared-only slots can move
 
     # -- delete -------------------------------------------------------------------------
-    async def delete(self, vm_id: str, slot_id: int, *, dry_run: bool = False, if_match: str | None = None) -> Slot:
+    async def delete(self, vm_id: str, slot_id: int | str, *, dry_run: bool = False, if_match: str | None = None) -> Slot:
         vm = self.reg.vm(vm_id)
+        slot_id = self._slot_key(vm, slot_id)
         async with vm.mutation():
-            slot = self.get(vm, slot_id)
+            slot = self.find(vm, slot_id)
             check_preconditions(slot, if_match, None)
             if dry_run:
                 return slot
@@ -289,53 +298,63 @@ class MemslotService:
             return slot
 
     # -- dirty log ----------------------------------------------------------------------
-    async def fetch_dirty_log(self, vm_id: str, slot_id: int) -> tuple[Slot, bytes]:
-        """The slot's dirty bitmap since the last fetch (KVM_GET_DIRTY_LOG re-arms tracking)."""
+    async def fetch_dirty_log(self, vm_id: str, slot_id: int | str, *, ranges: bool = True) -> DirtyLog:
+        """The slot's dirty bitmap since the last fetch (KVM_GET_DIRTY_LOG re-arms tracking),
+        and with ``ranges`` its run-length form (computed off the event loop)."""
         vm = self.reg.vm(vm_id)
+        slot_id = self._slot_key(vm, slot_id)
+        page = self.reg.page_size
         async with vm.mutation():
-            slot = self.get(vm, slot_id)
+            slot = self.find(vm, slot_id)
             if "log_dirty_pages" not in slot.flags:
                 raise Conflict(f"slot {slot_id} was not created with log_dirty_pages", code="DIRTY_LOGGING_OFF",
                                slot=slot_id)
-            pages = slot.memory_size // self.reg.page_size
+            pages = slot.memory_size // page
             try:
                 bitmap = await self.reg.blocking(vm.port.get_dirty_log, slot.slot_id, pages)
             except OSError as exc:
                 raise kernel_error(exc, f"dirty log of slot {slot_id}") from exc
-            return slot, bitmap
+        runs = await self.reg.blocking(dirty_ranges, bitmap, slot.guest_phys_addr, page, pages) if ranges else None
+        return DirtyLog(slot.slot_id, page, pages, bitmap, tuple(runs) if runs is not None else None)
 
     # -- reads --------------------------------------------------------------------------
+    def view(self, vm: VMRecord, slot: Slot) -> SlotView:
+        return SlotView(slot, guest_backing(vm, slot, self.reg.host.guest_memfd_only_honoured))
+
+    def get(self, vm_id: str, slot_id: int | str) -> SlotView:
+        vm = self.reg.vm(vm_id)
+        return self.view(vm, self.find(vm, self._slot_key(vm, slot_id)))
+
+    def list(self, vm_id: str, gpa_start: int, gpa_end: int, after_gpa: int | None, limit: int) -> SlotPage:
+        """Up to ``limit`` slots intersecting ``[gpa_start, gpa_end)`` in GPA order, starting after
+        ``after_gpa`` (a previous page's ``next_gpa``): O(log n + limit)."""
+        vm = self.reg.vm(vm_id)
+        items, last = vm.slots.page(Range(gpa_start, max(gpa_end, gpa_start + 1)), after_gpa, limit)
+        return SlotPage(tuple(self.view(vm, s) for s in items), last, len(vm.slots))
+
+    def _new_slot_id(self, text: str) -> int:
+        """A slot id to create, as a client wrote it: a decimal below the slot budget, or 422."""
+        budget = self.reg.max_slots
+        if text.isascii() and text.isdigit() and len(text) <= 5 and int(text) < budget:
+            return int(text)
+        raise InvalidRequest(f"slot id {text[:64]!r} is not an integer 0..{budget - 1}", code="SLOT_ID_OUT_OF_RANGE")
+
     @staticmethod
-    def get(vm: VMRecord, slot_id: int) -> Slot:
+    def _slot_key(vm: VMRecord, slot_id: int | str) -> int:
+        """A slot id to look up: anything but a decimal 0..65535 names no slot (404)."""
+        if isinstance(slot_id, int):
+            return slot_id
+        if slot_id.isascii() and slot_id.isdigit() and len(slot_id) <= 5 and int(slot_id) <= 65535:
+            return int(slot_id)
+        raise NotFound(f"no slot {slot_id[:64]!r} in VM {vm.id} (slot ids are integers 0..65535)", code="SLOT_NOT_FOUND",
+                       slot=slot_id[:64])
+
+    @staticmethod
+    def find(vm: VMRecord, slot_id: int) -> Slot:
         slot = vm.slots.get(slot_id)
         if slot is None:
             raise NotFound(f"no slot {slot_id} in VM {vm.id}", code="SLOT_NOT_FOUND", slot=slot_id)
         return slot
-
-
-def dirty_ranges(bitmap: bytes, base_gpa: int, page_size: int, pages: int) -> list[tuple[int, int]]:
-    """Run-length (gpa, size) of the set bits of a KVM dirty bitmap (bit i = page i), scanned
-    64 bits at a time so that clean stretches cost one comparison per word."""
-    runs: list[tuple[int, int]] = []  # (first page, page count)
-    words = memoryview(bitmap[: (pages + 63) // 64 * 8]).cast("Q")
-    for w, word in enumerate(words):
-        if not word:
-            continue
-        base, bit = w * 64, 0
-        while word:
-            skip = (word & -word).bit_length() - 1  # trailing zeros
-            word >>= skip
-            bit += skip
-            ones = (~word & (word + 1)).bit_length() - 1  # trailing ones
-            first = base + bit
-            if runs and runs[-1][0] + runs[-1][1] == first:  # continues across a word boundary
-                runs[-1] = (runs[-1][0], runs[-1][1] + ones)
-            else:
-                runs.append((first, ones))
-            word >>= ones
-            bit += ones
-    return [(base_gpa + first * page_size, min(count, pages - first) * page_size)
-            for first, count in runs if first < pages]
 
 
 def set_kernel_attributes(vm: VMRecord, changes: list[tuple[int, int, int, int]], *, undo: bool = False) -> int:
@@ -369,45 +388,3 @@ def check_preconditions(slot: Slot | None, if_match: str | None, if_none_match: 
         tags = {t.strip() for t in if_none_match.split(",")}
         if "*" in tags or slot.etag in tags:
             raise PreconditionFailed(f"If-None-Match {if_none_match}: slot {slot.slot_id} exists", etag=slot.etag)
-
-
-def continues_run(last: Slot, slot: Slot) -> bool:
-    """Does ``slot``'s backing follow ``last``'s in the same objects (offsets back to back)?
-    Then deleting both invalidates one file range, as a punch hole would."""
-    for a, b in ((last.shared, slot.shared), (last.private, slot.private)):
-        if a is None or b is None:
-            if a is not b:
-                return False
-        elif a.object_id != b.object_id or a.offset + last.memory_size != b.offset:
-            return False
-    return True
-
-
-def invalidation_of_run(run: list[Slot], *, batch: bool = False) -> dict[str, Any]:
-    """The invalidate payload for deleting ``run`` (slots whose backings continue each other):
-    the backing file range(s) once, and the GPA range of every slot."""
-    first = run[0]
-    length = sum(slot.memory_size for slot in run)
-    info: dict[str, Any] = {"reason": "slot_delete", "gpa_ranges": [
-        {"slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "size": slot.memory_size} for slot in run]}
-    if first.private is not None:
-        info["guest_memfd_id"], info["offset"], info["length"] = first.private.object_id, first.private.offset, length
-    if first.shared is not None:
-        info["shared_memory_id"], info["shared_offset"] = first.shared.object_id, first.shared.offset
-        info["shared_length"] = length
-    if batch:
-        info["batch"] = True
-    return info
-
-
-def slot_event(slot: Slot, *, batch: bool = False) -> dict[str, Any]:
-    data = {
-        "slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "memory_size": slot.memory_size,
-        "flags": list(slot.flags),
-        "shared": {"shared_memory_id": slot.shared.object_id, "offset": slot.shared.offset} if slot.shared else None,
-        "private": {"guest_memfd_id": slot.private.object_id, "offset": slot.private.offset} if slot.private else None,
-    }
-    if batch:
-        data["batch"] = True
-    return data
-

@@ -18,7 +18,6 @@ __all__ = ["KernelPort", "VMPort", "GuestMemfdPort", "SharedMemoryPort", "Mappin
 
 class MappingPort(Protocol):
     address: int
-    length: int
 
     def read(self, offset: int, length: int) -> bytes: ...
     def write(self, offset: int, data: bytes) -> None: ...
@@ -29,9 +28,6 @@ class _Closable(Protocol):
 
 
 class GuestMemfdPort(_Closable, Protocol):
-    size: int
-    flags: int
-
     @property
     def fd(self) -> int: ...
     @property
@@ -43,8 +39,6 @@ class GuestMemfdPort(_Closable, Protocol):
 
 
 class SharedMemoryPort(_Closable, Protocol):
-    size: int
-
     @property
     def address(self) -> int: ...
     @property
@@ -81,7 +75,7 @@ class VMPort(_Closable, Protocol):
 
 
 class KernelPort(Protocol):
-    """Factory for kernel objects (implemented by ``memslotd.adapter.KernelAdapter``)."""
+    """Factory for kernel objects (implemented by ``memslotd.kernel_adapter.KernelAdapter``)."""
 
     @property
     def host(self) -> HostCapabilities: ...

@@ -19,6 +19,7 @@ from ..uapi import PROBE_MAX_OP_BYTES as MAX_PROBE_BYTES
 from .errors import InvalidRequest, QuotaExceeded, kernel_error
 from .memslots import RESERVED_GPA
 from .ranges import Range
+from .read_models import ProbeReport
 from .records import VMRecord
 from .registry import Registry
 
@@ -79,7 +80,8 @@ class ProbeService:
                 raise InvalidRequest(f"op {i}: a write needs data_hex of exactly length bytes", code="PROBE_DATA_LENGTH",
                                      index=i)
 
-    async def probe(self, vm_id: str, ops: list[ProbeOp]) -> list[dict[str, Any]]:
+    async def probe(self, vm_id: str, ops: list[ProbeOp]) -> ProbeReport:
+        """What the guest saw at each op (or the exit it took), and who enforces private/shared."""
         self._validate(ops)
         vm = self.reg.vm(vm_id)
         self._take_rate_token()
@@ -99,7 +101,7 @@ class ProbeService:
                 budget.mark(touched)
             self.reg.stats.probes += 1
             self.reg.stats.probe_ops += len(ops)
-            return [self._report(vm, op, outcome) for op, outcome in zip(ops, raw)]
+            return ProbeReport([self._report(vm, op, outcome) for op, outcome in zip(ops, raw)], vm.enforcement)
 
     def _run(self, vm: VMRecord, window_slot: int, ops: list[ProbeOp]) -> list[Any]:
         """Worker thread: install the window, run every op, always remove the window."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from .errors import InvalidRequest
-from .values import value_type
+from .value_type import value_type
 
 __all__ = ["Range", "check_aligned_range", "MAX_JSON_INT"]
 

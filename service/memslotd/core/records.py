@@ -13,13 +13,23 @@ from .attributes import SHARED, AttributeMap
 from .errors import NotFound, ShuttingDown, VMBusy
 from .ports import GuestMemfdPort, GuestRunnerPort, SharedMemoryPort, VMPort
 from .ranges import Range
-from .slots import GmemBindings, MemslotTable
+from .slot_table import GmemBindings, MemslotTable
 
-__all__ = ["VMRecord", "GmemRecord", "ShmRecord", "new_id"]
+__all__ = ["VMRecord", "GmemRecord", "ShmRecord", "new_id", "id_pattern", "ID_PATTERN", "VM_ID_PATTERN"]
 
 
 def new_id(prefix: str) -> str:
+    """``<prefix>-<12 hex digits>``: what ``id_pattern(prefix)`` matches."""
     return f"{prefix}-{secrets.token_hex(6)}"
+
+
+def id_pattern(prefix: str = "[a-z]+") -> str:
+    """The shape of the ids ``new_id`` makes, with room to grow (up to 32 hex digits)."""
+    return rf"^{prefix}-[0-9a-f]{{1,32}}$"
+
+
+ID_PATTERN = id_pattern()  # any object id: vm-…, gmem-…, shm-…
+VM_ID_PATTERN = id_pattern("vm")
 
 
 @dataclasses.dataclass(eq=False)

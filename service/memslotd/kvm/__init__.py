@@ -6,7 +6,8 @@ The constants they take and the values they return (flags, capability numbers, V
 
 from .errors import FdClosedError, KVMError
 from .mapping import Mapping
-from .memory import GuestMemfd, SharedMemory
+from .guest_memfd import GuestMemfd
+from .shared_memory import SharedMemory
 from .system import KVMSystem
 from .vcpu import VCPUExit, VCPUFd
 from .vm import VMFd

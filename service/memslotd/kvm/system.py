@@ -10,7 +10,7 @@ from ..uapi import VM_TYPES, Cap, HostCapabilities, VMTypeCapabilities
 from ._lib import check, ffi, lib
 from .errors import KVMError
 from .fd import OwnedFd
-from .guest import guest_memfd_only_is_honoured
+from .probe_guest import guest_memfd_only_is_honoured
 from .vcpu import SupportedCPUID
 from .vm import VMFd
 

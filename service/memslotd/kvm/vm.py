@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from ..uapi import RegionArgs
 from ._lib import check, ffi, lib
 from .fd import OwnedFd
-from .memory import GuestMemfd
+from .guest_memfd import GuestMemfd
 from .vcpu import SupportedCPUID, VCPUFd
 
 __all__ = ["VMFd"]

@@ -12,18 +12,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query
 
-from ...core import MemoryCore
-from ...core.errors import NotFound
+from ...core import ID_PATTERN, VM_ID_PATTERN
 from ..routing import ApiRoute
 from ..schemas import Problem
 
-__all__ = ["VMId", "ObjectIdPath", "SlotId", "DryRun", "IfMatch", "IfNoneMatch", "problems", "router", "lookup_slot_id"]
+__all__ = ["VMId", "ObjectIdPath", "SlotId", "DryRun", "IfMatch", "IfNoneMatch", "problems", "router"]
 
 _ANY_ID = "; any other value is an id that does not exist (404)"
 VMId = Annotated[str, Path(description="a VM id" + _ANY_ID,
-                           json_schema_extra={"pattern": r"^vm-[0-9a-f]{1,32}$", "maxLength": 64})]
+                           json_schema_extra={"pattern": VM_ID_PATTERN, "maxLength": 64})]
 ObjectIdPath = Annotated[str, Path(description="a guest_memfd or shared-memory id" + _ANY_ID,
-                                   json_schema_extra={"pattern": r"^[a-z]+-[0-9a-f]{1,32}$", "maxLength": 64})]
+                                   json_schema_extra={"pattern": ID_PATTERN, "maxLength": 64})]
 SlotId = Annotated[str, Path(description="slot id (0 .. max_memslots-1)" + _ANY_ID,
                              json_schema_extra={"type": "integer", "minimum": 0, "maximum": 65535})]
 DryRun = Annotated[bool, Query(description="check every rule and answer what would happen; nothing changes")]
@@ -33,15 +32,6 @@ IfNoneMatch = Annotated[str | None, Header(description="* : create only, never r
 
 def router(prefix: str, tag: str) -> APIRouter:
     return APIRouter(prefix=prefix, tags=[tag], route_class=ApiRoute)
-
-
-def lookup_slot_id(core: MemoryCore, vm_id: str, slot: str) -> int:
-    """A slot id to look up (after the VM): anything but a decimal in range names no slot (404)."""
-    core.registry.vm(vm_id)
-    if slot.isascii() and slot.isdigit() and len(slot) <= 5 and int(slot) <= 65535:
-        return int(slot)
-    raise NotFound(f"no slot {slot[:64]!r} in VM {vm_id} (slot ids are integers 0..65535)", code="SLOT_NOT_FOUND",
-                   slot=slot[:64])
 
 
 _DESCRIPTIONS = {

@@ -22,9 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ... import __version__
-from ...core import MemoryCore
-from ...core.events import EVENT_TYPES, STREAM_TYPES, CursorGone, Event, Subscriber
-from ...core.snapshot import snapshot
+from ...core import EVENT_TYPES, STREAM_TYPES, VM_ID_PATTERN, CursorGone, Event, MemoryCore, Subscriber
 from ..problems import describe_errors, problem_response
 from ._common import problems, router as _router
 
@@ -43,7 +41,7 @@ class StreamQuery(BaseModel):
 
     since_seq: Annotated[int, Field(ge=0, le=(1 << 63) - 1)] | None = None
     boot_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
-    vm_id: Annotated[str, Field(pattern=r"^vm-[0-9a-f]{1,32}$")] | None = None
+    vm_id: Annotated[str, Field(pattern=VM_ID_PATTERN)] | None = None
     types: Annotated[str, Field(max_length=1024, description="comma list; '*' globs, e.g. memory.*")] | None = None
     initial_state: bool = False
 
@@ -109,7 +107,7 @@ class EventStream:
         subscription): the greeting, the seq the backlog ends at, and the initial state."""
         log = self.core.events
         hello = [_frame(self.core, "hello", seq=log.seq, oldest_seq=log.oldest_seq, version=__version__,
-                        bookmark_interval_s=self.bookmark_s, enforcement=self.core.registry.enforcement)]
+                        bookmark_interval_s=self.bookmark_s, enforcement=self.core.host.enforcement)]
         if self.query.since_seq is not None:
             try:
                 log.check_cursor(self.query.since_seq, self.query.boot_id)
@@ -119,7 +117,7 @@ class EventStream:
         state: list[str] = []
         if self.query.initial_state:
             now = time.time()
-            for type_, vm_id, data in snapshot(self.core.registry, self.query.vm_id):
+            for type_, vm_id, data in self.core.initial_state(self.query.vm_id):
                 if self.accept(type_, vm_id):
                     state.append(_json({"seq": log.seq, "boot_id": log.boot_id, "time": now, "type": type_,
                                         "vm_id": vm_id, "data": data, "initial": True}))
@@ -237,7 +235,7 @@ async def events_longpoll(
     request: Request,
     since_seq: Annotated[int | None, Query(ge=0, le=(1 << 63) - 1, description="resume after this seq")] = None,
     boot_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")] = None,
-    vm_id: Annotated[str | None, Query(pattern=r"^vm-[0-9a-f]{1,32}$")] = None,
+    vm_id: Annotated[str | None, Query(pattern=VM_ID_PATTERN)] = None,
     types: Annotated[str | None, Query(max_length=1024)] = None,
     wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait when nothing is pending")] = 25.0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,

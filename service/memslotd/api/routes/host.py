@@ -8,11 +8,7 @@ from fastapi import Request
 
 
 from ... import __version__
-from ...core.limits import read_meminfo
-from ...core.memslots import GPA_LIMIT, RESERVED_GPA
-from ...core.probe import MAX_PROBE_BYTES
-from ...core.registry import GMEM_FLAG_BITS
-from ...uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE
+from ...core import GPA_LIMIT, MAX_PROBE_BYTES, RESERVED_GPA
 from ..deps import CoreDep, SettingsDep
 from ..schemas import Capabilities, Health, LimitsRead, Version
 from ._common import router as _router
@@ -24,21 +20,20 @@ router = _router("/v1", "host")
 async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
     """What this host's KVM offers, reported truthfully: probed at start on a throw-away VM of
     every type; the flat fields are a default VM's, ``per_vm_type`` each type's own."""
-    host = core.host
-    gmem_flags = _gmem_flags(host.guest_memfd_flags)
+    service = core.host
+    host, gmem_flags, attributes = service.capabilities, service.guest_memfd_flag_names, service.memory_attribute_names
     per_vm_type = [
-        {"vm_type": name, "memory_attributes": ["private"] if caps.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE else [],
-               "memory_attributes_ioctl": caps.memory_attributes_ioctl,
-               "guest_memfd_flags": _gmem_flags(caps.guest_memfd_flags),
-               "conversion_enforcement": core.registry.enforcement_for(name)}
+        {"vm_type": name, "memory_attributes": attributes(caps.memory_attributes),
+         "memory_attributes_ioctl": caps.memory_attributes_ioctl, "guest_memfd_flags": gmem_flags(caps.guest_memfd_flags),
+         "conversion_enforcement": service.enforcement_for(name)}
         for name, caps in host.per_vm_type.items()]
     return {
         "api_version": host.api_version, "kernel_release": host.kernel_release, "arch": host.arch,
         "page_size": host.page_size, "vm_types": list(host.vm_types), "max_memslots": host.max_memslots,
-        "user_memory2": host.user_memory2, "guest_memfd": host.guest_memfd, "guest_memfd_flags": gmem_flags,
-        "memory_attributes": ["private"] if host.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE else [],
+        "user_memory2": host.user_memory2, "guest_memfd": host.guest_memfd, "guest_memfd_flags": gmem_flags(host.guest_memfd_flags),
+        "memory_attributes": attributes(host.memory_attributes),
         "memory_attributes_ioctl": host.memory_attributes_ioctl, "memory_fault_info": host.memory_fault_info,
-        "pre_fault_memory": host.pre_fault_memory, "conversion_enforcement": core.registry.enforcement,
+        "pre_fault_memory": host.pre_fault_memory, "conversion_enforcement": service.enforcement,
         "memory_failure": host.memory_failure, "memory_error_injection": settings.enable_memory_error_injection,
         "reserved_gpa_ranges": [{"guest_phys_addr": RESERVED_GPA.start, "size": RESERVED_GPA.size,
                                  "purpose": "guest probe window (code and page tables)"}],
@@ -48,19 +43,16 @@ async def capabilities(core: CoreDep, settings: SettingsDep) -> Any:
     }
 
 
-def _gmem_flags(bits: int) -> list[str]:
-    return [name for name, bit in GMEM_FLAG_BITS.items() if bits & bit]
-
 @router.get("/limits", response_model=LimitsRead)
 async def limits(core: CoreDep, settings: SettingsDep, request: Request) -> Any:
     """Quotas, caps and deadlines in force (the byte quotas derive from this host unless configured)."""
-    lim, host = core.limits, read_meminfo()
+    lim, usage = core.limits, core.host.usage()
     guard = getattr(request.app.state, "connection_guard", None)
     return {
         "max_vms": lim.max_vms, "max_slots_per_vm": lim.max_slots_per_vm, "max_bytes_per_vm": lim.max_bytes_per_vm,
         "max_bytes_total": lim.max_bytes_total, "memory_reserve_bytes": lim.memory_reserve_bytes,
-        "committed_bytes": core.registry.budget.committed(), "host_mem_total": host.total,
-        "host_mem_available": host.available, "max_pending_per_vm": lim.max_pending_per_vm,
+        "committed_bytes": usage.committed_bytes, "host_mem_total": usage.mem_total,
+        "host_mem_available": usage.mem_available, "max_pending_per_vm": lim.max_pending_per_vm,
         "max_probe_ops": lim.max_probe_ops, "max_probes_per_second": lim.max_probes_per_second,
         "max_body_bytes": settings.max_body_bytes, "max_batch_body_bytes": settings.max_batch_body_bytes,
         "max_connections": guard.max_per_listener if guard is not None else settings.max_connections,
@@ -75,7 +67,7 @@ async def limits(core: CoreDep, settings: SettingsDep, request: Request) -> Any:
 async def healthz(core: CoreDep, request: Request) -> Any:
     """Liveness. Needs no token on TCP; without one it says only that the daemon answers."""
     anonymous = request.scope.get("memslotd.listener") == "tcp" and "memslotd.token" not in request.scope
-    return {"status": "ok", "boot_id": core.events.boot_id, "vms": None if anonymous else len(core.registry.vms)}
+    return {"status": "ok", "boot_id": core.events.boot_id, "vms": None if anonymous else core.vms.count()}
 
 
 @router.get("/version", response_model=Version)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Query
 
-from ...core.probe import MAX_PROBE_BYTES
+from ...core import MAX_JSON_INT, MAX_PROBE_BYTES
 from ..deps import CoreDep
 from ..schemas import HostBytes, HostWriteRequest
 from ._common import ObjectIdPath, VMId, problems
@@ -18,7 +18,7 @@ from ._common import router as _router
 
 router = _router("/v1/vms/{vm_id}", "host view")
 
-Offset = Annotated[int, Query(ge=0, le=(1 << 53) - 1, description="byte offset in the object")]
+Offset = Annotated[int, Query(ge=0, le=MAX_JSON_INT, description="byte offset in the object")]
 Length = Annotated[int, Query(ge=1, le=MAX_PROBE_BYTES, description="bytes to read")]
 ERRORS = problems(404, 409, 422, 429)
 

@@ -1,4 +1,4 @@
-"""Private <-> shared conversion, the attribute map, and the guest probe."""
+"""A VM's memory: private <-> shared conversion and the attribute map."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import Query, Response
 
-from ...core.probe import ProbeOp
-from ...core.ranges import Range
+from ...core import MAX_JSON_INT
 from ..deps import CoreDep
-from ..schemas import AttributeList, ConvertRequest, ConvertResult, ProbeRequest, ProbeResponse
+from ..schemas import AttributeList, ConvertRequest, ConvertResult
 from ..routing import DRY_RUN_HEADER
 from ._common import DryRun, VMId, problems, router as _router
 
@@ -28,10 +27,10 @@ async def convert(vm_id: VMId, body: ConvertRequest, core: CoreDep, response: Re
     With ``dry_run`` the answer is what it would change and discard (``discarded_bytes``); nothing is.
     """
     if dry_run:
-        result = await core.conversion.preview(vm_id, body.guest_phys_addr, body.size, body.to, body.discard)
+        result = await core.memory.preview(vm_id, body.guest_phys_addr, body.size, body.to, body.discard)
         response.headers[DRY_RUN_HEADER] = "true"
     else:
-        result = await core.conversion.convert(vm_id, body.guest_phys_addr, body.size, body.to, body.discard)
+        result = await core.memory.convert(vm_id, body.guest_phys_addr, body.size, body.to, body.discard)
     return {"changed": result.changed, "unchanged": result.unchanged, "discarded": result.discarded,
             "discarded_bytes": sum(d["length"] for d in result.discarded), "enforcement": result.enforcement}
 
@@ -39,33 +38,12 @@ async def convert(vm_id: VMId, body: ConvertRequest, core: CoreDep, response: Re
 @router.get("/memory/attributes", response_model=AttributeList, responses=problems(404, 422))
 async def attributes(
     vm_id: VMId, core: CoreDep,
-    gpa_start: Annotated[int, Query(ge=0, le=(1 << 53) - 1)] = 0,
-    gpa_end: Annotated[int, Query(ge=1, le=1 << 53)] = 1 << 53,
+    gpa_start: Annotated[int, Query(ge=0, le=MAX_JSON_INT)] = 0,
+    gpa_end: Annotated[int, Query(ge=1, le=MAX_JSON_INT + 1)] = MAX_JSON_INT + 1,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9a-f]{1,16}$", description="next_cursor of the previous page")] = None,
 ) -> Any:
     """Run-length private/shared ranges over the VM's memslots (gaps are not guest memory)."""
-    vm = core.registry.vm(vm_id)
-    start = max(gpa_start, int(cursor, 16)) if cursor else gpa_start
-    ranges: list[dict[str, Any]] = []
-    next_cursor = None
-    for r, state in vm.attributes.runs(Range(start, max(gpa_end, start + 1))):
-        if len(ranges) == limit:
-            next_cursor = f"{r.start:x}"
-            break
-        ranges.append({"guest_phys_addr": r.start, "size": r.size, "state": state})
-    return {"ranges": ranges, "enforcement": vm.enforcement, "next_cursor": next_cursor}
-
-
-@router.post("/probe", response_model=ProbeResponse, responses=problems(400, 404, 422, 429, 503, 507))
-async def probe(vm_id: VMId, body: ProbeRequest, core: CoreDep) -> Any:
-    """Run a tiny 64-bit guest on a daemon-owned vCPU that performs the accesses.
-
-    Each result is what the guest saw (``data_hex``) or the exit it took: ``mmio`` where no
-    memslot maps the GPA, ``memory_fault`` (with errno EFAULT/EHWPOISON) where KVM could not
-    fault the page in. Writes change guest memory at exactly the requested bytes.
-    """
-    ops = [ProbeOp(o.op, o.guest_phys_addr, o.length, bytes.fromhex(o.data_hex) if o.data_hex is not None else None)
-           for o in body.ops]
-    results = await core.probe.probe(vm_id, ops)
-    return {"results": results, "enforcement": core.registry.vm(vm_id).enforcement}
+    page = core.memory.attributes(vm_id, gpa_start, gpa_end, limit, int(cursor, 16) if cursor else None)
+    return {"ranges": [{"guest_phys_addr": r.guest_phys_addr, "size": r.size, "state": r.state} for r in page.ranges],
+            "enforcement": page.enforcement, "next_cursor": f"{page.next_gpa:x}" if page.next_gpa is not None else None}

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import HTTPException, Response
 from fastapi.responses import JSONResponse
 
-from ..convert import gmem_plan, gmem_read, shm_plan, shm_read
+from ..views import gmem_plan, gmem_read, shm_plan, shm_read
 from ..deps import CoreDep, SettingsDep
 from ..routing import DRY_RUN_HEADER
 from ..schemas import (
@@ -31,29 +31,27 @@ def _done(dry_run: bool) -> Response:
 async def create_gmem(vm_id: VMId, body: GuestMemfdCreate, core: CoreDep, response: Response,
                       dry_run: DryRun = False) -> Any:
     """KVM_CREATE_GUEST_MEMFD (the fd is owned by the daemon, close-on-exec)."""
-    gmem = await core.registry.create_gmem(vm_id, body.size, list(body.flags), body.name, dry_run=dry_run)
-    if gmem is None:
-        return JSONResponse(gmem_plan(body.name, body.size, list(body.flags)), headers=DRY)
+    gmem = await core.memory_objects.create_gmem(vm_id, body.size, list(body.flags), body.name, dry_run=dry_run)
+    if dry_run:
+        return JSONResponse(gmem_plan(gmem), headers=DRY)
     response.headers["Location"] = f"/v1/vms/{vm_id}/guest-memfds/{gmem.id}"
-    return gmem_read(core.registry.vm(vm_id), gmem)
+    return gmem_read(gmem)
 
 
 @gmem_router.get("", response_model=GuestMemfdList, responses=problems(404))
 async def list_gmems(vm_id: VMId, core: CoreDep) -> Any:
-    vm = core.registry.vm(vm_id)
-    return {"items": [gmem_read(vm, g) for g in vm.gmems.values()]}
+    return {"items": [gmem_read(g) for g in core.memory_objects.list_gmems(vm_id)]}
 
 
 @gmem_router.get("/{gmem_id}", response_model=GuestMemfdRead, responses=problems(404))
 async def get_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep) -> Any:
-    vm = core.registry.vm(vm_id)
-    return gmem_read(vm, core.registry.gmem(vm, gmem_id))
+    return gmem_read(core.memory_objects.get_gmem(vm_id, gmem_id))
 
 
 @gmem_router.delete("/{gmem_id}", status_code=204, responses=problems(404, 409, 429))
 async def delete_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep, dry_run: DryRun = False) -> Response:
     """Close the guest_memfd (409 while a slot is bound to it)."""
-    await core.registry.delete_gmem(vm_id, gmem_id, dry_run=dry_run)
+    await core.memory_objects.delete_gmem(vm_id, gmem_id, dry_run=dry_run)
     return _done(dry_run)
 
 
@@ -61,7 +59,7 @@ async def delete_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep, dry_run
 async def allocate_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep,
                         dry_run: DryRun = False) -> Response:
     """fallocate(KEEP_SIZE): back the range with memory now."""
-    await core.registry.allocate_gmem(vm_id, gmem_id, body.offset, body.length, dry_run=dry_run)
+    await core.memory_objects.allocate_gmem(vm_id, gmem_id, body.offset, body.length, dry_run=dry_run)
     return _done(dry_run)
 
 
@@ -72,7 +70,7 @@ async def punch_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: 
     (with ``dry_run``: the ranges it would invalidate)."""
     if dry_run:
         response.headers.update(DRY)
-    return await core.registry.punch_gmem(vm_id, gmem_id, body.offset, body.length, dry_run=dry_run)
+    return await core.memory_objects.punch_gmem(vm_id, gmem_id, body.offset, body.length, dry_run=dry_run)
 
 
 @gmem_router.post("/{gmem_id}/inject-error", response_model=MemoryErrorRead, responses=problems(403, 404, 409, 422, 501))
@@ -83,7 +81,7 @@ async def inject_error(vm_id: VMId, gmem_id: ObjectIdPath, body: InjectErrorRequ
     Hosts without CONFIG_MEMORY_FAILURE answer 501 with the kernel's errno."""
     if not settings.enable_memory_error_injection:
         raise HTTPException(403, "memory-error injection is disabled (start with --enable-memory-error-injection)")
-    return await core.registry.inject_memory_error(vm_id, gmem_id, body.offset)
+    return await core.memory_objects.inject_memory_error(vm_id, gmem_id, body.offset)
 
 
 @shm_router.post("", status_code=201, response_model=SharedMemoryRead, responses={
@@ -92,25 +90,25 @@ async def inject_error(vm_id: VMId, gmem_id: ObjectIdPath, body: InjectErrorRequ
 async def create_shm(vm_id: VMId, body: SharedMemoryCreate, core: CoreDep, response: Response,
                      dry_run: DryRun = False) -> Any:
     """A memfd owned and mapped by the daemon (the ``userspace_addr`` side of slots)."""
-    shm = await core.registry.create_shm(vm_id, body.size, body.hugepages, body.name, dry_run=dry_run)
-    if shm is None:
-        return JSONResponse(shm_plan(core.registry, body.name, body.size, body.hugepages), headers=DRY)
+    shm = await core.memory_objects.create_shm(vm_id, body.size, body.hugepages, body.name, dry_run=dry_run)
+    if dry_run:
+        return JSONResponse(shm_plan(shm), headers=DRY)
     response.headers["Location"] = f"/v1/vms/{vm_id}/shared-memory/{shm.id}"
     return shm_read(shm)
 
 
 @shm_router.get("", response_model=SharedMemoryList, responses=problems(404))
 async def list_shms(vm_id: VMId, core: CoreDep) -> Any:
-    return {"items": [shm_read(m) for m in core.registry.vm(vm_id).shms.values()]}
+    return {"items": [shm_read(m) for m in core.memory_objects.list_shms(vm_id)]}
 
 
 @shm_router.get("/{shm_id}", response_model=SharedMemoryRead, responses=problems(404))
 async def get_shm(vm_id: VMId, shm_id: ObjectIdPath, core: CoreDep) -> Any:
-    return shm_read(core.registry.shm(core.registry.vm(vm_id), shm_id))
+    return shm_read(core.memory_objects.get_shm(vm_id, shm_id))
 
 
 @shm_router.delete("/{shm_id}", status_code=204, responses=problems(404, 409, 429))
 async def delete_shm(vm_id: VMId, shm_id: ObjectIdPath, core: CoreDep, dry_run: DryRun = False) -> Response:
     """Unmap and close (409 while a slot uses it)."""
-    await core.registry.delete_shm(vm_id, shm_id, dry_run=dry_run)
+    await core.memory_objects.delete_shm(vm_id, shm_id, dry_run=dry_run)
     return _done(dry_run)

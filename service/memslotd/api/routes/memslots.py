@@ -10,19 +10,14 @@ from fastapi import Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from ...core import MemoryCore
-from ...core.batch import BatchOp
-from ...core.memslots import SlotRequest, dirty_ranges
-from ...core.ranges import Range
-from ...core.slots import Backing, Slot
-from ...core.errors import InvalidRequest
+from ...core import MAX_BATCH_OPS, MAX_JSON_INT, Backing, BatchOp, SlotRequest, SlotView
 from ..batch_body import BATCH_BODY
 from ..body import check_charset, parse_json
-from ..convert import slot_read
+from ..views import slot_read
 from ..deps import CoreDep
 from ..routing import DRY_RUN_HEADER
 from ..schemas import BatchResponse, DirtyLog, MemslotCreate, MemslotList, MemslotRead
-from ._common import DryRun, IfMatch, IfNoneMatch, SlotId, VMId, lookup_slot_id, problems, router as _router
+from ._common import DryRun, IfMatch, IfNoneMatch, SlotId, VMId, problems, router as _router
 
 router = _router("/v1/vms/{vm_id}/memslots", "memslots")
 batch_router = _router("/v1/vms/{vm_id}", "memslots")
@@ -34,14 +29,16 @@ _BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json":
     "schema": {"$ref": "#/components/schemas/BatchRequest"}}}}}
 
 
-@batch_router.post("/memslots:batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=_BATCH_BODY)
-async def batch(vm_id: VMId, request: Request, core: CoreDep, dry_run: DryRun = False) -> Any:
-    """Up to 4096 creates and deletes, applied in order, all or nothing.
+_BATCH_DESCRIPTION = f"""Up to {MAX_BATCH_OPS} creates and deletes, applied in order, all or nothing.
 
-    On the first failure every applied op is rolled back and the answer (problem+json
-    ``BATCH_FAILED``, with the status of the failing op) names its ``index`` and ``cause``.
-    Events are emitted only for what finally stands, in op order, after the batch commits.
-    """
+On the first failure every applied op is rolled back and the answer (problem+json
+``BATCH_FAILED``, with the status of the failing op) names its ``index`` and ``cause``.
+Events are emitted only for what finally stands, in op order, after the batch commits."""
+
+
+@batch_router.post("/memslots:batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=_BATCH_BODY,
+                   description=_BATCH_DESCRIPTION)
+async def batch(vm_id: VMId, request: Request, core: CoreDep, dry_run: DryRun = False) -> Any:
     # Thousands of ops: pydantic parses the JSON itself into plain dicts (batch_body), and the
     # result, built by the core in the documented shape, is not validated a second time.
     content_type = request.headers.get("content-type", "")
@@ -104,25 +101,19 @@ async def put_memslot(vm_id: VMId, slot: SlotId, body: MemslotCreate, core: Core
     toggled (200). A slot with a private part can only be deleted (409 ``SLOT_IMMUTABLE``).
     ``If-Match: <etag>`` acts only on the slot version you read; ``If-None-Match: *`` only creates.
     """
-    core.registry.vm(vm_id)
-    if not (slot.isascii() and slot.isdigit() and len(slot) <= 5 and int(slot) < core.registry.max_slots):
-        raise InvalidRequest(f"slot id {slot[:64]!r} is not an integer 0..{core.registry.max_slots - 1}",
-                             code="SLOT_ID_OUT_OF_RANGE")
-    created_slot, created = await core.memslots.put(vm_id, int(slot), _request(body), dry_run=dry_run,
-                                                    if_match=if_match, if_none_match=if_none_match)
-    return _slot_answer(core, vm_id, created_slot, created, response, dry_run)
+    view, created = await core.memslots.put(vm_id, slot, _request(body), dry_run=dry_run, if_match=if_match,
+                                            if_none_match=if_none_match)
+    return _slot_answer(vm_id, view, created, response, dry_run)
 
 
-def _slot_answer(core: MemoryCore, vm_id: str, slot: Slot, created: bool, response: Response, dry_run: bool) -> Any:
+def _slot_answer(vm_id: str, view: SlotView, created: bool, response: Response, dry_run: bool) -> Any:
     response.status_code = 201 if created and not dry_run else 200
-    if not dry_run:
-        response.headers["Location"] = f"/v1/vms/{vm_id}/memslots/{slot.slot_id}"
     if dry_run:
         response.headers[DRY_RUN_HEADER] = "true"
     else:
-        response.headers["ETag"] = slot.etag
-    vm = core.registry.vm(vm_id)
-    return slot_read(vm, slot, core.host.guest_memfd_only_honoured)
+        response.headers["Location"] = f"/v1/vms/{vm_id}/memslots/{view.slot.slot_id}"
+        response.headers["ETag"] = view.slot.etag
+    return slot_read(view)
 
 
 @router.post("", status_code=201, response_model=MemslotRead, responses={
@@ -130,24 +121,23 @@ def _slot_answer(core: MemoryCore, vm_id: str, slot: Slot, created: bool, respon
 async def post_memslot(vm_id: VMId, body: MemslotCreate, core: CoreDep, response: Response,
                        dry_run: DryRun = False) -> Any:
     """Create a slot with the lowest free slot id (a dry run answers 200 with the slot it would create)."""
-    created_slot, _ = await core.memslots.put(vm_id, None, _request(body), dry_run=dry_run)
-    return _slot_answer(core, vm_id, created_slot, True, response, dry_run)
+    view, _ = await core.memslots.put(vm_id, None, _request(body), dry_run=dry_run)
+    return _slot_answer(vm_id, view, True, response, dry_run)
 
 
 @router.get("", response_model=MemslotList, responses=problems(404, 422))
 async def list_memslots(
     vm_id: VMId, core: CoreDep,
-    gpa_start: Annotated[int, Query(ge=0, le=(1 << 53) - 1, description="only slots ending after this GPA")] = 0,
-    gpa_end: Annotated[int, Query(ge=1, le=1 << 53, description="only slots starting before this GPA")] = 1 << 53,
+    gpa_start: Annotated[int, Query(ge=0, le=MAX_JSON_INT, description="only slots ending after this GPA")] = 0,
+    gpa_end: Annotated[int, Query(ge=1, le=MAX_JSON_INT + 1, description="only slots starting before this GPA")
+                       ] = MAX_JSON_INT + 1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9a-f]{1,16}$", description="next_cursor of the previous page")] = None,
 ) -> Any:
     """Slots in GPA order, a page at a time (O(log n + limit))."""
-    vm = core.registry.vm(vm_id)
-    after = int(cursor, 16) if cursor else None
-    items, last = vm.slots.page(Range(gpa_start, max(gpa_end, gpa_start + 1)), after, limit)
-    return {"items": [slot_read(vm, s, core.host.guest_memfd_only_honoured) for s in items],
-            "next_cursor": f"{last:x}" if last is not None else None, "total": len(vm.slots)}
+    page = core.memslots.list(vm_id, gpa_start, gpa_end, int(cursor, 16) if cursor else None, limit)
+    return {"items": [slot_read(s) for s in page.items],
+            "next_cursor": f"{page.next_gpa:x}" if page.next_gpa is not None else None, "total": page.total}
 
 
 @router.post("/{slot}/dirty-log", response_model=DirtyLog, responses={
@@ -157,29 +147,26 @@ async def fetch_dirty_log(vm_id: VMId, slot: SlotId, core: CoreDep,
                           format: Annotated[Literal["ranges", "bitmap"], Query()] = "ranges") -> Any:
     """Collect and reset the slot's dirty log (KVM_GET_DIRTY_LOG): the pages the guest wrote since
     the previous fetch. The slot needs the ``log_dirty_pages`` flag (409 ``DIRTY_LOGGING_OFF``)."""
-    found, bitmap = await core.memslots.fetch_dirty_log(vm_id, lookup_slot_id(core, vm_id, slot))
-    page = core.registry.page_size
-    pages = found.memory_size // page
-    if format == "bitmap":
-        return Response(bitmap, media_type="application/octet-stream", headers={"memslotd-pages": str(pages)})
-    ranges = await core.registry.blocking(dirty_ranges, bitmap, found.guest_phys_addr, page, pages)
-    return {"slot": found.slot_id, "page_size": page, "pages": pages, "dirty_pages": sum(n for _, n in ranges) // page,
-            "ranges": [{"guest_phys_addr": g, "size": n} for g, n in ranges]}
+    log = await core.memslots.fetch_dirty_log(vm_id, slot, ranges=format == "ranges")
+    if log.ranges is None:
+        return Response(log.bitmap, media_type="application/octet-stream", headers={"memslotd-pages": str(log.pages)})
+    return {"slot": log.slot, "page_size": log.page_size, "pages": log.pages,
+            "dirty_pages": sum(n for _, n in log.ranges) // log.page_size,
+            "ranges": [{"guest_phys_addr": g, "size": n} for g, n in log.ranges]}
 
 
 @router.get("/{slot}", response_model=MemslotRead, responses=problems(404))
 async def get_memslot(vm_id: VMId, slot: SlotId, core: CoreDep, response: Response) -> Any:
     """The slot, with its ``ETag`` for conditional PUT/DELETE."""
-    vm = core.registry.vm(vm_id)
-    found = core.memslots.get(vm, lookup_slot_id(core, vm_id, slot))
-    response.headers["ETag"] = found.etag
-    return slot_read(vm, found, core.host.guest_memfd_only_honoured)
+    view = core.memslots.get(vm_id, slot)
+    response.headers["ETag"] = view.slot.etag
+    return slot_read(view)
 
 
 @router.delete("/{slot}", status_code=204, responses=problems(404, 412, 429))
 async def delete_memslot(vm_id: VMId, slot: SlotId, core: CoreDep, response: Response, dry_run: DryRun = False,
                          if_match: IfMatch = None) -> None:
     """KVM_SET_USER_MEMORY_REGION2 with size 0, bracketed by invalidate events."""
-    await core.memslots.delete(vm_id, lookup_slot_id(core, vm_id, slot), dry_run=dry_run, if_match=if_match)
+    await core.memslots.delete(vm_id, slot, dry_run=dry_run, if_match=if_match)
     if dry_run:
         response.headers[DRY_RUN_HEADER] = "true"

@@ -25,17 +25,18 @@ class CoreCollector(Collector):
         core = self.core
         if core is None:
             return
-        vms = list(core.registry.vms.values())
+        vms = core.vms.list()
         yield GaugeMetricFamily("memslotd_vms", "VMs", value=len(vms))
         slots = GaugeMetricFamily("memslotd_memslots", "memslots per VM", labels=["vm_id"])
         gmem = GaugeMetricFamily("memslotd_guest_memfd_bytes", "guest_memfd bytes per VM", labels=["vm_id"])
         shm = GaugeMetricFamily("memslotd_shared_memory_bytes", "shared-memory bytes per VM", labels=["vm_id"])
         for vm in vms:
-            slots.add_metric([vm.id], len(vm.slots))
-            gmem.add_metric([vm.id], sum(g.size for g in vm.gmems.values()))
-            shm.add_metric([vm.id], sum(m.size for m in vm.shms.values()))
+            label = [str(vm.id)]  # a listed VM has one (only a dry-run plan has none)
+            slots.add_metric(label, vm.memslots_used)
+            gmem.add_metric(label, vm.guest_memfd_bytes)
+            shm.add_metric(label, vm.shared_memory_bytes)
         yield from (slots, gmem, shm)
-        st = core.registry.stats
+        st = core.host.stats
         for name, doc, value in (
             ("conversions", "converted ranges", st.conversions), ("converted_bytes", "bytes converted", st.converted_bytes),
             ("discarded_bytes", "bytes discarded by conversions", st.discarded_bytes),

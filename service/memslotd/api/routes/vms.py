@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
-from ..convert import vm_plan, vm_read
+from ..views import vm_plan, vm_read
 from ..deps import CoreDep
 from ..routing import DRY_RUN_HEADER
 from ..schemas import VMCreate, VMList, VMPlan, VMRead, VMRelease
@@ -22,22 +22,21 @@ DRY = {DRY_RUN_HEADER: "true"}
     **problems(400, 409, 422, 429, 501, 503)})
 async def create_vm(body: VMCreate, core: CoreDep, response: Response, dry_run: DryRun = False) -> Any:
     """Create a VM (KVM_CREATE_VM). ``name`` is unique among the daemon's VMs (409 ``NAME_TAKEN``)."""
-    vm = await core.registry.create_vm(body.type, body.name, dry_run=dry_run)
-    if vm is None:
-        return JSONResponse(vm_plan(core.registry, body.type, body.name), headers=DRY)
+    vm = await core.vms.create(body.type, body.name, dry_run=dry_run)
+    if dry_run:
+        return JSONResponse(vm_plan(vm), headers=DRY)
     response.headers["Location"] = f"/v1/vms/{vm.id}"
-    return vm_read(vm, vm.enforcement)
+    return vm_read(vm)
 
 
 @router.get("", response_model=VMList)
 async def list_vms(core: CoreDep) -> Any:
-    return {"items": [vm_read(vm, vm.enforcement) for vm in core.registry.vms.values()]}
+    return {"items": [vm_read(vm) for vm in core.vms.list()]}
 
 
 @router.get("/{vm_id}", response_model=VMRead, responses=problems(404))
 async def get_vm(vm_id: VMId, core: CoreDep) -> Any:
-    vm = core.registry.vm(vm_id)
-    return vm_read(vm, vm.enforcement)
+    return vm_read(core.vms.get(vm_id))
 
 
 @router.delete("/{vm_id}", status_code=204, response_model=None, responses={
@@ -46,6 +45,6 @@ async def get_vm(vm_id: VMId, core: CoreDep) -> Any:
 async def delete_vm(vm_id: VMId, core: CoreDep, dry_run: DryRun = False) -> Any:
     """Tear down every slot, guest_memfd and shared-memory region of the VM (events for each)."""
     if dry_run:
-        return JSONResponse(core.registry.vm_release(vm_id), headers=DRY)
-    await core.registry.delete_vm(vm_id)
+        return JSONResponse(core.vms.release(vm_id), headers=DRY)
+    await core.vms.delete(vm_id)
     return Response(status_code=204)

@@ -9,16 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .memslots import slot_event
 from .ranges import Range
 from .registry import Registry
+from .slot_events import slot_event
 
-__all__ = ["snapshot"]
+__all__ = ["initial_state"]
 
 RANGES_PER_EVENT = 1000
 
 
-def snapshot(reg: Registry, vm_id: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+def initial_state(reg: Registry, vm_id: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(type, vm_id, data) for every VM, guest_memfd, shared-memory region, slot and attribute range."""
     for vm in reg.vms.values():
         if vm_id is not None and vm.id != vm_id:

@@ -1,4 +1,5 @@
-"""Private <-> shared conversion, in QEMU's order (``kvm_convert_memory``).
+"""A VM's memory (``api/routes/memory.py``): the attribute map, read a page at a time, and
+private <-> shared conversion, in QEMU's order (``kvm_convert_memory``).
 
 Per changed piece: (1) ``KVM_SET_MEMORY_ATTRIBUTES`` where the host has it, then
 (2) discard the stale side — to shared: punch the guest_memfd; to private: punch
@@ -25,11 +26,12 @@ from .attributes import PRIVATE, SHARED, attribute_bits
 from .errors import Conflict, DomainError, HostResourcesExhausted, kernel_error
 from .memslots import GPA_LIMIT
 from .ranges import Range, check_aligned_range
+from .read_models import AttributePage, AttributeRun
 from .records import VMRecord
 from .registry import Registry
-from .slots import Slot
+from .slot_table import Slot
 
-__all__ = ["ConversionService", "ConversionResult", "ConversionFailed"]
+__all__ = ["MemoryService", "ConversionResult", "ConversionFailed"]
 
 CHUNK = 1024  # pieces per worker-thread call
 
@@ -61,9 +63,23 @@ class ConversionFailed(DomainError):
     title = "Conversion stopped part-way"
 
 
-class ConversionService:
+class MemoryService:
     def __init__(self, registry: Registry):
         self.reg = registry
+
+    def attributes(self, vm_id: str, gpa_start: int, gpa_end: int, limit: int, after: int | None = None) -> AttributePage:
+        """Up to ``limit`` run-length private/shared ranges in ``[gpa_start, gpa_end)`` from
+        ``after`` (a previous page's ``next_gpa``) on; gaps between slots are not guest memory."""
+        vm = self.reg.vm(vm_id)
+        start = gpa_start if after is None else max(gpa_start, after)
+        ranges: list[AttributeRun] = []
+        next_gpa = None
+        for r, state in vm.attributes.runs(Range(start, max(gpa_end, start + 1))):
+            if len(ranges) == limit:
+                next_gpa = r.start
+                break
+            ranges.append(AttributeRun(r.start, r.size, state))
+        return AttributePage(tuple(ranges), vm.enforcement, next_gpa)
 
     def _plan(self, vm: VMRecord, r: Range, to: str) -> tuple[list[Piece], list[Range]]:
         """Check coverage and private parts; return the pieces that change and those already in state."""

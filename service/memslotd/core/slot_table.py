@@ -9,7 +9,7 @@ from sortedcontainers import SortedDict
 
 from .ranges import Range
 from .sorted_keys import floor_key, higher_key
-from .values import value_type
+from .value_type import value_type
 
 __all__ = ["Backing", "Slot", "MemslotTable", "GmemBindings", "FreeIds"]
 

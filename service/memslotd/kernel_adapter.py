@@ -7,7 +7,7 @@ from .core.limits import derive_byte_quotas, read_meminfo
 from .core.ports import VMPort
 from .kvm import KVMSystem, SharedMemory, VMFd
 from .kvm._lib import SHIM_VERSION
-from .kvm.guest import GuestRunner
+from .kvm.probe_guest import GuestRunner
 from .settings import Settings
 from .uapi import VM_TYPES, HostCapabilities
 

@@ -29,7 +29,7 @@ from ..uapi import PROBE_MAX_OP_BYTES as MAX_OP_BYTES
 from ..uapi import PROBE_WINDOW_GPA as WINDOW_GPA
 from ..uapi import PROBE_WINDOW_SIZE as WINDOW_SIZE
 from .errors import FdClosedError
-from .memory import SharedMemory
+from .shared_memory import SharedMemory
 from .vcpu import VCPUExit, VCPUFd
 from .vm import VMFd
 
