@@ -11,6 +11,18 @@ from pathlib import Path
 
 import httpx
 
+from tests.kernel_facts import in_lab
+
+#: How much slower than this machine class the tests run: 1 natively, 15 inside the KVM lab
+#: (QEMU TCG runs this suite 11-20x slower). Every functional deadline of a test is multiplied by
+#: it, so a deadline means "something hangs", never "this machine is slow".
+SLOWDOWN = float(os.environ.get("MEMSLOTD_TEST_SLOWDOWN") or (15 if in_lab() else 1))
+
+
+def patience(seconds: float) -> float:
+    """A functional deadline of ``seconds`` on this machine class, scaled for where the test runs."""
+    return seconds * SLOWDOWN
+
 
 def fd_count(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -25,7 +37,7 @@ class Daemon:
         self.log_path = log_path
 
     def client(self, **kw: object) -> httpx.Client:
-        kw.setdefault("timeout", 30)
+        kw.setdefault("timeout", patience(30))
         return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket_path)), base_url="http://memslotd",
                             **kw)  # type: ignore[arg-type]
 
@@ -36,7 +48,7 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                return self.proc.wait(timeout)
+                return self.proc.wait(patience(timeout))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -53,7 +65,7 @@ def start_daemon(tmp: Path, *args: str, env: dict[str, str] | None = None, wait:
                                 stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
     daemon = Daemon(socket_path, proc, log_path)
     if wait:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + patience(20)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {proc.returncode}:\n{daemon.log()}")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import patience
+
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "service" / "memslotd"
 
@@ -135,7 +137,7 @@ def test_kvm_modules_import_no_cycle():
 
 def test_the_package_type_checks():
     r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=patience(300))
     assert r.returncode == 0, r.stdout[-3000:]
 
 
@@ -143,5 +145,5 @@ def test_value_types_are_immutable_to_the_type_checker(tmp_path):
     """core.values trades run-time freezing for speed; mypy must still refuse a mutation."""
     (tmp_path / "mutate.py").write_text("from memslotd.core.slot_table import Backing\n\nBacking('shm-1', 0).offset = 4096\n")
     r = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", str(tmp_path / "mutate.py")], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=patience(300))
     assert r.returncode == 1 and 'Property "offset" defined in "Backing" is read-only' in r.stdout, r.stdout

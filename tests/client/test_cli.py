@@ -15,7 +15,7 @@ import click
 import pytest
 
 from memslotd.cli import app
-from tests.helpers import Daemon, start_daemon
+from tests.helpers import Daemon, patience, start_daemon
 
 MEMSLOTCTL = str(Path(sys.executable).parent / "memslotctl")
 #: what a Python value looks like when it leaks into human output
@@ -24,7 +24,7 @@ REPR = re.compile(r"\b(True|False|None)\b|\{'|\['|\(\)|<[\w.]+ object at|\w+(Rea
 
 def ctl(daemon: Daemon, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([MEMSLOTCTL, "--socket", str(daemon.socket_path), *args], capture_output=True, text=True,
-                          timeout=120, input=stdin)
+                          timeout=patience(120), input=stdin)
 
 
 def test_the_cli_takes_sizes_and_names_and_answers_tables_or_json(daemon):
@@ -67,7 +67,7 @@ def test_exit_codes_distinguish_the_failure_and_every_error_has_its_code(daemon)
     err = ctl(daemon, "--json", "vm", "show", "nope")
     assert err.returncode == 3 and json.loads(err.stderr)["error"] == "VM_NOT_FOUND"
     unreachable = subprocess.run([MEMSLOTCTL, "--socket", "/nonexistent.sock", "vm", "list"], capture_output=True,
-                                 text=True, timeout=60)
+                                 text=True, timeout=patience(60))
     assert unreachable.returncode == 5
     assert unreachable.stderr.startswith("error: UNREACHABLE: cannot reach memslotd at unix socket /nonexistent.sock")
 
@@ -152,13 +152,13 @@ def test_shell_completion_is_installed_with_the_package():
     shipped = {f for files in data_files.values() for f in files}
     for shell, rel in (("bash", "completions/bash/memslotctl"), ("zsh", "completions/zsh/_memslotctl"),
                        ("fish", "completions/fish/memslotctl.fish")):
-        script = subprocess.run([MEMSLOTCTL, "completion", shell], capture_output=True, text=True, timeout=60).stdout
+        script = subprocess.run([MEMSLOTCTL, "completion", shell], capture_output=True, text=True, timeout=patience(60)).stdout
         assert (root / rel).read_text() == script, f"{rel} is stale: memslotctl completion {shell} > {rel}"
         assert rel in shipped, f"{rel} is not in pyproject's data-files"
     venv = Path(sys.executable).parent
     words = subprocess.run([MEMSLOTCTL], env={"_MEMSLOTCTL_COMPLETE": "bash_complete", "COMP_WORDS": "memslotctl sl",
                                               "COMP_CWORD": "1", "PATH": str(venv)},
-                           capture_output=True, text=True, timeout=60).stdout
+                           capture_output=True, text=True, timeout=patience(60)).stdout
     assert "plain,slot" in words.splitlines()  # bash_complete answers TYPE,VALUE lines
 
 

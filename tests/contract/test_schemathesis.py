@@ -15,6 +15,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from memslotd.kernel_adapter import build_core
 from memslotd.api.app import create_app
 from memslotd.settings import Settings
+from tests.helpers import patience
 
 def no_bug(ctx, response, case):  # type: ignore[no-untyped-def]
     """500 is reserved for bugs; 501/503/507 are documented answers about the host."""
@@ -82,8 +83,8 @@ def test_the_real_daemon_over_tcp_honours_its_contract(short_tmp):
             [str(Path(sys.executable).parent / "st"), "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
              "run", f"http://127.0.0.1:{port}/v1/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
              "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--mode", "all", "--max-examples", "10", "--seed", "13", "--continue-on-failure",
-             "--request-timeout", "30", "--no-color"],
-            capture_output=True, text=True, timeout=900, cwd=short_tmp)  # its cache stays out of the tree
+             "--request-timeout", str(int(patience(30))), "--no-color"],
+            capture_output=True, text=True, timeout=patience(900), cwd=short_tmp)  # its cache stays out of the tree
     finally:
         daemon.stop()
     summary = r.stdout[-4000:]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import patience
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
@@ -24,7 +26,7 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path):
         (tmp_path / unit).write_text(text.replace("/usr/bin/memslotd", str(BIN / "memslotd")))
     r = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / u) for u in
                         ("memslotd.service", "memslotd.socket", "memslotd-ro.socket"))],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=patience(60))
     assert r.returncode == 0, r.stderr
 
 
@@ -49,7 +51,7 @@ def test_the_example_configurations_are_valid_settings():
 def test_kubernetes_manifests_validate_against_the_schemas():
     manifests = sorted(str(p) for p in (DEPLOY / "kubernetes").glob("*.yaml"))
     r = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *manifests], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=patience(120))
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -57,5 +59,5 @@ def test_the_containerfile_passes_hadolint():
     hadolint = shutil.which("hadolint", path=str(BIN)) or shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint not installed")
-    r = subprocess.run([hadolint, str(DEPLOY / "container" / "Containerfile")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([hadolint, str(DEPLOY / "container" / "Containerfile")], capture_output=True, text=True, timeout=patience(60))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers import fd_count, guest_memory_mappings, start_daemon
+from tests.helpers import fd_count, guest_memory_mappings, patience, start_daemon
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -57,7 +57,7 @@ def _spawn_on(path, *, timeout: float = 10) -> subprocess.Popen[bytes]:
     """memslotd on ``path`` (given by environment), returned once the socket exists."""
     proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon"], env={**os.environ, "MEMSLOTD_SOCKET": str(path)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     return proc
@@ -67,7 +67,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> int | None:
     """SIGTERM, then the exit status; None (after a kill) if the daemon ignored it."""
     proc.terminate()
     try:
-        return proc.wait(timeout)
+        return proc.wait(patience(timeout))
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -98,7 +98,7 @@ def test_a_stop_at_any_point_of_start_up_is_honoured(short_tmp, delay):
 
 def test_invalid_configuration_fails_at_start(short_tmp):
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", "relative.sock"],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=patience(30))
     assert r.returncode != 0 and "invalid configuration" in r.stderr
 
 
@@ -107,13 +107,13 @@ def test_a_socket_directory_others_can_write_is_refused(short_tmp):
     shared.mkdir()
     shared.chmod(0o777)  # e.g. planted in /tmp by another user: they could swap the socket
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(shared / "api.sock")],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=patience(30))
     assert r.returncode != 0 and "not writable by group or others" in r.stderr
     assert not (shared / "api.sock").exists()
 
 
 def test_second_daemon_on_a_live_socket_refuses(daemon):
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(daemon.socket_path)],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=patience(30))
     assert r.returncode != 0 and "another daemon is listening" in r.stderr
     assert "removed" not in r.stdout + r.stderr and daemon.socket_path.exists()  # it removed nothing

@@ -14,14 +14,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import unix_connect
 
-from tests.helpers import start_daemon
+from tests.helpers import patience, start_daemon
 
 MiB, GiB = 1 << 20, 1 << 30
 
 
 @contextmanager
 def subscribe(daemon, query: str = "", **kw):
-    with unix_connect(str(daemon.socket_path), f"ws://memslotd/v1/events{query}", open_timeout=10, **kw) as ws:
+    with unix_connect(str(daemon.socket_path), f"ws://memslotd/v1/events{query}", open_timeout=patience(10), **kw) as ws:
         yield ws
 
 
@@ -194,7 +194,7 @@ def test_bookmarks_let_filtered_clients_advance(short_tmp):
             # Event-driven, not timed: a bookmark sent before the create still carries the old
             # seq, so read bookmarks until one has passed the filtered-out event.
             for _ in range(50):
-                frame = recv(ws, timeout=30)
+                frame = recv(ws, timeout=patience(30))
                 assert frame["type"] == "bookmark", frame  # nothing else matches the filter
                 if frame["seq"] >= seq:
                     break
@@ -359,7 +359,7 @@ def test_no_legal_request_disconnects_an_up_to_date_subscriber(short_tmp):
 
             thread = threading.Thread(target=lambda: asyncio.run(follow()), daemon=True)
             thread.start()
-            assert connected.wait(30)
+            assert connected.wait(patience(30))
             rss_before = _rss_kib(d.proc.pid)
             r = c.post(f"/v1/vms/{small}/memslots:batch", json={"ops": [{"op": "delete", "slot": i} for i in range(4096)]})
             assert r.status_code == 200, r.text

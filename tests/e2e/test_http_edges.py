@@ -13,6 +13,7 @@ import pytest
 from websockets.sync.client import unix_connect
 
 from memslotd.api.event_schemas import EVENT, EVENT_DATA, STREAM_FRAMES
+from tests.helpers import patience
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -82,7 +83,7 @@ def test_websocket_error_frames_name_the_parameter_in_one_sentence(daemon, query
 
 def _daemon_refusal(tmp, *args: str) -> str:
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(tmp / "s.sock"), *args],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=patience(30))
     assert r.returncode != 0
     return r.stderr.strip()
 

@@ -17,13 +17,13 @@ import httpx
 import pytest
 from websockets.sync.client import unix_connect
 
-from tests.helpers import Daemon, fd_count, start_daemon
+from tests.helpers import Daemon, fd_count, patience, start_daemon
 
 MiB = 1 << 20
 
 
 def _wait_healthy(path, proc, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while time.monotonic() < deadline:
         assert proc.poll() is None, "daemon exited"
         if not path.exists():  # httpcore leaks the socket of a failed Unix connect
@@ -53,7 +53,7 @@ def test_an_inherited_systemd_socket_is_served_instead_of_binding_one(short_tmp)
         assert not (short_tmp / "unused" / "x.sock").exists()  # it adopted the fd instead of binding
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+        proc.wait(patience(20))
 
 
 def test_sd_notify_hears_ready_once_serving_and_stopping_on_sigterm(short_tmp):
@@ -148,12 +148,12 @@ def test_a_toml_value_of_the_wrong_type_stops_the_start_naming_the_option(short_
     bad = short_tmp / "bad.toml"
     bad.write_text("max_vms = 'many'\n")
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--config", str(bad), "--socket", str(short_tmp / "b.sock")],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=patience(30))
     assert r.returncode != 0 and "max_vms" in r.stderr
 
 
 def test_help_documents_every_option():
-    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--help"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--help"], capture_output=True, text=True, timeout=patience(30))
     from memslotd.settings import Settings
 
     for name in Settings.model_fields:

@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect, unix_connect
 
 from memslotd.client import Client
-from tests.helpers import start_daemon
+from tests.helpers import patience, start_daemon
 
 MiB = 1 << 20
 ADMIN, READER = "admin-token-0123456789", "reader-token-0123456789"
@@ -81,14 +81,14 @@ def test_read_only_socket_serves_reads_and_events_but_refuses_mutations(short_tm
 
 def test_tcp_refuses_to_start_without_a_token_file(short_tmp):
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(short_tmp / "s.sock"),
-                        "--tcp", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30)
+                        "--tcp", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=patience(30))
     assert r.returncode != 0 and "needs --token-file" in r.stderr
 
 
 def test_token_file_readable_by_others_is_refused(short_tmp):
     r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(short_tmp / "s.sock"),
                         "--tcp", f"127.0.0.1:{free_port()}", "--token-file", str(token_file(short_tmp, 0o644))],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=patience(30))
     assert r.returncode != 0 and "chmod 600" in r.stderr
 
 
@@ -242,7 +242,7 @@ def test_tcp_subscribers_also_hear_the_graceful_stop(short_tmp):
 
     listener = threading.Thread(target=listen)
     listener.start()
-    ready.wait(10)
+    ready.wait(patience(10))
     converter = threading.Thread(target=convert)
     converter.start()
     while "memory.invalidate_start" not in seen:  # the punch has started
