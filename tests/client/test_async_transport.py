@@ -1,6 +1,6 @@
 """AsyncClient's transport against the real daemon over its Unix socket: keep-alive reuse,
-reconnects after the daemon closed a connection, concurrent calls, error mapping, timeouts
-and cancellation."""
+reconnects after the daemon closed a connection, concurrent calls, error mapping, timeouts,
+cancellation; and over TCP with a token and mutual TLS."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from memslotd.client import AsyncClient, BadRequest, Client, Conflict, NotFound, TransportError
+from memslotd.client import AsyncClient, BadRequest, Client, Conflict, NotFound, TransportError, Unauthorized
 from tests.helpers import Daemon, start_daemon
 
 MiB = 1 << 20
@@ -196,3 +196,31 @@ def test_a_client_an_ended_loop_left_open_works_from_the_next_loop(d):
         asyncio.run(use())  # not with the connection of the first loop, which is gone
         asyncio.run(a.aclose())
         gc.collect()
+
+
+def test_tcp_with_a_token_over_mutual_tls_keeps_one_connection_and_streams_events(short_tmp):
+    from tests.e2e.test_security import READER, _make_certs, free_port, token_file
+
+    certs = _make_certs(short_tmp)
+    port = free_port()
+    d = start_daemon(short_tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file(short_tmp)),
+                     "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
+                     "--tls-client-ca", str(certs["ca.pem"]), "--event-bookmark-interval-s", "0.2")
+    cert = (str(certs["client.pem"]), str(certs["client.key"]))
+
+    async def scenario(verify: str | bool) -> None:
+        async with AsyncClient(url=f"https://127.0.0.1:{port}", token=READER, verify=verify, cert=cert) as a:
+            assert (await a.list_vms()).items == []
+            with pytest.raises(Unauthorized) as refused:  # a read token may not create
+                await a.create_vm()
+            assert refused.value.status == 403
+            assert (await a.health()).status == "ok" and a._transport._open == 1, "one TLS connection, kept alive"
+            async for event in a.events(bookmarks=True):
+                assert event["type"] == "bookmark"
+                break
+
+    try:
+        for verify in (str(certs["ca.pem"]), False):  # the CA's path, or no verification (as httpx)
+            asyncio.run(scenario(verify))
+    finally:
+        d.stop()
