@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 NATIVE := service/memslotd/_native.abi3.so
 # uv installs in seconds what pip needs half a minute for (index parsing, bytecode compilation);
-# one on the PATH is used, otherwise it is bootstrapped into the venv with the host's pip.
-UV     ?= $(shell command -v uv 2>/dev/null || echo $(VENV)/bin/uv)
+# one on the PATH is used (or a venv's own from before 0.2), otherwise the host's pip puts it in
+# $(VENV)/uv (--target: one pip process; `--python $(PY)` started pip a second time in the venv).
+UV     ?= $(firstword $(shell command -v uv 2>/dev/null) $(wildcard $(VENV)/bin/uv) $(VENV)/uv/bin/uv)
 INSTALL = $(UV) pip install --quiet --python $(PY)
 
 .PHONY: run test install install-test browser openapi openapi-check bench soak clean lab lab-test
@@ -18,7 +19,8 @@ INSTALL = $(UV) pip install --quiet --python $(PY)
 # so the package is built once, without an isolated build environment.
 $(STAMP): pyproject.toml setup.py native/build_shim.py
 	@test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV)
-	@test -x $(UV) || $(PYTHON) -m pip --python $(PY) install --quiet --disable-pip-version-check uv
+	@test -x $(UV) || $(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+	  --target $(VENV)/uv uv
 	$(INSTALL) 'setuptools>=77' wheel 'cffi>=1.17'
 	$(INSTALL) --no-build-isolation -e .
 	@touch $@

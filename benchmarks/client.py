@@ -1,6 +1,7 @@
-"""What ``memslotd.client`` adds to a call: the same operations through the raw keep-alive
-socket client, ``Client``, ``AsyncClient`` and plain httpx (the client's transport until
-0.1), against one daemon pinned to CPU 0 with the clients on CPU 1.
+"""What ``memslotd.client`` adds to a call: healthz, memslot create (PUT) and delete through the
+raw keep-alive socket client, a raw asyncio protocol (the event loop's own floor), ``Client``,
+``AsyncClient`` (on asyncio and on uvloop) and plain httpx (the client's transport until 0.1),
+against one daemon pinned to CPU 0 with the clients on CPU 1.
 
 Blocks of each client alternate over several rounds, so a load change on a shared machine
 hits all of them alike. Besides wall-clock percentiles, each case reports the client's own
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import uvloop
 
 from memslotd.client import AsyncClient, Client
 
@@ -25,6 +27,8 @@ from ._harness import daemon, percentile
 from .memslots import RawHTTP, _pin_self, _socket_path
 
 MiB = 1 << 20
+OPS = ("healthz", "create", "delete")
+CLIENTS = ("raw", "raw_asyncio", "client", "async_client", "async_client_uvloop", "httpx")
 
 
 class _Samples:
@@ -32,81 +36,147 @@ class _Samples:
         self.wall: list[float] = []
         self.cpu: list[float] = []
 
-    def add(self, wall: float, cpu: float) -> None:
-        self.wall.append(wall)
-        self.cpu.append(cpu)
-
     def summary(self) -> dict[str, float]:
         us = [x * 1e6 for x in self.wall]
         return {"p50_us": round(statistics.median(us), 1), "p99_us": round(percentile(us, 99), 1),
                 "cpu_us": round(statistics.fmean(self.cpu) * 1e6, 1)}
 
 
-def _run(fn: Callable[[], Any], n: int, into: _Samples) -> None:
-    for _ in range(n):
-        t, c = time.perf_counter(), time.thread_time()
-        fn()
-        into.add(time.perf_counter() - t, time.thread_time() - c)
+class _Counted:
+    """The samples of one client in one round (round 0 warms up and is dropped)."""
+
+    def __init__(self, into: dict[str, _Samples] | None):
+        self.into = into
+
+    def add(self, op: str, wall: float, cpu: float) -> None:
+        if self.into is not None:
+            self.into[op].wall.append(wall)
+            self.into[op].cpu.append(cpu)
+
+    def run(self, n: int, steps: list[tuple[str, Callable[[], Any]]]) -> None:
+        for _ in range(n):
+            for op, fn in steps:
+                t, c = time.perf_counter(), time.thread_time()
+                fn()
+                self.add(op, time.perf_counter() - t, time.thread_time() - c)
+
+    async def arun(self, n: int, steps: list[tuple[str, Callable[[], Awaitable[Any]]]]) -> None:
+        for _ in range(n):
+            for op, fn in steps:
+                t, c = time.perf_counter(), time.thread_time()
+                await fn()
+                self.add(op, time.perf_counter() - t, time.thread_time() - c)
 
 
-async def _arun(fn: Callable[[], Awaitable[Any]], n: int, into: _Samples) -> None:
-    for _ in range(n):
-        t, c = time.perf_counter(), time.thread_time()
-        await fn()
-        into.add(time.perf_counter() - t, time.thread_time() - c)
+class _RawAsyncHTTP(asyncio.Protocol):
+    """The asyncio counterpart of ``RawHTTP``: one connection, ``Content-Length`` answers only."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.want = -1
+        self.done: asyncio.Future[None] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.want < 0 and b"\r\n\r\n" in self.buf:
+            head, _, rest = self.buf.partition(b"\r\n\r\n")
+            length = next((int(v) for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+                           if k.strip().lower() == b"content-length"), 0)
+            self.buf, self.want = rest, length
+        if 0 <= self.want <= len(self.buf) and self.done is not None:
+            self.buf, self.want = self.buf[self.want:], -1
+            self.done.set_result(None)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> None:
+        assert self.transport is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: m\r\nContent-Length: {len(body)}\r\n"
+        if body:
+            head += "Content-Type: application/json\r\n"
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(head.encode() + b"\r\n" + body)
+        await self.done
 
 
 def overhead(n: int = 1000, rounds: int = 5, cpu: int | None = 0) -> dict[str, Any]:
-    """healthz and a memslot PUT create + DELETE (one pair = two calls) per client."""
+    """Per client: ``n`` healthz, memslot PUT creates and DELETEs, each timed on its own."""
     with daemon(cpu=cpu) as (setup, proc):
         path = _socket_path(proc)
         vm = setup.post("/v1/vms", json={}).json()["id"]
         shm = setup.post(f"/v1/vms/{vm}/shared-memory", json={"size": 4 * MiB}).json()["id"]
         slot = f"/v1/vms/{vm}/memslots/1"
         body = {"guest_phys_addr": 1 << 32, "memory_size": 2 * MiB, "shared": {"shared_memory_id": shm, "offset": 0}}
+        raw_body = json.dumps(body).encode()
         _pin_self(None if cpu is None else 1 - cpu)
-        names = ("raw", "client", "async_client", "httpx")
-        health = {k: _Samples() for k in names}
-        pairs = {k: _Samples() for k in names}
+        samples = {k: {op: _Samples() for op in OPS} for k in CLIENTS}
         per_round = max(1, n // rounds)
+
+        async def run_async(count: int, into: _Counted, raw: bool) -> None:
+            if raw:
+                _, r = await asyncio.get_running_loop().create_unix_connection(_RawAsyncHTTP, path)
+                await into.arun(count, [("healthz", lambda: r.request("GET", "/v1/healthz")),
+                                        ("create", lambda: r.request("PUT", slot, raw_body)),
+                                        ("delete", lambda: r.request("DELETE", slot))])
+                assert r.transport is not None
+                r.transport.close()
+                return
+            async with AsyncClient(path) as a:
+                await into.arun(count, [("healthz", a.health),
+                                        ("create", lambda: a.put_memslot(vm, 1, 1 << 32, 2 * MiB,
+                                                                         shared_memory_id=shm)),
+                                        ("delete", lambda: a.delete_memslot(vm, 1))])
+
         try:
             for r in range(rounds + 1):  # round 0 warms every client up and is not counted
                 count = 100 if r == 0 else per_round
-                sink = lambda d: _Samples() if r == 0 else d  # noqa: E731
-                raw = RawHTTP(path)  # fresh connections per round: an idle one may have timed out
-                raw_body = json.dumps(body).encode()
-                _run(lambda: raw.request("GET", "/v1/healthz"), count, sink(health["raw"]))
-                _run(lambda: (raw.request("PUT", slot, raw_body), raw.request("DELETE", slot)), count,
-                     sink(pairs["raw"]))
-                raw.close()
-                with Client(path) as c:
-                    _run(c.health, count, sink(health["client"]))
-                    _run(lambda: (c.put_memslot(vm, 1, 1 << 32, 2 * MiB, shared_memory_id=shm),
-                                  c.delete_memslot(vm, 1)), count, sink(pairs["client"]))
 
-                async def run_async() -> None:
-                    async with AsyncClient(path) as a:
-                        async def pair() -> None:
-                            await a.put_memslot(vm, 1, 1 << 32, 2 * MiB, shared_memory_id=shm)
-                            await a.delete_memslot(vm, 1)
-                        await _arun(a.health, count, sink(health["async_client"]))
-                        await _arun(pair, count, sink(pairs["async_client"]))
-                asyncio.run(run_async())
+                def sink(k: str) -> _Counted:
+                    return _Counted(None if r == 0 else samples[k])  # noqa: B023 - used at once
+
+                raw = RawHTTP(path)  # fresh connections per round: an idle one may have timed out
+                sink("raw").run(count, [("healthz", lambda: raw.request("GET", "/v1/healthz")),
+                                        ("create", lambda: raw.request("PUT", slot, raw_body)),
+                                        ("delete", lambda: raw.request("DELETE", slot))])
+                raw.close()
+                asyncio.run(run_async(count, sink("raw_asyncio"), raw=True))
+                with Client(path) as c:
+                    sink("client").run(count, [("healthz", c.health),
+                                               ("create", lambda: c.put_memslot(vm, 1, 1 << 32, 2 * MiB,
+                                                                                shared_memory_id=shm)),
+                                               ("delete", lambda: c.delete_memslot(vm, 1))])
+                asyncio.run(run_async(count, sink("async_client"), raw=False))
+                uvloop.run(run_async(count, sink("async_client_uvloop"), raw=False))
                 with httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://memslotd") as h:
-                    _run(lambda: h.get("/v1/healthz"), count, sink(health["httpx"]))
-                    _run(lambda: (h.put(slot, json=body), h.delete(slot)), count, sink(pairs["httpx"]))
+                    sink("httpx").run(count, [("healthz", lambda: h.get("/v1/healthz")),
+                                              ("create", lambda: h.put(slot, json=body)),
+                                              ("delete", lambda: h.delete(slot))])
         finally:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     out: dict[str, Any] = {"n": per_round * rounds, "rounds": rounds, "load_1min": round(os.getloadavg()[0], 1)}
-    for k in names:
-        h, p = health[k].summary(), pairs[k].summary()
-        out[k] = {"healthz_p50_us": h["p50_us"], "healthz_cpu_us": h["cpu_us"],
-                  "create_delete_pair_p50_us": p["p50_us"], "create_delete_pair_cpu_us": p["cpu_us"]}
-    for k in ("client", "async_client", "httpx"):  # per call: a pair is two calls
-        out[f"{k}_adds_per_call_p50_us"] = {
-            "healthz": round(out[k]["healthz_p50_us"] - out["raw"]["healthz_p50_us"], 1),
-            "memslot_create_delete": round((out[k]["create_delete_pair_p50_us"]
-                                            - out["raw"]["create_delete_pair_p50_us"]) / 2, 1),
-            "cpu_healthz": round(out[k]["healthz_cpu_us"] - out["raw"]["healthz_cpu_us"], 1)}
+    for k in CLIENTS:
+        out[k] = {f"{op}_{m}": v for op in OPS for m, v in samples[k][op].summary().items()}
+    for k in CLIENTS[1:]:
+        out[f"{k}_adds_over_raw_us"] = {f"{op}_{m}": round(out[k][f"{op}_{m}_us"] - out["raw"][f"{op}_{m}_us"], 1)
+                                        for op in OPS for m in ("p50", "cpu")}
     out["goal"] = "memslotd.client adds <= 100 us p50 per call over the raw socket"
+    print(table(out))
     return out
+
+
+def table(out: dict[str, Any]) -> str:
+    """Side by side: p50 / p99 (client CPU) in µs per call, one row per client."""
+    def cell(r: dict[str, float], op: str) -> str:
+        return f"{r[op + '_p50_us']:.0f} / {r[op + '_p99_us']:.0f} ({r[op + '_cpu_us']:.0f})"
+
+    def added(a: dict[str, float], op: str) -> str:
+        return f"{a[op + '_p50']:+.0f} p50 ({a[op + '_cpu']:+.0f} CPU)"
+
+    lines = [f"\nper call, µs: p50 / p99 (client CPU); n={out['n']}, load {out['load_1min']}",
+             f"{'client':<22}" + "".join(f"{op:>24}" for op in OPS)]
+    lines += [f"{k:<22}" + "".join(f"{cell(out[k], op):>24}" for op in OPS) for k in CLIENTS]
+    lines += [f"{k + ' adds':<22}" + "".join(f"{added(out[k + '_adds_over_raw_us'], op):>24}" for op in OPS)
+              for k in ("client", "async_client")]
+    return "\n".join(lines)

@@ -45,6 +45,9 @@ class _Base(Operations):
         return target, headers, None if call.json is None else orjson.dumps(call.json)
 
     def _unreachable(self, exc: Exception) -> TransportError:
+        if isinstance(exc, TimeoutError):
+            where, timeout = self.endpoint.where, self.endpoint.timeout
+            return TransportError(f"no answer from memslotd at {where} within {timeout:g} s", code="TIMEOUT")
         return TransportError(f"cannot reach memslotd at {self.endpoint.where}: {exc}", code="UNREACHABLE")
 
 
@@ -107,7 +110,9 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """Asynchronous client: the same methods, awaited (concurrent calls use separate connections)."""
+    """Asynchronous client: the same methods, awaited. Tasks may share one client: concurrent
+    calls use separate connections, at most 16 (more calls wait for one). ``timeout`` bounds
+    each call (``TransportError`` code ``TIMEOUT``). Used by one event loop at a time."""
 
     def __init__(self, socket: str | None = None, *, url: str | None = None, token: str | None = None,
                  verify: ssl.SSLContext | str | bool = True, cert: tuple[str, str] | None = None, timeout: float = 60.0):

@@ -3,7 +3,8 @@
 ::
 
     MemslotdError            status, code, problem (the RFC 9457 body)
-     ├── TransportError      the daemon could not be reached (code UNREACHABLE)
+     ├── TransportError      the daemon could not be reached (code UNREACHABLE) or did
+     │                       not answer within the client's timeout (code TIMEOUT)
      ├── BadRequest          400 / 413 / 415 / 422: the request breaks a rule
      ├── Unauthorized        401 / 403
      ├── NotFound            404
