@@ -115,7 +115,8 @@ class EventStream:
                 log.check_cursor(self.query.since_seq, self.query.boot_id)
             except CursorGone as exc:
                 return hello + [_json(_gone(exc))], log.seq, [], exc
-        self.sub = log.subscribe(lambda e: self.accept(e.type, e.vm_id), self.query.since_seq)
+        accept = self.accept  # not ``self``: the subscriber must not point back at its stream
+        self.sub = log.subscribe(lambda e: accept(e.type, e.vm_id), self.query.since_seq)
         state: list[str] = []
         if self.query.initial_state:
             now = time.time()
