@@ -210,7 +210,7 @@ class GuardedHttp(BoundedHttpTools):
         if self._entry is not None and isinstance(ws, GuardedWebSocket):
             ws.guard, ws.guard_entry, self._entry.protocol = self.guard, self._entry, ws
             self._entry = None
-        self.parser = None  # it holds this protocol's callbacks; it has parsed its last request
+        self.parser = None  # type: ignore[assignment]  # it holds our callbacks; its last request is parsed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
