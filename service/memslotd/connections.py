@@ -107,7 +107,12 @@ REFUSED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: " + PROB
 
 
 class GuardedWebSocket(WebSocketsSansIOProtocol):
-    """A WebSocket connection stays counted until it ends; it is always busy (a subscriber)."""
+    """A WebSocket connection stays counted until it ends; it is always busy (a subscriber).
+
+    When it ends, the reference cycles it was made of are cut, so that its objects (the
+    websockets protocol, its zlib state, buffers, the stream) are freed right away: left to
+    the cyclic collector, which this daemon runs rarely (see ``server._tune_garbage_collector``),
+    hundreds of dead connections piled up between its passes and fragmented the heap."""
 
     guard_entry: _Entry | None = None
     guard: ConnectionGuard | None = None
@@ -119,6 +124,10 @@ class GuardedWebSocket(WebSocketsSansIOProtocol):
         super().connection_lost(exc)
         if self.guard is not None and self.guard_entry is not None:
             self.guard.release(self.guard_entry)
+        self.guard_entry = None  # the entry points back at this protocol
+        # websockets' parser is a generator suspended on ``self.conn`` until EOF, which uvicorn
+        # never feeds it: close it (no data can arrive on a lost connection)
+        self.conn.parser.close()
 
 
 class GuardedHttp(BoundedHttpTools):
@@ -201,6 +210,7 @@ class GuardedHttp(BoundedHttpTools):
         if self._entry is not None and isinstance(ws, GuardedWebSocket):
             ws.guard, ws.guard_entry, self._entry.protocol = self.guard, self._entry, ws
             self._entry = None
+        self.parser = None  # type: ignore[assignment]  # it holds our callbacks; its last request is parsed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()

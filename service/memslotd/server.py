@@ -15,7 +15,7 @@ from typing import Any, Callable
 import uvicorn
 
 from . import __version__
-from .connections import ConnectionGuard, fd_budget, protocols
+from .connections import ConnectionGuard, GuardedWebSocket, fd_budget, protocols
 from .kernel_adapter import build_core
 from .api.app import create_app
 from .api.auth import TokenStore
@@ -63,12 +63,21 @@ class _Server(uvicorn.Server):
                         if not core.events.any_pending():
                             break
                         await asyncio.sleep(0.01)
+                    core.events.end()  # each stream sends what is left, then closes with 1012
             finally:
                 self.teardown_done.set()
         else:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(primary.teardown_done.wait(), (self.config.timeout_graceful_shutdown or 10) + 1)
+        await self._streams_closed(2.0)
         await super().shutdown(sockets)
+
+    async def _streams_closed(self, timeout: float) -> None:
+        """Wait (bounded) for this server's event streams to finish their closing handshakes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and any(isinstance(c, GuardedWebSocket) for c in self.server_state.connections):
+            await asyncio.sleep(0.01)
 
 
 def _core_of(app: Any) -> Any:

@@ -92,6 +92,7 @@ class Subscriber:
         self.overflow_event = asyncio.Event()  # lets a watchdog cut off a consumer stuck in a send
         self.overflowed = False
         self.closed = False
+        self.ended = False  # the log ends (shutdown): hand over what is left, then stop waiting
         self.in_flight = 0  # events drained that the consumer has not reported sent (see ``sent``)
 
     def _notify(self) -> None:
@@ -120,7 +121,7 @@ class Subscriber:
         while True:
             batch = self.drain(limit)
             remaining = None if deadline is None else deadline - loop.time()
-            if batch or self.closed or (remaining is not None and remaining <= 0):
+            if batch or self.closed or self.ended or (remaining is not None and remaining <= 0):
                 return batch
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
@@ -256,6 +257,12 @@ class EventLog:
         sub = Subscriber(self, accept, (self.seq if since_seq is None else since_seq) + 1)
         self._subscribers.add(sub)
         return sub
+
+    def end(self) -> None:
+        """Shutdown: every subscriber's wait returns once it has been given every event."""
+        for sub in self._subscribers:
+            sub.ended = True
+            sub._wakeup.set()
 
     def any_pending(self) -> bool:
         """Has any subscriber not yet been given every event?"""

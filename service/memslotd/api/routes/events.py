@@ -31,6 +31,7 @@ router = _router("/v1", "events")
 SUBPROTOCOL = "memslotd.v1"
 CLOSE_GONE = 4410
 CLOSE_BAD_REQUEST = 4400
+CLOSE_SERVICE_RESTART = 1012  # RFC 6455: the daemon stops; reconnect with since_seq
 KNOWN_TYPES = set(EVENT_TYPES) | set(STREAM_TYPES)
 
 
@@ -113,7 +114,8 @@ class EventStream:
                 log.check_cursor(self.query.since_seq, self.query.boot_id)
             except CursorGone as exc:
                 return hello + [_json(_gone(exc))], log.seq, [], exc
-        self.sub = log.subscribe(lambda e: self.accept(e.type, e.vm_id), self.query.since_seq)
+        accept = self.accept  # not ``self``: the subscriber must not point back at its stream
+        self.sub = log.subscribe(lambda e: accept(e.type, e.vm_id), self.query.since_seq)
         state: list[str] = []
         if self.query.initial_state:
             now = time.time()
@@ -147,6 +149,8 @@ class EventStream:
                 batch = await self.sub.next_batch(self.bookmark_s, self.PAGE)
             except OverflowError:
                 return
+            if not batch and self.sub.ended:  # shutdown, and every event was sent
+                return
             if not batch:  # idle: everything up to now was delivered or filtered out
                 self.last_seq = self.core.events.seq
                 await self.send(_frame(self.core, "bookmark", seq=self.last_seq))
@@ -176,6 +180,13 @@ class EventStream:
             for t in done:  # a send to a client that went away: nothing more to do
                 if not t.cancelled() and t.exception() is not None and tasks[1] not in done:
                     raise t.exception()  # type: ignore[misc]
+            if sub.ended and not sub.overflowed and tasks[1] not in done:
+                # A closing handshake, not a dropped connection: the client reads every event
+                # it was sent before the close (uvicorn's own close at shutdown drops the
+                # socket at once, and a client whose close reply fails loses the last frames).
+                self.state = StreamState.CLOSING
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.ws.close(CLOSE_SERVICE_RESTART, "shutting down"), 1.0)
             if sub.overflowed:
                 self.state = StreamState.CLOSING
                 exc = CursorGone("subscriber_overflow", self.core.events.oldest_seq, self.core.events.seq)
