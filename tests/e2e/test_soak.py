@@ -1,4 +1,4 @@
-"""The soak script, shortened: 4 clients for 15 s must reconcile (``make soak`` runs the long one)."""
+"""The soak script, shortened: 4 clients for 15 s must reconcile, probes included (``make soak`` runs the long one)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,5 @@ def test_a_short_soak_reconciles():
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert proc.returncode == 0 and report["failures"] == [], proc.stdout + proc.stderr[-2000:]
     assert report["ops"] > 50 and not any(int(s) >= 500 for s in report["statuses"])
+    probes = report["probes"]
+    assert probes["slots"] > 0 and probes["holes"] > 0 and probes["disagreements"] == 0, probes
