@@ -32,8 +32,11 @@ MiB, GiB = 1 << 20, 1 << 30
 def start(sock: Path) -> subprocess.Popen[bytes]:
     sock.parent.mkdir(parents=True, exist_ok=True)
     with (sock.parent / "daemon.log").open("wb") as log:  # the child keeps its own copy of the fd
-        proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon", "--socket", str(sock),
-                                 "--max-probes-per-second", "1000"], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "memslotd.daemon", "--socket", str(sock), "--max-probes-per-second", "1000"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -53,6 +56,7 @@ def client(sock: Path) -> httpx.Client:
 def churn(sock: Path, stop: threading.Event, seed: int, statuses: collections.Counter[int], ops: list[int]) -> None:
     rng = random.Random(seed)
     with client(sock) as c:
+
         def call(method: str, url: str, **kw: object) -> httpx.Response:
             r = c.request(method, url, **kw)  # type: ignore[arg-type]
             statuses[r.status_code] += 1
@@ -65,7 +69,9 @@ def churn(sock: Path, stop: threading.Event, seed: int, statuses: collections.Co
                 time.sleep(0.01)
                 continue
             base = f"/v1/vms/{vm}"
-            g = call("POST", f"{base}/guest-memfds", json={"size": 16 * MiB, "flags": ["mmap", "init_shared"]}).json()["id"]
+            g = call("POST", f"{base}/guest-memfds", json={"size": 16 * MiB, "flags": ["mmap", "init_shared"]}).json()[
+                "id"
+            ]
             s = call("POST", f"{base}/shared-memory", json={"size": 16 * MiB}).json()["id"]
             for _ in range(rng.randrange(5, 30)):
                 if stop.is_set():
@@ -74,20 +80,38 @@ def churn(sock: Path, stop: threading.Event, seed: int, statuses: collections.Co
                 gpa = 4 * GiB + i * 2 * MiB
                 kind = rng.randrange(6)
                 if kind == 0:
-                    call("PUT", f"{base}/memslots/{i}", json={"guest_phys_addr": gpa, "memory_size": 2 * MiB,
-                                                              "private": {"guest_memfd_id": g, "offset": i * 2 * MiB},
-                                                              "shared": {"shared_memory_id": s, "offset": i * 2 * MiB}})
+                    call(
+                        "PUT",
+                        f"{base}/memslots/{i}",
+                        json={
+                            "guest_phys_addr": gpa,
+                            "memory_size": 2 * MiB,
+                            "private": {"guest_memfd_id": g, "offset": i * 2 * MiB},
+                            "shared": {"shared_memory_id": s, "offset": i * 2 * MiB},
+                        },
+                    )
                 elif kind == 1:
                     call("DELETE", f"{base}/memslots/{i}")
                 elif kind == 2:
                     ops_ = [{"op": "delete", "slot": j} for j in range(8, 12)]
                     if rng.random() < 0.5:
-                        ops_ = [{"op": "create", "slot": j, "guest_phys_addr": 8 * GiB + j * 4096, "memory_size": 4096,
-                                 "shared": {"shared_memory_id": s, "offset": j * 4096}} for j in range(8, 12)]
+                        ops_ = [
+                            {
+                                "op": "create",
+                                "slot": j,
+                                "guest_phys_addr": 8 * GiB + j * 4096,
+                                "memory_size": 4096,
+                                "shared": {"shared_memory_id": s, "offset": j * 4096},
+                            }
+                            for j in range(8, 12)
+                        ]
                     call("POST", f"{base}/memslots:batch", json={"ops": ops_})
                 elif kind == 3:
-                    call("POST", f"{base}/memory/convert", json={"guest_phys_addr": gpa, "size": 2 * MiB,
-                                                                 "to": rng.choice(["private", "shared"])})
+                    call(
+                        "POST",
+                        f"{base}/memory/convert",
+                        json={"guest_phys_addr": gpa, "size": 2 * MiB, "to": rng.choice(["private", "shared"])},
+                    )
                 elif kind == 4:
                     call("POST", f"{base}/guest-memfds/{g}/punch-hole", json={"offset": i * 2 * MiB, "length": 4096})
                 else:
@@ -156,10 +180,17 @@ def main() -> int:
             stop_follow.set()
             follower.join(10)
             vms = {v["id"]: v for v in c.get("/v1/vms").json()["items"]}
-            slots = {vm: sorted(s["slot"] for s in c.get(f"/v1/vms/{vm}/memslots", params={"limit": 1000}).json()["items"])
-                     for vm in vms}
-            objects = {vm: (len(c.get(f"/v1/vms/{vm}/guest-memfds").json()["items"]),
-                            len(c.get(f"/v1/vms/{vm}/shared-memory").json()["items"])) for vm in vms}
+            slots = {
+                vm: sorted(s["slot"] for s in c.get(f"/v1/vms/{vm}/memslots", params={"limit": 1000}).json()["items"])
+                for vm in vms
+            }
+            objects = {
+                vm: (
+                    len(c.get(f"/v1/vms/{vm}/guest-memfds").json()["items"]),
+                    len(c.get(f"/v1/vms/{vm}/shared-memory").json()["items"]),
+                )
+                for vm in vms
+            }
             held = fds(proc.pid)
     finally:
         proc.terminate()
@@ -184,9 +215,21 @@ def main() -> int:
     gmems, shms = sum(g for g, _ in objects.values()), sum(s for _, s in objects.values())
     if (held["kvm-vm"], held["gmem"], held["memfd:memslotd-vm"]) != (len(vms), gmems, shms):
         failures.append(f"fds {dict(held)} != API (vms {len(vms)}, guest_memfds {gmems}, shared memory {shms})")
-    print(json.dumps({"clients": args.clients, "seconds": round(elapsed, 1), "ops": ops[0],
-                      "ops_per_s": round(ops[0] / elapsed), "statuses": dict(sorted(statuses.items())),
-                      "events": len(seqs), "vms_left": len(vms), "failures": failures}, indent=1))
+    print(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "seconds": round(elapsed, 1),
+                "ops": ops[0],
+                "ops_per_s": round(ops[0] / elapsed),
+                "statuses": dict(sorted(statuses.items())),
+                "events": len(seqs),
+                "vms_left": len(vms),
+                "failures": failures,
+            },
+            indent=1,
+        )
+    )
     return 1 if failures else 0
 
 

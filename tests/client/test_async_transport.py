@@ -203,9 +203,21 @@ def test_tcp_with_a_token_over_mutual_tls_keeps_one_connection_and_streams_event
 
     certs = _make_certs(short_tmp)
     port = free_port()
-    d = start_daemon(short_tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file(short_tmp)),
-                     "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
-                     "--tls-client-ca", str(certs["ca.pem"]), "--event-bookmark-interval-s", "0.2")
+    d = start_daemon(
+        short_tmp,
+        "--tcp",
+        f"127.0.0.1:{port}",
+        "--token-file",
+        str(token_file(short_tmp)),
+        "--tls-cert",
+        str(certs["server.pem"]),
+        "--tls-key",
+        str(certs["server.key"]),
+        "--tls-client-ca",
+        str(certs["ca.pem"]),
+        "--event-bookmark-interval-s",
+        "0.2",
+    )
     cert = (str(certs["client.pem"]), str(certs["client.key"]))
 
     async def scenario(verify: str | bool) -> None:

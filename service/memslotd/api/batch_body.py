@@ -53,8 +53,10 @@ class BatchDelete(TypedDict):
 
 @with_config(_STRICT)
 class BatchRequest(TypedDict):
-    ops: Annotated[list[Annotated[BatchCreate | BatchDelete, Field(discriminator="op")]],
-                   Field(min_length=1, max_length=MAX_BATCH_OPS)]
+    ops: Annotated[
+        list[Annotated[BatchCreate | BatchDelete, Field(discriminator="op")]],
+        Field(min_length=1, max_length=MAX_BATCH_OPS),
+    ]
 
 
 BATCH_BODY: TypeAdapter[BatchRequest] = TypeAdapter(BatchRequest)

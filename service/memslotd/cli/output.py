@@ -30,8 +30,11 @@ def plain(value: Any) -> Any:
 
 
 def iso_time(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="milliseconds") \
+    return (
+        datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+        .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
+    )
 
 
 def cell(key: str, value: Any) -> str:

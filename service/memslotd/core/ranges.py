@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from .errors import InvalidRequest
 from .value_type import value_type
 

@@ -51,7 +51,12 @@ class Slot:
 
     def same_request(self, other: "Slot") -> bool:
         return (self.guest_phys_addr, self.memory_size, self.flags, self.shared, self.private) == (
-            other.guest_phys_addr, other.memory_size, other.flags, other.shared, other.private)
+            other.guest_phys_addr,
+            other.memory_size,
+            other.flags,
+            other.shared,
+            other.private,
+        )
 
 
 class FreeIds:
