@@ -77,6 +77,7 @@ def million_fragments(fragments: int = 1_000_000) -> dict[str, Any]:
     amap = _alternating(fragments, page)
     used = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
     tracemalloc.stop()
+    del amap  # held until the snapshot above
     return {
         "fragments": runs,
         "bytes_per_fragment": round(used / fragments, 1),

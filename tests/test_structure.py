@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import patience
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,8 +165,26 @@ def test_the_package_type_checks():
     assert r.returncode == 0, r.stdout[-3000:]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["check"], ["format", "--check", "--diff"]],
+    ids=["lint_is_clean", "format_is_applied"],
+)
+def test_the_repository_passes_ruff(command):
+    """ruff (configured in pyproject.toml) over everything: the mistakes a reviewer would catch,
+    and one format, so a diff shows only what changed."""
+    r = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=patience(120),
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+
+
 def test_value_types_are_immutable_to_the_type_checker(tmp_path):
-    """core.values trades run-time freezing for speed; mypy must still refuse a mutation."""
+    """core.value_type trades run-time freezing for speed; mypy must still refuse a mutation."""
     (tmp_path / "mutate.py").write_text(
         "from memslotd.core.slot_table import Backing\n\nBacking('shm-1', 0).offset = 4096\n"
     )

@@ -9,8 +9,9 @@ import gc
 import logging
 import os
 import socket
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 import uvicorn
 
@@ -18,7 +19,6 @@ from . import __version__
 from .api.app import create_app
 from .api.auth import TokenStore
 from .connections import ConnectionGuard, GuardedWebSocket, fd_budget, protocols
-from .http_protocol import BoundedHttpTools
 from .kernel_adapter import build_core
 from .settings import Settings
 from .systemd import notify
@@ -32,7 +32,7 @@ class _Server(uvicorn.Server):
     """One of the servers sharing the loop. A signal stops them all; uvicorn would also
     re-raise it after shutdown, killing the process before it removes its sockets."""
 
-    def __init__(self, config: uvicorn.Config, group: list["_Server"]):
+    def __init__(self, config: uvicorn.Config, group: list[_Server]):
         super().__init__(config)
         self.group = group
         self.teardown_done = asyncio.Event()

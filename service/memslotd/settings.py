@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     enable_memory_error_injection: bool = Field(False, description="enable the test-rig memory-error endpoint")
 
     @model_validator(mode="after")
-    def _tcp_needs_a_token_file(self) -> "Settings":
+    def _tcp_needs_a_token_file(self) -> Settings:
         if self.tcp and self.token_file is None:
             raise ValueError("--tcp needs --token-file: TCP is never served without authentication")
         if (self.tls_cert is None) != (self.tls_key is None):

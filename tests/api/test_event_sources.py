@@ -34,7 +34,7 @@ def _brackets(events, calls):
     starts = [e for e in events if e.type == "memory.invalidate_start"]
     ends = [e for e in events if e.type == "memory.invalidate_end"]
     assert len(starts) == len(ends) == len(calls) >= 1
-    for start, end, (_, seq_at_call) in zip(starts, ends, calls):
+    for start, end, (_, seq_at_call) in zip(starts, ends, calls, strict=True):
         assert start.seq <= seq_at_call < end.seq, "invalidate_start < kernel call < invalidate_end"
         assert start.data == end.data, "same ranges on both sides"
 

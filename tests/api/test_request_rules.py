@@ -99,7 +99,10 @@ def test_an_integral_number_is_an_integer_as_json_schema_says(client, vm):
     for bad in (b'{"size": 8192.5}', b'{"size": "8192"}', b'{"size": true}', b'{"size": 1e400}'):
         r = client.post(f"{vm.base}/guest-memfds", content=bad, headers=JSON)
         assert r.status_code == 422 and r.json()["code"] == "VALIDATION_FAILED", bad
-    ops = b'{"ops":[{"op":"create","slot":0,"guest_phys_addr":0.0,"memory_size":4194304.0,"shared":{"shared_memory_id":"%s"}}]}'
+    ops = (
+        b'{"ops":[{"op":"create","slot":0,"guest_phys_addr":0.0,"memory_size":4194304.0,'
+        b'"shared":{"shared_memory_id":"%s"}}]}'
+    )
     r = client.post(f"{vm.base}/memslots:batch", content=ops % vm.shm(4 * MiB).encode(), headers=JSON)
     assert r.status_code == 200, r.text
 

@@ -163,7 +163,8 @@ def test_layout_rules_name_the_key_path():
     try:
         parse(
             "vm: v\nguest_memfds: [{name: g, size: 4K}, {name: g, size: 4K}]\n"
-            "memslots: [{slot: 0, guest_phys_addr: 0, memory_size: 4K, flags: [readonly], private: {guest_memfd: g}}]\n",
+            "memslots: [{slot: 0, guest_phys_addr: 0, memory_size: 4K, flags: [readonly],"
+            " private: {guest_memfd: g}}]\n",
             "f.yaml",
         )
     except LayoutError as exc:

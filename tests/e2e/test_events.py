@@ -404,7 +404,7 @@ def test_no_legal_request_disconnects_an_up_to_date_subscriber(short_tmp):
                             assert json.loads(frame)["type"] == "bookmark", frame
                     await ws.close()
 
-                await asyncio.gather(*(one(ws, out) for ws, out in zip(conns, seqs)))
+                await asyncio.gather(*(one(ws, out) for ws, out in zip(conns, seqs, strict=True)))
 
             thread = threading.Thread(target=lambda: asyncio.run(follow()), daemon=True)
             thread.start()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import unix_connect
 
 from memslotd.api.event_schemas import EVENT, EVENT_DATA, STREAM_FRAMES
@@ -81,7 +82,7 @@ def test_a_100_kb_url_is_414_problem_json(daemon):
 def test_websocket_error_frames_name_the_parameter_in_one_sentence(daemon, query, names):
     with unix_connect(str(daemon.socket_path), f"ws://memslotd/v1/events{query}") as ws:
         frame = json.loads(ws.recv(5))
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             ws.recv(5)
         assert ws.close_code == 4400
     assert frame["type"] == "error" and frame["code"] == "VALIDATION_FAILED"

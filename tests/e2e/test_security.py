@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect, unix_connect
 
 from memslotd.client import Client
@@ -169,7 +169,7 @@ def test_a_browser_websocket_authenticates_by_subprotocol_or_first_message_and_a
         assert json.loads(ws.recv(5))["type"] == "hello"
     with connect(ws_url) as ws:
         ws.send(json.dumps({"type": "auth", "token": "nope-nope-nope-nope"}))
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             ws.recv(5)
         assert ws.close_code == 4401
     with pytest.raises(InvalidStatus):  # cross-site WebSocket hijacking

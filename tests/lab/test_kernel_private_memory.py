@@ -13,7 +13,7 @@ import errno
 import pytest
 
 from tests.api.conftest import GiB, MiB, make_client
-from tests.kernel_facts import EHWPOISON, kernel_facts, require_feature
+from tests.kernel_facts import kernel_facts, require_feature
 
 pytestmark = [pytest.mark.lab, pytest.mark.kvm]
 

@@ -85,7 +85,7 @@ def make_sparse_layout(api: httpx.Client) -> str:
     ):
         r = api.put(f"{base}/memslots/{slot}", json=body)
         assert r.status_code == 201, r.text
-    for start, end in zip(RUN_EDGES_KIB[1::2], RUN_EDGES_KIB[2::2]):  # every second run to shared
+    for start, end in zip(RUN_EDGES_KIB[1::2], RUN_EDGES_KIB[2::2], strict=True):  # every second run to shared
         r = api.post(
             f"{base}/memory/convert",
             json={"guest_phys_addr": 2 * MiB + start * KiB, "size": (end - start) * KiB, "to": "shared"},

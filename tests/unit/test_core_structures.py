@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -330,4 +331,4 @@ def test_dirty_ranges_match_the_set_bits(dirty, pages):
     got = dirty_ranges(bytes(words), 1 << 32, 4096, pages)
     pages_out = [((g - (1 << 32)) // 4096) + i for g, n in got for i in range(n // 4096)]
     assert pages_out == sorted(p for p in dirty if p < pages)
-    assert all(a[0] + a[1] < b[0] for a, b in zip(got, got[1:]))  # maximal runs
+    assert all(a[0] + a[1] < b[0] for a, b in itertools.pairwise(got))  # maximal runs

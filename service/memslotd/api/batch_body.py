@@ -8,10 +8,10 @@ a tenth of the kernel's own cost for the op.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import ConfigDict, Field, TypeAdapter, with_config
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from .schemas import MAX_BATCH_OPS, U53, ObjectId, Size, SlotFlag
 

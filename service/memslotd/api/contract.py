@@ -77,7 +77,8 @@ IDEMPOTENCY_KEY = {
     "in": "header",
     "required": False,
     "schema": {"type": "string"},
-    "description": "(its first 255 characters count) a retry with the same key, method, path, query and body replays the first answer "
+    "description": "(its first 255 characters count) a retry with the same key, method, path, query and body "
+    "replays the first answer "
     "(Idempotent-Replayed: true); the same key with another request is 422 "
     "IDEMPOTENCY_KEY_REUSED, while the first still runs 409 IDEMPOTENCY_KEY_IN_USE",
 }

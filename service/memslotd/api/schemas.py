@@ -214,7 +214,7 @@ class VMRelease(Response):
     slot_bytes: int
     guest_memfd_bytes: int
     shared_memory_bytes: int
-    invalidations: list["Invalidation"]
+    invalidations: list[Invalidation]
 
 
 # -- guest_memfd ------------------------------------------------------------------------

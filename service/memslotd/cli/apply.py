@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -284,7 +285,7 @@ def _local_slot_rules(p: Plan, layout: Layout, caps: Any, file: str) -> None:
     ]
     spans += [(s.guest_phys_addr, s.guest_phys_addr + s.memory_size, s.slot) for s in p.kept]
     spans.sort()
-    for (a_start, a_end, a_slot), (b_start, b_end, b_slot) in zip(spans, spans[1:]):
+    for (_, a_end, a_slot), (b_start, b_end, b_slot) in itertools.pairwise(spans):
         if b_start < a_end:
             i = index.get(b_slot, index.get(a_slot))
             problems.append(
@@ -301,7 +302,7 @@ def _local_slot_rules(p: Plan, layout: Layout, caps: Any, file: str) -> None:
             )
     for name, ranges in bound.items():
         ranges.sort()
-        for (_, a_end, a_slot), (b_start, b_end, b_slot) in zip(ranges, ranges[1:]):
+        for (_, a_end, a_slot), (b_start, b_end, b_slot) in itertools.pairwise(ranges):
             if b_start < a_end:
                 problems.append(
                     (

@@ -141,7 +141,7 @@ class Client(_Base):
     def close(self) -> None:
         self._transport.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -186,7 +186,7 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._transport.close()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -121,7 +121,7 @@ class Endpoint:
                 raise
         return sock
 
-    async def open(self) -> "_AsyncConnection":
+    async def open(self) -> _AsyncConnection:
         loop = asyncio.get_running_loop()
         if self.socket_path is not None:
             _, conn = await loop.create_unix_connection(lambda: _AsyncConnection(loop), self.socket_path)

@@ -34,7 +34,7 @@ class HostMemoryLow(HostResourcesExhausted):
 
 
 class MemoryBudget:
-    def __init__(self, registry: "Registry", limits: Limits, meminfo: Callable[[], MemInfo] = read_meminfo):
+    def __init__(self, registry: Registry, limits: Limits, meminfo: Callable[[], MemInfo] = read_meminfo):
         self.reg = registry
         self.limits = limits
         self.meminfo = meminfo

@@ -93,7 +93,7 @@ class Subscriber:
     batch its consumer is sending, and the transport's write buffer (flow-controlled).
     """
 
-    def __init__(self, log: "EventLog", accept: Callable[[Event], bool], next_seq: int):
+    def __init__(self, log: EventLog, accept: Callable[[Event], bool], next_seq: int):
         self._log = log
         self._accept = accept
         self.next_seq = next_seq  # the first seq this subscriber has not yet been given

@@ -158,7 +158,8 @@ class MemoryService:
             if info is not None:
                 self.reg.emit("memory.invalidate_start", vm.id, **info)
         done, error = await self.reg.blocking(self._apply, vm, chunk, to, discard)
-        for piece, info in zip(chunk[:done], invalidations):
+        # invalidations cover the whole chunk, only its first ``done`` pieces were applied
+        for piece, info in zip(chunk[:done], invalidations, strict=False):
             self._commit(vm, piece, to, info, result)
         if error is not None:
             failed = invalidations[done]

@@ -115,7 +115,8 @@ class MemslotService:
             bound = gmem.bindings.overlapping(r, ignore=slot_id)
             if bound is not None:  # B5 (the kernel says EINVAL; it is a conflict)
                 raise Conflict(
-                    f"guest_memfd {gmem.id} range [{r.start:#x}, {r.end:#x}) overlaps the range bound to slot {bound[0]}",
+                    f"guest_memfd {gmem.id} range [{r.start:#x}, {r.end:#x}) "
+                    f"overlaps the range bound to slot {bound[0]}",
                     code="GMEM_RANGE_BOUND",
                     slot=bound[0],
                 )

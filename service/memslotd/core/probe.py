@@ -109,7 +109,9 @@ class ProbeService:
                 budget.mark(touched)
             self.reg.stats.probes += 1
             self.reg.stats.probe_ops += len(ops)
-            return ProbeReport([self._report(vm, op, outcome) for op, outcome in zip(ops, raw)], vm.enforcement)
+            return ProbeReport(
+                [self._report(vm, op, outcome) for op, outcome in zip(ops, raw, strict=True)], vm.enforcement
+            )
 
     def _run(self, vm: VMRecord, window_slot: int, ops: list[ProbeOp]) -> list[Any]:
         """Worker thread: install the window, run every op, always remove the window."""
