@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect, unix_connect
 
 from memslotd.client import Client
-from tests.helpers import patience, start_daemon
+from tests.helpers import Daemon, patience, start_daemon
 
 MiB = 1 << 20
 ADMIN, READER = "admin-token-0123456789", "reader-token-0123456789"
@@ -229,24 +229,18 @@ def _make_certs(tmp: Path) -> dict[str, Path]:
     return {n: tmp / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
-def test_tls_tcp_needs_a_client_certificate_refuses_plain_http_and_the_unix_socket_stays_plain(short_tmp):
-    certs = _make_certs(short_tmp)
+def start_mtls_daemon(tmp: Path) -> tuple[Daemon, int, dict[str, Path]]:
+    """A daemon on TCP with tokens and mutual TLS (and 0.2 s bookmarks): (daemon, port, certs)."""
+    certs = _make_certs(tmp)
     port = free_port()
-    d = start_daemon(
-        short_tmp,
-        "--tcp",
-        f"127.0.0.1:{port}",
-        "--token-file",
-        str(token_file(short_tmp)),
-        "--tls-cert",
-        str(certs["server.pem"]),
-        "--tls-key",
-        str(certs["server.key"]),
-        "--tls-client-ca",
-        str(certs["ca.pem"]),
-        "--event-bookmark-interval-s",
-        "0.2",
-    )
+    tls = ["--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"])]
+    tls += ["--tls-client-ca", str(certs["ca.pem"])]
+    tcp = ["--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file(tmp))]
+    return start_daemon(tmp, *tcp, *tls, "--event-bookmark-interval-s", "0.2"), port, certs
+
+
+def test_tls_tcp_needs_a_client_certificate_refuses_plain_http_and_the_unix_socket_stays_plain(short_tmp):
+    d, port, certs = start_mtls_daemon(short_tmp)
     try:
         ctx = ssl.create_default_context(cafile=str(certs["ca.pem"]))
         ctx.load_cert_chain(str(certs["client.pem"]), str(certs["client.key"]))
