@@ -55,28 +55,35 @@ def derive(results: dict[str, dict]) -> None:
         results["ratio.single_vs_raw"] = {
             "create": round(one["create_p50_us"] / raw["create_p50_us"], 1),
             "delete": round(one["delete_p50_us"] / raw["delete_p50_us"], 1),
-            "goal": "create p50 <= 450 us, delete p50 <= 400 us (QEMU QMP: ~1400 / ~900 us)"}
+            "goal": "create p50 <= 450 us, delete p50 <= 400 us (QEMU QMP: ~1400 / ~900 us)",
+        }
     batch = results.get("memslots.batch_1000")
     raw_batch = results.get("memslots.raw_batch_floor_1000")
     if raw and batch:  # informational: the kernel alone pays more per slot in a 1000-slot batch
         results["ratio.batch_vs_single_slot_floor"] = {
             "create": round(batch["create_us_per_slot"] / raw["create_p50_us"], 2),
             "delete": round(batch["delete_us_per_slot"] / raw["delete_p50_us"], 2),
-            "note": "vs re-creating one slot; the goal is measured against the same ioctls (next line)"}
+            "note": "vs re-creating one slot; the goal is measured against the same ioctls (next line)",
+        }
         if raw_batch:
             results["ratio.batch_vs_single_slot_floor"]["kernel_alone"] = round(
-                raw_batch["create_us_per_slot"] / raw["create_p50_us"], 2)
+                raw_batch["create_us_per_slot"] / raw["create_p50_us"], 2
+            )
     if raw_batch and batch:
         results["ratio.batch_vs_same_ioctls"] = {
             "create": round(batch["create_us_per_slot"] / raw_batch["create_us_per_slot"], 2),
-            "delete": round(batch["delete_us_per_slot"] / raw_batch["delete_us_per_slot"], 2), "goal": "<= 2"}
+            "delete": round(batch["delete_us_per_slot"] / raw_batch["delete_us_per_slot"], 2),
+            "goal": "<= 2",
+        }
     base = results.get("memslots.existing_100")
     for n in ("10000", "30000"):
         other = results.get(f"memslots.existing_{n}")
         if base and other:
             results[f"ratio.existing_{n}_vs_100"] = {
                 "create": round(other["create_p50_us"] / base["create_p50_us"], 2),
-                "delete": round(other["delete_p50_us"] / base["delete_p50_us"], 2), "goal": "<= 1.2"}
+                "delete": round(other["delete_p50_us"] / base["delete_p50_us"], 2),
+                "goal": "<= 1.2",
+            }
 
 
 if __name__ == "__main__":

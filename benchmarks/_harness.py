@@ -27,8 +27,12 @@ def percentile(samples: list[float], p: float) -> float:
 
 def summarize(samples_s: list[float]) -> dict[str, float]:
     us = [x * 1e6 for x in samples_s]
-    return {"n": len(us), "p50_us": round(statistics.median(us), 1), "p99_us": round(percentile(us, 99), 1),
-            "mean_us": round(statistics.fmean(us), 1)}
+    return {
+        "n": len(us),
+        "p50_us": round(statistics.median(us), 1),
+        "p99_us": round(percentile(us, 99), 1),
+        "mean_us": round(statistics.fmean(us), 1),
+    }
 
 
 def timed(fn: Callable[[], Any], n: int) -> list[float]:
@@ -72,8 +76,14 @@ def rss_kib(pid: int) -> int:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     return {"kernel": platform.release(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 

@@ -18,8 +18,9 @@ MiB = 1 << 20
 
 async def _subscribers(path: str, n: int, expected: int, out: list[float], ready: threading.Event) -> None:
     async def one() -> None:
-        async with websockets.unix_connect(path, "ws://memslotd/v1/events?types=memory.invalidate_*",
-                                           max_size=None) as ws:
+        async with websockets.unix_connect(
+            path, "ws://memslotd/v1/events?types=memory.invalidate_*", max_size=None
+        ) as ws:
             await ws.recv()  # hello
             ready_count.append(1)
             if len(ready_count) == n:
@@ -58,9 +59,14 @@ def latency(subscribers: int, rate: int = 1000, seconds: float = 3.0) -> dict[st
         achieved = 2 * punches / (time.perf_counter() - start)
         t.join(60)
     ms = [s * 1e3 for s in samples]
-    return {"subscribers": subscribers, "events_per_s": round(achieved), "frames": len(ms),
-            "p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2),
-            "goal": "p99 <= 5 ms at 50 subscribers" if subscribers == 50 else ""}
+    return {
+        "subscribers": subscribers,
+        "events_per_s": round(achieved),
+        "frames": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "goal": "p99 <= 5 ms at 50 subscribers" if subscribers == 50 else "",
+    }
 
 
 def stalled_subscriber_memory(events: int = 20_000) -> dict[str, Any]:
@@ -74,13 +80,19 @@ def stalled_subscriber_memory(events: int = 20_000) -> dict[str, Any]:
         s = socket.socket(socket.AF_UNIX)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(path)
-        s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        s.sendall(
+            b"GET /v1/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
         before = rss_kib(proc.pid)
         for _ in range(events // 2):
             c.post(f"/v1/vms/{vm}/guest-memfds/{g}/punch-hole", json={"offset": 0, "length": 4096})
         after = rss_kib(proc.pid)
         s.close()
-    return {"events": events, "rss_before_mib": round(before / 1024, 1), "rss_after_mib": round(after / 1024, 1),
-            "growth_mib": round((after - before) / 1024, 1),
-            "note": "growth = retained event window (bounded by --event-retention-*), not the stalled subscriber"}
+    return {
+        "events": events,
+        "rss_before_mib": round(before / 1024, 1),
+        "rss_after_mib": round(after / 1024, 1),
+        "growth_mib": round((after - before) / 1024, 1),
+        "note": "growth = retained event window (bounded by --event-retention-*), not the stalled subscriber",
+    }

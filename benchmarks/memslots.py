@@ -32,9 +32,15 @@ def raw_floor(n: int = 10_000, existing: int = 0, cpu: int | None = 0) -> dict[s
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    return {"n": n, "existing": existing, "cpu": "unpinned" if cpu is None else cpu,
-            "create_p50_us": out["create_p50_ns"] / 1e3, "create_p99_us": out["create_p99_ns"] / 1e3,
-            "delete_p50_us": out["delete_p50_ns"] / 1e3, "delete_p99_us": out["delete_p99_ns"] / 1e3}
+    return {
+        "n": n,
+        "existing": existing,
+        "cpu": "unpinned" if cpu is None else cpu,
+        "create_p50_us": out["create_p50_ns"] / 1e3,
+        "create_p99_us": out["create_p99_ns"] / 1e3,
+        "delete_p50_us": out["delete_p50_ns"] / 1e3,
+        "delete_p99_us": out["delete_p99_ns"] / 1e3,
+    }
 
 
 def raw_batch_floor(n: int = 1000, cpu: int | None = 0) -> dict[str, Any]:
@@ -43,8 +49,11 @@ def raw_batch_floor(n: int = 1000, cpu: int | None = 0) -> dict[str, Any]:
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     runs = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout) for _ in range(5)]
-    return {"n": n, "create_us_per_slot": round(statistics.median(r["create_mean_ns"] for r in runs) / 1e3, 2),
-            "delete_us_per_slot": round(statistics.median(r["delete_mean_ns"] for r in runs) / 1e3, 2)}
+    return {
+        "n": n,
+        "create_us_per_slot": round(statistics.median(r["create_mean_ns"] for r in runs) / 1e3, 2),
+        "delete_us_per_slot": round(statistics.median(r["delete_mean_ns"] for r in runs) / 1e3, 2),
+    }
 
 
 class RawHTTP:
@@ -93,15 +102,23 @@ def single_requests(n: int = 3000, existing: int = 0, cpu: int | None = 0) -> di
         vm = c.post("/v1/vms", json={}).json()["id"]
         shm = c.post(f"/v1/vms/{vm}/shared-memory", json={"size": 4 * MiB + max(existing, 1) * PAGE}).json()["id"]
         for start in range(0, existing, 4096):
-            ops = [{"op": "create", "slot": 100 + i, "guest_phys_addr": (1 << 40) + i * 2 * PAGE, "memory_size": PAGE,
-                    "shared": {"shared_memory_id": shm, "offset": 4 * MiB + i * PAGE}}
-                   for i in range(start, min(start + 4096, existing))]
+            ops = [
+                {
+                    "op": "create",
+                    "slot": 100 + i,
+                    "guest_phys_addr": (1 << 40) + i * 2 * PAGE,
+                    "memory_size": PAGE,
+                    "shared": {"shared_memory_id": shm, "offset": 4 * MiB + i * PAGE},
+                }
+                for i in range(start, min(start + 4096, existing))
+            ]
             assert c.post(f"/v1/vms/{vm}/memslots:batch", json={"ops": ops}).status_code == 200
         other = None if cpu is None else 1 - cpu  # the client on the other core
         _pin_self(other)
         raw = RawHTTP(_socket_path(proc))
-        body = json.dumps({"guest_phys_addr": 1 << 32, "memory_size": 2 * MiB,
-                           "shared": {"shared_memory_id": shm, "offset": 0}}).encode()
+        body = json.dumps(
+            {"guest_phys_addr": 1 << 32, "memory_size": 2 * MiB, "shared": {"shared_memory_id": shm, "offset": 0}}
+        ).encode()
         creates, deletes, health = [], [], []
         for _ in range(200):  # warm up
             raw.request("PUT", f"/v1/vms/{vm}/memslots/1", body)
@@ -123,9 +140,17 @@ def single_requests(n: int = 3000, existing: int = 0, cpu: int | None = 0) -> di
         rss = rss_kib(proc.pid)
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     us = lambda xs, p: round(percentile([x * 1e6 for x in xs], p), 1)  # noqa: E731
-    return {"existing": existing, "cpu": "unpinned" if cpu is None else cpu, "create_p50_us": us(creates, 50),
-            "create_p99_us": us(creates, 99), "delete_p50_us": us(deletes, 50), "delete_p99_us": us(deletes, 99),
-            "healthz_p50_us": us(health, 50), "healthz_p99_us": us(health, 99), "rss_mib": round(rss / 1024, 1)}
+    return {
+        "existing": existing,
+        "cpu": "unpinned" if cpu is None else cpu,
+        "create_p50_us": us(creates, 50),
+        "create_p99_us": us(creates, 99),
+        "delete_p50_us": us(deletes, 50),
+        "delete_p99_us": us(deletes, 99),
+        "healthz_p50_us": us(health, 50),
+        "healthz_p99_us": us(health, 99),
+        "rss_mib": round(rss / 1024, 1),
+    }
 
 
 def batches(n: int = 1000, cpu: int | None = 0, runs: int = 7) -> dict[str, Any]:
@@ -136,9 +161,20 @@ def batches(n: int = 1000, cpu: int | None = 0, runs: int = 7) -> dict[str, Any]
     with daemon(cpu=cpu) as (c, proc):
         vm = c.post("/v1/vms", json={}).json()["id"]
         shm = c.post(f"/v1/vms/{vm}/shared-memory", json={"size": n * 2 * MiB}).json()["id"]
-        creates = json.dumps({"ops": [
-            {"op": "create", "slot": i, "guest_phys_addr": (1 << 32) + i * 2 * MiB, "memory_size": 2 * MiB,
-             "shared": {"shared_memory_id": shm, "offset": i * 2 * MiB}} for i in range(n)]}).encode()
+        creates = json.dumps(
+            {
+                "ops": [
+                    {
+                        "op": "create",
+                        "slot": i,
+                        "guest_phys_addr": (1 << 32) + i * 2 * MiB,
+                        "memory_size": 2 * MiB,
+                        "shared": {"shared_memory_id": shm, "offset": i * 2 * MiB},
+                    }
+                    for i in range(n)
+                ]
+            }
+        ).encode()
         deletes = json.dumps({"ops": [{"op": "delete", "slot": i} for i in range(n)]}).encode()
         _pin_self(None if cpu is None else 1 - cpu)
         raw = RawHTTP(_socket_path(proc))
@@ -155,8 +191,12 @@ def batches(n: int = 1000, cpu: int | None = 0, runs: int = 7) -> dict[str, Any]
         finally:
             raw.close()
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-    return {"n": n, "runs": runs, "create_us_per_slot": round(statistics.median(c_times) / n * 1e6, 2),
-            "delete_us_per_slot": round(statistics.median(d_times) / n * 1e6, 2)}
+    return {
+        "n": n,
+        "runs": runs,
+        "create_us_per_slot": round(statistics.median(c_times) / n * 1e6, 2),
+        "delete_us_per_slot": round(statistics.median(d_times) / n * 1e6, 2),
+    }
 
 
 def startup(runs: int = 5) -> dict[str, Any]:
@@ -169,8 +209,11 @@ def startup(runs: int = 5) -> dict[str, Any]:
         tmp = Path(tempfile.mkdtemp(prefix="msd-start-"))
         sock = tmp / "s.sock"
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon", "--socket", str(sock), "--log-level", "warning"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "memslotd.daemon", "--socket", str(sock), "--log-level", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while True:
             try:
                 raw = RawHTTP(str(sock))
@@ -183,9 +226,12 @@ def startup(runs: int = 5) -> dict[str, Any]:
         raw.close()
         proc.terminate()
         proc.wait(10)
-    return {"runs": runs, "accepting_p50_ms": round(statistics.median(accepting) * 1e3, 1),
-            "first_answer_p50_ms": round(statistics.median(answering) * 1e3, 1),
-            "goal": "socket accepting <= 300 ms"}
+    return {
+        "runs": runs,
+        "accepting_p50_ms": round(statistics.median(accepting) * 1e3, 1),
+        "first_answer_p50_ms": round(statistics.median(answering) * 1e3, 1),
+        "goal": "socket accepting <= 300 ms",
+    }
 
 
 def scale_memory(total: int = 32764) -> dict[str, Any]:
@@ -195,19 +241,35 @@ def scale_memory(total: int = 32764) -> dict[str, Any]:
         shm = c.post(f"/v1/vms/{vm}/shared-memory", json={"size": total * PAGE}).json()["id"]
         idle = rss_kib(proc.pid)
         for start in range(0, total, 4096):
-            ops = [{"op": "create", "slot": i, "guest_phys_addr": i * 2 * PAGE, "memory_size": PAGE,
-                    "shared": {"shared_memory_id": shm, "offset": i * PAGE}} for i in range(start, min(start + 4096, total))]
+            ops = [
+                {
+                    "op": "create",
+                    "slot": i,
+                    "guest_phys_addr": i * 2 * PAGE,
+                    "memory_size": PAGE,
+                    "shared": {"shared_memory_id": shm, "offset": i * PAGE},
+                }
+                for i in range(start, min(start + 4096, total))
+            ]
             assert c.post(f"/v1/vms/{vm}/memslots:batch", json={"ops": ops}).status_code == 200
         full = rss_kib(proc.pid)
         t0 = time.perf_counter()
         pages, cursor = 0, None
         while True:
-            page = c.get(f"/v1/vms/{vm}/memslots", params={"limit": 1000, **({"cursor": cursor} if cursor else {})}).json()
+            page = c.get(
+                f"/v1/vms/{vm}/memslots", params={"limit": 1000, **({"cursor": cursor} if cursor else {})}
+            ).json()
             pages += 1
             cursor = page["next_cursor"]
             if not cursor:
                 break
         list_all = time.perf_counter() - t0
-    return {"slots": total, "rss_idle_mib": round(idle / 1024, 1), "rss_full_mib": round(full / 1024, 1),
-            "growth_mib": round((full - idle) / 1024, 1), "goal": "<= 64 MiB above idle",
-            "list_all_pages_ms": round(list_all * 1e3, 1), "pages": pages}
+    return {
+        "slots": total,
+        "rss_idle_mib": round(idle / 1024, 1),
+        "rss_full_mib": round(full / 1024, 1),
+        "growth_mib": round((full - idle) / 1024, 1),
+        "goal": "<= 64 MiB above idle",
+        "list_all_pages_ms": round(list_all * 1e3, 1),
+        "pages": pages,
+    }

@@ -37,8 +37,11 @@ MiB, GiB = 1 << 20, 1 << 30
 def start(sock: Path) -> subprocess.Popen[bytes]:
     sock.parent.mkdir(parents=True, exist_ok=True)
     with (sock.parent / "daemon.log").open("wb") as log:  # the child keeps its own copy of the fd
-        proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon", "--socket", str(sock),
-                                 "--max-probes-per-second", "1000"], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "memslotd.daemon", "--socket", str(sock), "--max-probes-per-second", "1000"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -58,6 +61,7 @@ def client(sock: Path) -> httpx.Client:
 def churn(sock: Path, stop: threading.Event, seed: int, statuses: collections.Counter[int], ops: list[int]) -> None:
     rng = random.Random(seed)
     with client(sock) as c:
+
         def call(method: str, url: str, **kw: object) -> httpx.Response:
             r = c.request(method, url, **kw)  # type: ignore[arg-type]
             statuses[r.status_code] += 1
@@ -70,7 +74,9 @@ def churn(sock: Path, stop: threading.Event, seed: int, statuses: collections.Co
                 time.sleep(0.01)
                 continue
             base = f"/v1/vms/{vm}"
-            g = call("POST", f"{base}/guest-memfds", json={"size": 16 * MiB, "flags": ["mmap", "init_shared"]}).json()["id"]
+            g = call("POST", f"{base}/guest-memfds", json={"size": 16 * MiB, "flags": ["mmap", "init_shared"]}).json()[
+                "id"
+            ]
             s = call("POST", f"{base}/shared-memory", json={"size": 16 * MiB}).json()["id"]
             for _ in range(rng.randrange(5, 30)):
                 if stop.is_set():
@@ -79,20 +85,38 @@ def churn(sock: Path, stop: threading.Event, seed: int, statuses: collections.Co
                 gpa = 4 * GiB + i * 2 * MiB
                 kind = rng.randrange(6)
                 if kind == 0:
-                    call("PUT", f"{base}/memslots/{i}", json={"guest_phys_addr": gpa, "memory_size": 2 * MiB,
-                                                              "private": {"guest_memfd_id": g, "offset": i * 2 * MiB},
-                                                              "shared": {"shared_memory_id": s, "offset": i * 2 * MiB}})
+                    call(
+                        "PUT",
+                        f"{base}/memslots/{i}",
+                        json={
+                            "guest_phys_addr": gpa,
+                            "memory_size": 2 * MiB,
+                            "private": {"guest_memfd_id": g, "offset": i * 2 * MiB},
+                            "shared": {"shared_memory_id": s, "offset": i * 2 * MiB},
+                        },
+                    )
                 elif kind == 1:
                     call("DELETE", f"{base}/memslots/{i}")
                 elif kind == 2:
                     ops_ = [{"op": "delete", "slot": j} for j in range(8, 12)]
                     if rng.random() < 0.5:
-                        ops_ = [{"op": "create", "slot": j, "guest_phys_addr": 8 * GiB + j * 4096, "memory_size": 4096,
-                                 "shared": {"shared_memory_id": s, "offset": j * 4096}} for j in range(8, 12)]
+                        ops_ = [
+                            {
+                                "op": "create",
+                                "slot": j,
+                                "guest_phys_addr": 8 * GiB + j * 4096,
+                                "memory_size": 4096,
+                                "shared": {"shared_memory_id": s, "offset": j * 4096},
+                            }
+                            for j in range(8, 12)
+                        ]
                     call("POST", f"{base}/memslots:batch", json={"ops": ops_})
                 elif kind == 3:
-                    call("POST", f"{base}/memory/convert", json={"guest_phys_addr": gpa, "size": 2 * MiB,
-                                                                 "to": rng.choice(["private", "shared"])})
+                    call(
+                        "POST",
+                        f"{base}/memory/convert",
+                        json={"guest_phys_addr": gpa, "size": 2 * MiB, "to": rng.choice(["private", "shared"])},
+                    )
                 elif kind == 4:
                     call("POST", f"{base}/guest-memfds/{g}/punch-hole", json={"offset": i * 2 * MiB, "length": 4096})
                 else:
@@ -139,13 +163,23 @@ def retrying(c: httpx.Client, method: str, url: str, statuses: collections.Count
     return r
 
 
-def host_bytes(c: httpx.Client, base: str, part: dict[str, Any] | None, kind: str, offset: int, data: bytes | None,
-               statuses: collections.Counter[int]) -> bytes | None:
+def host_bytes(
+    c: httpx.Client,
+    base: str,
+    part: dict[str, Any] | None,
+    kind: str,
+    offset: int,
+    data: bytes | None,
+    statuses: collections.Counter[int],
+) -> bytes | None:
     """Write ``data`` into a slot part's backing at ``offset`` (or read 8 bytes there); None where the host may not."""
     if part is None:
         return None
-    url = (f"{base}/guest-memfds/{part['guest_memfd_id']}/bytes" if kind == "guest_memfd"
-           else f"{base}/shared-memory/{part['shared_memory_id']}/bytes")
+    url = (
+        f"{base}/guest-memfds/{part['guest_memfd_id']}/bytes"
+        if kind == "guest_memfd"
+        else f"{base}/shared-memory/{part['shared_memory_id']}/bytes"
+    )
     off = int(part["offset"]) + offset
     if data is not None:
         r = retrying(c, "POST", url, statuses, json={"offset": off, "data_hex": data.hex()})
@@ -154,8 +188,14 @@ def host_bytes(c: httpx.Client, base: str, part: dict[str, Any] | None, kind: st
     return bytes.fromhex(r.json()["data_hex"]) if r.status_code == 200 else None
 
 
-def probe_points(c: httpx.Client, vm: str, slots: list[dict[str, Any]], caps: dict[str, Any],
-                 statuses: collections.Counter[int], disagree: list[str]) -> tuple[int, int, int]:
+def probe_points(
+    c: httpx.Client,
+    vm: str,
+    slots: list[dict[str, Any]],
+    caps: dict[str, Any],
+    statuses: collections.Counter[int],
+    disagree: list[str],
+) -> tuple[int, int, int]:
     """Probe the first and last page of every slot and the holes around them; compare with the API.
 
     The host first writes a pattern into the backing ``guest_backing`` names (and another into
@@ -165,8 +205,9 @@ def probe_points(c: httpx.Client, vm: str, slots: list[dict[str, Any]], caps: di
     the API documents an MMIO exit there. Returns (slots, holes, unverified backings).
     """
     base, page = f"/v1/vms/{vm}", int(caps["page_size"])
-    reserved = [(int(r["guest_phys_addr"]), int(r["guest_phys_addr"]) + int(r["size"]))
-                for r in caps["reserved_gpa_ranges"]]
+    reserved = [
+        (int(r["guest_phys_addr"]), int(r["guest_phys_addr"]) + int(r["size"])) for r in caps["reserved_gpa_ranges"]
+    ]
     top = int(caps["max_guest_phys_addr"])
     spans = [(int(s["guest_phys_addr"]), int(s["guest_phys_addr"]) + int(s["memory_size"])) for s in slots]
     runs = retrying(c, "GET", f"{base}/memory/attributes", statuses, params={"limit": 10_000}).json()["ranges"]
@@ -176,7 +217,7 @@ def probe_points(c: httpx.Client, vm: str, slots: list[dict[str, Any]], caps: di
         return next((st for lo, hi, st in states if lo <= gpa < hi), None)
 
     checks: list[tuple[int, str, str | None, bytes | None]] = []  # gpa, what, expected state, expected bytes
-    for s, (start, end) in zip(slots, spans):
+    for s, (start, end) in zip(slots, spans, strict=True):
         for gpa in sorted({start, end - page}):
             state, named = state_at(gpa), s["guest_backing"]
             if named == "per_attribute":
@@ -188,29 +229,40 @@ def probe_points(c: httpx.Client, vm: str, slots: list[dict[str, Any]], caps: di
             parts = {"guest_memfd": s["private"], "shared_memory": s["shared"]}
             other = "shared_memory" if named == "guest_memfd" else "guest_memfd"
             host_bytes(c, base, parts[other], other, gpa - start, bytes(b ^ 0xFF for b in pattern), statuses)
-            seen = (host_bytes(c, base, parts[named], named, gpa - start, pattern, statuses)
-                    or host_bytes(c, base, parts[named], named, gpa - start, None, statuses))
+            seen = host_bytes(c, base, parts[named], named, gpa - start, pattern, statuses) or host_bytes(
+                c, base, parts[named], named, gpa - start, None, statuses
+            )
             checks.append((gpa, f"slot {s['slot']} ({named})", state, seen if seen is not None else b""))
     holes = {gpa for start, end in spans for gpa in (start - page, end)}
     holes.add(((max((e for _, e in spans), default=4 << 30) + (1 << 30)) >> 30) << 30)
-    holes = {h for h in holes
-             if 0 <= h and h + page <= top and not any(lo < h + page and h < hi for lo, hi in spans + reserved)}
+    holes = {
+        h
+        for h in holes
+        if 0 <= h and h + page <= top and not any(lo < h + page and h < hi for lo, hi in spans + reserved)
+    }
     checks += [(gpa, "hole", None, None) for gpa in sorted(holes)]
     step = int(caps["max_probe_ops"])
     for i in range(0, len(checks), step):
-        chunk = checks[i:i + step]
-        r = retrying(c, "POST", f"{base}/probe", statuses,
-                     json={"ops": [{"op": "read", "guest_phys_addr": gpa, "length": 8} for gpa, *_ in chunk]})
+        chunk = checks[i : i + step]
+        r = retrying(
+            c,
+            "POST",
+            f"{base}/probe",
+            statuses,
+            json={"ops": [{"op": "read", "guest_phys_addr": gpa, "length": 8} for gpa, *_ in chunk]},
+        )
         if r.status_code != 200:
             disagree.append(f"{vm}: probe answered {r.status_code} {r.text[:200]}")
             continue
-        for (gpa, what, state, want), got in zip(chunk, r.json()["results"]):
+        for (gpa, what, state, want), got in zip(chunk, r.json()["results"], strict=True):
             backed = want is not None
             mmio = (got.get("exit") or {}).get("reason") == "mmio"
             if got["state"] != state or got["ok"] != backed or (not backed and not mmio):
                 disagree.append(f"{vm} {gpa:#x} {what}: API state {state}, probe {got}")
             elif want and got.get("data_hex") != want.hex():
-                disagree.append(f"{vm} {gpa:#x} {what}: the host has {want.hex()}, the guest read {got.get('data_hex')}")
+                disagree.append(
+                    f"{vm} {gpa:#x} {what}: the host has {want.hex()}, the guest read {got.get('data_hex')}"
+                )
     return len(slots), len(holes), sum(1 for *_, want in checks if want == b"")
 
 
@@ -252,8 +304,13 @@ def main() -> int:
             vms = {v["id"]: v for v in c.get("/v1/vms").json()["items"]}
             items = {vm: c.get(f"/v1/vms/{vm}/memslots", params={"limit": 1000}).json()["items"] for vm in vms}
             slots = {vm: sorted(s["slot"] for s in items[vm]) for vm in vms}
-            objects = {vm: (len(c.get(f"/v1/vms/{vm}/guest-memfds").json()["items"]),
-                            len(c.get(f"/v1/vms/{vm}/shared-memory").json()["items"])) for vm in vms}
+            objects = {
+                vm: (
+                    len(c.get(f"/v1/vms/{vm}/guest-memfds").json()["items"]),
+                    len(c.get(f"/v1/vms/{vm}/shared-memory").json()["items"]),
+                )
+                for vm in vms
+            }
             held = fds(proc.pid)
             caps, budget = c.get("/v1/capabilities").json(), c.get("/v1/limits").json()["max_slots_per_vm"]
             for vm in vms:
@@ -290,13 +347,29 @@ def main() -> int:
     if (held["kvm-vm"], held["gmem"], held["memfd:memslotd-vm"]) != (len(vms), gmems, shms):
         failures.append(f"fds {dict(held)} != API (vms {len(vms)}, guest_memfds {gmems}, shared memory {shms})")
     print(f"probes: {probed['slots']} slots, {probed['holes']} holes, {len(disagree)} disagreements")
-    print(json.dumps({"clients": args.clients, "seconds": round(elapsed, 1), "ops": ops[0],
-                      "ops_per_s": round(ops[0] / elapsed), "statuses": dict(sorted(statuses.items())),
-                      "events": len(seqs), "vms_left": len(vms),
-                      "probes": {"slots": probed["slots"], "holes": probed["holes"], "disagreements": len(disagree),
-                                 "backings_unverified": probed["unverified"], "vms_without_a_free_slot": probed["full"],
-                                 "statuses": dict(sorted(probe_statuses.items()))},
-                      "failures": failures}, indent=1))
+    print(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "seconds": round(elapsed, 1),
+                "ops": ops[0],
+                "ops_per_s": round(ops[0] / elapsed),
+                "statuses": dict(sorted(statuses.items())),
+                "events": len(seqs),
+                "vms_left": len(vms),
+                "probes": {
+                    "slots": probed["slots"],
+                    "holes": probed["holes"],
+                    "disagreements": len(disagree),
+                    "backings_unverified": probed["unverified"],
+                    "vms_without_a_free_slot": probed["full"],
+                    "statuses": dict(sorted(probe_statuses.items())),
+                },
+                "failures": failures,
+            },
+            indent=1,
+        )
+    )
     return 1 if failures else 0
 
 

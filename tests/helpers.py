@@ -38,8 +38,7 @@ class Daemon:
 
     def client(self, **kw: object) -> httpx.Client:
         kw.setdefault("timeout", patience(30))
-        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket_path)), base_url="http://memslotd",
-                            **kw)  # type: ignore[arg-type]
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket_path)), base_url="http://memslotd", **kw)  # type: ignore[arg-type]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -61,8 +60,12 @@ def start_daemon(tmp: Path, *args: str, env: dict[str, str] | None = None, wait:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("MEMSLOTD_SOCKET", None)
     with log_path.open("wb") as log_file:  # the child keeps its own copy of the fd
-        proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon", "--socket", str(socket_path), *args],
-                                stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "memslotd.daemon", "--socket", str(socket_path), *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
     daemon = Daemon(socket_path, proc, log_path)
     if wait:
         deadline = time.monotonic() + patience(20)
@@ -85,4 +88,6 @@ def start_daemon(tmp: Path, *args: str, env: dict[str, str] | None = None, wait:
 def guest_memory_mappings(pid: int | str = "self") -> int:
     """Mappings of daemon memfds and guest_memfds in a process (for leak checks)."""
     maps = Path(f"/proc/{pid}/maps").read_text()
-    return sum(1 for line in maps.splitlines() if "memfd:memslotd" in line or "kvm-gmem" in line or "guest_memfd" in line)
+    return sum(
+        1 for line in maps.splitlines() if "memfd:memslotd" in line or "kvm-gmem" in line or "guest_memfd" in line
+    )

@@ -80,8 +80,11 @@ def _vm_type_facts(vm: int) -> VMTypeFacts:
         ioctl = True
     except OSError as exc:
         ioctl = exc.errno != errno.ENOTTY
-    return VMTypeFacts(fcntl.ioctl(vm, KVM_CHECK_EXTENSION, CAP_MEMORY_ATTRIBUTES), ioctl,
-                       fcntl.ioctl(vm, KVM_CHECK_EXTENSION, CAP_GUEST_MEMFD_FLAGS))
+    return VMTypeFacts(
+        fcntl.ioctl(vm, KVM_CHECK_EXTENSION, CAP_MEMORY_ATTRIBUTES),
+        ioctl,
+        fcntl.ioctl(vm, KVM_CHECK_EXTENSION, CAP_GUEST_MEMFD_FLAGS),
+    )
 
 
 @functools.cache
@@ -101,12 +104,17 @@ def kernel_facts() -> KernelFacts:
                 per_type[name] = _vm_type_facts(vm)
                 if name == "default":
                     cap = functools.partial(fcntl.ioctl, vm, KVM_CHECK_EXTENSION)
-                    generic = (cap(CAP_NR_MEMSLOTS), cap(CAP_USER_MEMORY2) > 0, cap(CAP_GUEST_MEMFD) > 0,
-                               cap(CAP_MEMORY_FAULT_INFO) > 0)
+                    generic = (
+                        cap(CAP_NR_MEMSLOTS),
+                        cap(CAP_USER_MEMORY2) > 0,
+                        cap(CAP_GUEST_MEMFD) > 0,
+                        cap(CAP_MEMORY_FAULT_INFO) > 0,
+                    )
             finally:
                 os.close(vm)
-        return KernelFacts(tuple(per_type), per_type, *generic,
-                           memory_failure=os.path.exists("/proc/sys/vm/memory_failure_recovery"))
+        return KernelFacts(
+            tuple(per_type), per_type, *generic, memory_failure=os.path.exists("/proc/sys/vm/memory_failure_recovery")
+        )
     finally:
         os.close(kvm)
 

@@ -23,8 +23,12 @@ TEST_REF = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 
 
 def _sources() -> list[Path]:
-    return sorted(p for base in SCANNED for p in base.rglob("*")
-                  if p.suffix in SUFFIXES and p.is_file() and "__pycache__" not in p.parts)
+    return sorted(
+        p
+        for base in SCANNED
+        for p in base.rglob("*")
+        if p.suffix in SUFFIXES and p.is_file() and "__pycache__" not in p.parts
+    )
 
 
 def _cited() -> dict[str, list[str]]:
@@ -48,15 +52,20 @@ def _rows() -> dict[str, str]:
 
 
 def _test_names(path: Path) -> set[str]:
-    return {node.name for node in ast.parse(path.read_text()).body
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    return {
+        node.name
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
 
 
 def test_every_cited_rule_id_has_a_row():
     rows = _rows()
     missing = {rule: where for rule, where in _cited().items() if rule not in rows}
-    assert not missing, "\n".join(f"{rule} (cited at {', '.join(where[:3])}) has no row in {CATALOGUE.name}"
-                                  for rule, where in sorted(missing.items()))
+    assert not missing, "\n".join(
+        f"{rule} (cited at {', '.join(where[:3])}) has no row in {CATALOGUE.name}"
+        for rule, where in sorted(missing.items())
+    )
 
 
 def test_every_row_is_proven_by_tests_that_exist():
@@ -78,6 +87,10 @@ def test_the_catalogue_sees_the_ids_it_must_explain():
 
 
 def test_no_section_numbers_stand_in_for_rules():
-    refs = [f"{path.relative_to(ROOT)}:{n}" for path in _sources()
-            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if SECTION_REF.search(line)]
+    refs = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in _sources()
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if SECTION_REF.search(line)
+    ]
     assert not refs, "cite a rule id of docs/kernel-rules.md instead: " + ", ".join(refs)

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_openapi_yaml_matches_the_app():
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "openapi.py"), "--check"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "openapi.py"), "--check"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr + r.stdout
 
 
@@ -54,8 +56,11 @@ def _operations(spec):
 
 def test_every_operation_declares_its_security_and_the_http_layers_answers():
     spec = _spec()
-    assert spec["components"]["securitySchemes"]["bearer"] == {**spec["components"]["securitySchemes"]["bearer"],
-                                                                "type": "http", "scheme": "bearer"}
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        **spec["components"]["securitySchemes"]["bearer"],
+        "type": "http",
+        "scheme": "bearer",
+    }
     for path, method, op in _operations(spec):
         where = f"{method.upper()} {path}"
         if path == "/v1/healthz":

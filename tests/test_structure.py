@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import patience
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,8 +17,16 @@ PKG = ROOT / "service" / "memslotd"
 # layer -> modules it must never import (docs/design.md, STYLE.md); memslotd.uapi is open to all
 FORBIDDEN = {
     "kvm": ("memslotd.core", "memslotd.api", "memslotd.client", "memslotd.cli", "fastapi", "pydantic"),
-    "core": ("memslotd.kvm", "memslotd._native", "memslotd.api", "memslotd.client", "memslotd.cli", "fastapi",
-             "pydantic", "cffi"),
+    "core": (
+        "memslotd.kvm",
+        "memslotd._native",
+        "memslotd.api",
+        "memslotd.client",
+        "memslotd.cli",
+        "fastapi",
+        "pydantic",
+        "cffi",
+    ),
     "api": ("memslotd.kvm", "memslotd._native", "memslotd.client", "memslotd.cli"),
     "client": ("memslotd.core", "memslotd.kvm", "memslotd._native", "fastapi"),
     "cli": ("memslotd.core", "memslotd.kvm", "memslotd._native", "fastapi"),
@@ -72,15 +82,19 @@ def _loaded(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
 def test_the_client_imports_without_the_server_side():
     """Transitively, not just by its own import lines: a client machine needs no FastAPI and
     no kernel layer (the client reads the wire models of api.schemas, which are pydantic only)."""
-    assert not _loaded(_modules_loaded_by("memslotd.client"),
-                       ("fastapi", "starlette", "uvicorn", "memslotd.kvm", "memslotd._native", "cffi"))
+    assert not _loaded(
+        _modules_loaded_by("memslotd.client"),
+        ("fastapi", "starlette", "uvicorn", "memslotd.kvm", "memslotd._native", "cffi"),
+    )
 
 
 def test_the_core_imports_without_the_kernel_layer():
     """Transitively: the core reaches the kernel only through the objects it is handed (core.ports),
     so it imports without the native module, cffi or memslotd.kvm (tests/core runs it so)."""
-    assert not _loaded(_modules_loaded_by("memslotd.core"),
-                       ("memslotd.kvm", "memslotd._native", "cffi", "memslotd.api", "fastapi", "pydantic"))
+    assert not _loaded(
+        _modules_loaded_by("memslotd.core"),
+        ("memslotd.kvm", "memslotd._native", "cffi", "memslotd.api", "fastapi", "pydantic"),
+    )
 
 
 def test_each_limit_has_one_definition():
@@ -90,8 +104,11 @@ def test_each_limit_has_one_definition():
     wrong = []
     for path in PKG.rglob("*.py"):
         text, where = path.read_text(), path.relative_to(PKG).as_posix()
-        wrong += [f"{where} spells out {literal!r}" for literal, home in spelled_out.items()
-                  if literal in text and where != home]
+        wrong += [
+            f"{where} spells out {literal!r}"
+            for literal, home in spelled_out.items()
+            if literal in text and where != home
+        ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -120,8 +137,10 @@ def test_kernel_objects_are_made_by_their_parent_only():
 
 def test_kvm_modules_import_no_cycle():
     """kvm/system.py imports kvm/vm.py, never the other way (TYPE_CHECKING imports count too)."""
-    graph = {f"memslotd.kvm.{p.stem}": {n for n in _imports(p) if n.startswith("memslotd.kvm.")}
-             for p in (PKG / "kvm").glob("*.py")}
+    graph = {
+        f"memslotd.kvm.{p.stem}": {n for n in _imports(p) if n.startswith("memslotd.kvm.")}
+        for p in (PKG / "kvm").glob("*.py")
+    }
     done: set[str] = set()
 
     def visit(module: str, path: tuple[str, ...]) -> None:
@@ -136,14 +155,44 @@ def test_kvm_modules_import_no_cycle():
 
 
 def test_the_package_type_checks():
-    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=patience(300))
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=patience(300),
+    )
     assert r.returncode == 0, r.stdout[-3000:]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["check"], ["format", "--check", "--diff"]],
+    ids=["lint_is_clean", "format_is_applied"],
+)
+def test_the_repository_passes_ruff(command):
+    """ruff (configured in pyproject.toml) over everything: the mistakes a reviewer would catch,
+    and one format, so a diff shows only what changed."""
+    r = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=patience(120),
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+
+
 def test_value_types_are_immutable_to_the_type_checker(tmp_path):
-    """core.values trades run-time freezing for speed; mypy must still refuse a mutation."""
-    (tmp_path / "mutate.py").write_text("from memslotd.core.slot_table import Backing\n\nBacking('shm-1', 0).offset = 4096\n")
-    r = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", str(tmp_path / "mutate.py")], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=patience(300))
+    """core.value_type trades run-time freezing for speed; mypy must still refuse a mutation."""
+    (tmp_path / "mutate.py").write_text(
+        "from memslotd.core.slot_table import Backing\n\nBacking('shm-1', 0).offset = 4096\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", str(tmp_path / "mutate.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=patience(300),
+    )
     assert r.returncode == 1 and 'Property "offset" defined in "Backing" is read-only' in r.stdout, r.stdout

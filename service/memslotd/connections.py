@@ -21,7 +21,6 @@ import struct
 from typing import Any
 
 import orjson
-
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .api.problems import PROBLEM_MEDIA_TYPE, problem_body
@@ -43,8 +42,12 @@ def fd_budget(settings: Settings, listeners: int) -> tuple[int, int]:
     reserve = settings.fd_reserve if settings.fd_reserve is not None else soft // 2
     per_listener = min(settings.max_connections, max((soft - reserve) // max(listeners, 1), 4))
     if per_listener < settings.max_connections:
-        log.warning("max_connections lowered to %d per listener: RLIMIT_NOFILE %d minus a reserve of %d fds",
-                    per_listener, soft, reserve)
+        log.warning(
+            "max_connections lowered to %d per listener: RLIMIT_NOFILE %d minus a reserve of %d fds",
+            per_listener,
+            soft,
+            reserve,
+        )
     return reserve, per_listener
 
 
@@ -71,8 +74,10 @@ class ConnectionGuard:
         self.refused = 0
 
     def admit(self, entry: _Entry) -> bool:
-        for groups, key, cap in ((self._listeners, entry.listener, self.max_per_listener),
-                                 (self._peers, entry.peer, self.max_per_peer)):
+        for groups, key, cap in (
+            (self._listeners, entry.listener, self.max_per_listener),
+            (self._peers, entry.peer, self.max_per_peer),
+        ):
             group = groups.get(key, {})
             while len(group) >= cap:
                 victim = next((e for e in group if not e.busy()), None)
@@ -99,11 +104,22 @@ class ConnectionGuard:
         return sum(len(g) for g in self._listeners.values())
 
 
-REFUSED = orjson.dumps(problem_body(503, "TOO_MANY_CONNECTIONS", "Too many connections",
-                                    "every connection this listener or peer may open is busy; retry later"))
-REFUSED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: " + PROBLEM_MEDIA_TYPE.encode() +
-                    b"\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: " + str(len(REFUSED)).encode() +
-                    b"\r\n\r\n" + REFUSED)
+REFUSED = orjson.dumps(
+    problem_body(
+        503,
+        "TOO_MANY_CONNECTIONS",
+        "Too many connections",
+        "every connection this listener or peer may open is busy; retry later",
+    )
+)
+REFUSED_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: "
+    + PROBLEM_MEDIA_TYPE.encode()
+    + b"\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: "
+    + str(len(REFUSED)).encode()
+    + b"\r\n\r\n"
+    + REFUSED
+)
 
 
 class GuardedWebSocket(WebSocketsSansIOProtocol):
@@ -150,8 +166,11 @@ class GuardedHttp(BoundedHttpTools):
             with contextlib.suppress(OSError):
                 self.peer = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         listener = transport.get_extra_info("sockname")
-        peer_key = ("tcp", (transport.get_extra_info("peername") or ("?",))[0]) if tcp else \
-            ("uid", self.peer[1] if self.peer else None)
+        peer_key = (
+            ("tcp", (transport.get_extra_info("peername") or ("?",))[0])
+            if tcp
+            else ("uid", self.peer[1] if self.peer else None)
+        )
         self._entry = _Entry(transport, listener, peer_key, self)
         if not self.guard.admit(self._entry):
             self._entry = None
@@ -222,6 +241,13 @@ class GuardedHttp(BoundedHttpTools):
 
 def protocols(settings: Settings, guard: ConnectionGuard) -> tuple[type[GuardedHttp], type[GuardedWebSocket]]:
     """The protocol classes for one set of servers (class attributes carry the configuration)."""
-    http = type("MemslotdHttp", (GuardedHttp,), {"guard": guard, "request_timeout_s": settings.request_timeout_s,
-                                                 "auth_timeout_s": settings.tcp_auth_timeout_s})
+    http = type(
+        "MemslotdHttp",
+        (GuardedHttp,),
+        {
+            "guard": guard,
+            "request_timeout_s": settings.request_timeout_s,
+            "auth_timeout_s": settings.tcp_auth_timeout_s,
+        },
+    )
     return http, GuardedWebSocket

@@ -43,8 +43,10 @@ def bind_unix_socket(path: Path, mode: int = 0o660, group: str | None = None) ->
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     parent = path.parent.lstat()
     if not stat.S_ISDIR(parent.st_mode) or parent.st_uid not in (os.geteuid(), 0) or parent.st_mode & 0o022:
-        raise SystemExit(f"memslotd: {path.parent} must be a directory owned by this user or root and not "
-                         "writable by group or others")
+        raise SystemExit(
+            f"memslotd: {path.parent} must be a directory owned by this user or root and not "
+            "writable by group or others"
+        )
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise SystemExit(f"memslotd: {path} exists and is not a socket")
@@ -176,7 +178,9 @@ def _config_problem(exc: Exception) -> str:
         option = f"{loc[0]} (--{loc[0].replace('_', '-')})"  # the TOML/env key and the flag
         got = error.get("input")
         shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
-        parts.append(f"{option}: {msg}{shown}" if error.get("type") != "extra_forbidden" else f"unknown option {loc[0]!r}")
+        parts.append(
+            f"{option}: {msg}{shown}" if error.get("type") != "extra_forbidden" else f"unknown option {loc[0]!r}"
+        )
     return "; ".join(parts)
 
 

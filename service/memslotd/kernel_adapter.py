@@ -46,19 +46,25 @@ def build_core(settings: Settings) -> MemoryCore:
     except BaseException:
         system.close()
         raise
-    reserve, per_vm, total = derive_byte_quotas(read_meminfo().total, settings.memory_reserve_bytes,
-                                                settings.max_bytes_per_vm, settings.max_bytes_total)
+    reserve, per_vm, total = derive_byte_quotas(
+        read_meminfo().total, settings.memory_reserve_bytes, settings.max_bytes_per_vm, settings.max_bytes_total
+    )
     limits = Limits(
-        max_vms=settings.max_vms, max_slots_per_vm=min(settings.max_slots_per_vm, adapter.host.max_memslots),
-        max_bytes_per_vm=per_vm, max_bytes_total=total, memory_reserve_bytes=reserve,
-        max_pending_per_vm=settings.max_pending_per_vm, max_probe_ops=settings.max_probe_ops,
+        max_vms=settings.max_vms,
+        max_slots_per_vm=min(settings.max_slots_per_vm, adapter.host.max_memslots),
+        max_bytes_per_vm=per_vm,
+        max_bytes_total=total,
+        memory_reserve_bytes=reserve,
+        max_pending_per_vm=settings.max_pending_per_vm,
+        max_probe_ops=settings.max_probe_ops,
         max_probes_per_second=settings.max_probes_per_second,
     )
-    events = EventLog(max_events=settings.event_retention_count, max_bytes=settings.event_retention_bytes,
-                      encode_data=encode_event_data)
+    events = EventLog(
+        max_events=settings.event_retention_count,
+        max_bytes=settings.event_retention_bytes,
+        encode_data=encode_event_data,
+    )
     core = MemoryCore(adapter, limits=limits, events=events)
     core.on_close.append(adapter.close)
     core.shim_version = SHIM_VERSION
     return core
-
-

@@ -8,7 +8,6 @@ import time
 from typing import IO, Any
 
 import orjson
-
 from pythonjsonlogger.json import JsonFormatter
 
 __all__ = ["configure_logging", "RequestLog"]
@@ -24,8 +23,13 @@ def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_DropColor())
     if fmt == "json":
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z",
-                                           rename_fields={"levelname": "level", "name": "logger", "asctime": "time"}))
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                datefmt="%Y-%m-%dT%H:%M:%S%z",
+                rename_fields={"levelname": "level", "name": "logger", "asctime": "time"},
+            )
+        )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -49,8 +53,13 @@ class RequestLog:
             return
         logger = "memslotd.audit" if audit else "memslotd.request"
         if self.json_lines:
-            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": "INFO", "logger": logger,
-                      "message": "request", **fields}
+            record = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "level": "INFO",
+                "logger": logger,
+                "message": "request",
+                **fields,
+            }
             line = orjson.dumps(record) + b"\n"
         else:
             line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} INFO {logger}: {fields}\n".encode()

@@ -9,17 +9,17 @@ import gc
 import logging
 import os
 import socket
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 import uvicorn
 
 from . import __version__
-from .connections import ConnectionGuard, GuardedWebSocket, fd_budget, protocols
-from .kernel_adapter import build_core
 from .api.app import create_app
 from .api.auth import TokenStore
-from .http_protocol import BoundedHttpTools
+from .connections import ConnectionGuard, GuardedWebSocket, fd_budget, protocols
+from .kernel_adapter import build_core
 from .settings import Settings
 from .systemd import notify
 
@@ -32,7 +32,7 @@ class _Server(uvicorn.Server):
     """One of the servers sharing the loop. A signal stops them all; uvicorn would also
     re-raise it after shutdown, killing the process before it removes its sockets."""
 
-    def __init__(self, config: uvicorn.Config, group: list["_Server"]):
+    def __init__(self, config: uvicorn.Config, group: list[_Server]):
         super().__init__(config)
         self.group = group
         self.teardown_done = asyncio.Event()
@@ -92,10 +92,14 @@ def _limits_of(server: uvicorn.Server, per_listener: int, fd_reserve: int, setti
     core = _core_of(server.config.loaded_app)
     limits: dict[str, Any] = {}
     if core is not None:
-        limits.update(max_bytes_total=core.limits.max_bytes_total, max_bytes_per_vm=core.limits.max_bytes_per_vm,
-                      memory_reserve_bytes=core.limits.memory_reserve_bytes)
-    limits.update(max_connections=per_listener, max_connections_per_peer=settings.max_connections_per_peer,
-                  fd_reserve=fd_reserve)
+        limits.update(
+            max_bytes_total=core.limits.max_bytes_total,
+            max_bytes_per_vm=core.limits.max_bytes_per_vm,
+            memory_reserve_bytes=core.limits.memory_reserve_bytes,
+        )
+    limits.update(
+        max_connections=per_listener, max_connections_per_peer=settings.max_connections_per_peer, fd_reserve=fd_reserve
+    )
     return limits
 
 
@@ -115,8 +119,13 @@ def _address(sock: socket.socket) -> Any:
     return (name, None) if isinstance(name, str) else (str(name[0]), int(name[1]))
 
 
-async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.socket | None,
-              tokens: TokenStore | None, early_stop: Callable[[], int | None] = lambda: None) -> None:
+async def run(
+    settings: Settings,
+    unix: dict[socket.socket, str],
+    tcp: socket.socket | None,
+    tokens: TokenStore | None,
+    early_stop: Callable[[], int | None] = lambda: None,
+) -> None:
     """Serve until a signal. ``early_stop`` reports a signal that arrived before uvicorn's
     handlers were in place; it is handed to the servers once they are (after the first yield)."""
     listeners = {_address(s): kind for s, kind in unix.items()}
@@ -127,9 +136,19 @@ async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.so
     guard = ConnectionGuard(per_listener, settings.max_connections_per_peer)
     app.state.connection_guard = guard
     http, ws = protocols(settings, guard)
-    common: dict[str, Any] = dict(loop="uvloop", ws=ws, log_level=settings.log_level, access_log=False,
-                                  timeout_graceful_shutdown=10, ws_ping_interval=20.0, ws_ping_timeout=20.0, proxy_headers=False,
-                                  log_config=None, timeout_keep_alive=settings.idle_timeout_s, http=http)
+    common: dict[str, Any] = dict(
+        loop="uvloop",
+        ws=ws,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        proxy_headers=False,
+        log_config=None,
+        timeout_keep_alive=settings.idle_timeout_s,
+        http=http,
+    )
     group: list[_Server] = []
     primary = _Server(uvicorn.Config(app, lifespan="on", **common), group)
     tasks = [asyncio.create_task(primary.serve(sockets=list(unix)))]
@@ -158,6 +177,10 @@ async def run(settings: Settings, unix: dict[socket.socket, str], tcp: socket.so
         _tune_garbage_collector()
         notify("READY=1", f"STATUS=serving on {', '.join(str(a[0]) for a in listeners)}", f"MAINPID={os.getpid()}")
         limits = _limits_of(primary, per_listener, fd_reserve, settings)
-        log.info("memslotd %s ready; %s", __version__, ", ".join(f"{k}={v}" for k, v in limits.items()),
-                 extra={"listeners": [f"{k}:{a[0]}" for a, k in listeners.items()], "limits": limits})
+        log.info(
+            "memslotd %s ready; %s",
+            __version__,
+            ", ".join(f"{k}={v}" for k, v in limits.items()),
+            extra={"listeners": [f"{k}:{a[0]}" for a, k in listeners.items()], "limits": limits},
+        )
     await asyncio.gather(*tasks)

@@ -26,63 +26,100 @@ def default_socket_path() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MEMSLOTD_", extra="forbid", validate_default=True,
-                                      cli_kebab_case=True, cli_implicit_flags=True)
+    model_config = SettingsConfigDict(
+        env_prefix="MEMSLOTD_", extra="forbid", validate_default=True, cli_kebab_case=True, cli_implicit_flags=True
+    )
 
     config: Path | None = Field(None, description="TOML file with any of these options (env: MEMSLOTD_CONFIG)")
     socket: Path = Field(default_factory=default_socket_path, description="Unix socket path for the API")
     socket_mode: int = Field(0o660, ge=0, le=0o777, description="permission bits of the API socket")
     socket_group: str | None = Field(None, description="group owning the socket (default: the daemon's)")
     readonly_socket: Path | None = Field(None, description="optional second socket: GETs and event subscriptions only")
-    tcp: str | None = Field(None, pattern=r"^[^\s:]+:[0-9]{1,5}$|^\[[0-9a-fA-F:]+\]:[0-9]{1,5}$",
-                            description="opt-in TCP listener HOST:PORT (needs --token-file)")
-    token_file: Path | None = Field(None, description=(
-        "TOML file of bearer tokens (mode 0600), one table per token: [[tokens]] name = \"ci\" "
-        "scopes = [\"read\", \"events\", \"mutate\" or \"admin\"] and sha256 = \"<hex digest of the token>\" "
-        "or token = \"<16+ characters>\" (see docs/cli.md)"))
+    tcp: str | None = Field(
+        None,
+        pattern=r"^[^\s:]+:[0-9]{1,5}$|^\[[0-9a-fA-F:]+\]:[0-9]{1,5}$",
+        description="opt-in TCP listener HOST:PORT (needs --token-file)",
+    )
+    token_file: Path | None = Field(
+        None,
+        description=(
+            'TOML file of bearer tokens (mode 0600), one table per token: [[tokens]] name = "ci" '
+            'scopes = ["read", "events", "mutate" or "admin"] and sha256 = "<hex digest of the token>" '
+            'or token = "<16+ characters>" (see docs/cli.md)'
+        ),
+    )
     tls_cert: Path | None = Field(None, description="TLS certificate (PEM) for the TCP listener")
     tls_key: Path | None = Field(None, description="TLS private key (PEM) for the TCP listener")
     tls_client_ca: Path | None = Field(None, description="CA bundle: require client certificates (mTLS) on TCP")
-    allowed_origins: list[str] = Field(default_factory=list,
-                                       description="browser Origins allowed on the TCP listener (WebSocket and HTTP)")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="browser Origins allowed on the TCP listener (WebSocket and HTTP)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field("json", description="log line format")
     max_body_bytes: int = Field(64 << 10, ge=1024, le=16 << 20, description="request body limit in bytes")
-    max_batch_body_bytes: int = Field(1 << 20, ge=1024, le=16 << 20,
-                                      description=f"body limit of memslots:batch ({MAX_BATCH_OPS} ops fit in 1 MiB)")
+    max_batch_body_bytes: int = Field(
+        1 << 20, ge=1024, le=16 << 20, description=f"body limit of memslots:batch ({MAX_BATCH_OPS} ops fit in 1 MiB)"
+    )
     max_vms: int = Field(64, ge=1, le=4096, description="VMs per daemon")
     max_slots_per_vm: int = Field(32764, ge=1, le=32764, description="memslots per VM (never above KVM's)")
-    max_bytes_per_vm: int | None = Field(None, ge=4096, description="bytes a VM may commit in its guest_memfds and "
-                                         "shared memory (default: the daemon total)")
-    max_bytes_total: int | None = Field(None, ge=4096, description="bytes the daemon may commit (default: MemTotal "
-                                        "minus --memory-reserve-bytes)")
-    memory_reserve_bytes: int | None = Field(None, ge=0, description="memory left to the host: populating is refused "
-                                             "when MemAvailable would fall below it (default: 10%% of MemTotal, "
-                                             "at least 1 GiB, at most half)")
+    max_bytes_per_vm: int | None = Field(
+        None,
+        ge=4096,
+        description="bytes a VM may commit in its guest_memfds and shared memory (default: the daemon total)",
+    )
+    max_bytes_total: int | None = Field(
+        None, ge=4096, description="bytes the daemon may commit (default: MemTotal minus --memory-reserve-bytes)"
+    )
+    memory_reserve_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="memory left to the host: populating is refused "
+        "when MemAvailable would fall below it (default: 10%% of MemTotal, "
+        "at least 1 GiB, at most half)",
+    )
     max_pending_per_vm: int = Field(64, ge=1, le=100_000, description="queued mutations per VM before 429")
     max_probe_ops: int = Field(64, ge=1, le=1024, description="guest accesses per probe request")
     max_probes_per_second: float = Field(50.0, gt=0, description="probe requests per second (daemon-wide) before 429")
     probe_timeout_ms: int = Field(1000, ge=10, le=60_000, description="KVM_RUN timeout per probe access")
     event_retention_count: int = Field(100_000, ge=16, description="events kept for resume (count)")
     event_retention_bytes: int = Field(64 << 20, ge=4096, description="events kept for resume (bytes)")
-    max_connections: int = Field(1024, ge=4, le=1 << 20, description="open connections per listener; at the cap the "
-                                 "oldest idle or half-sent one is closed, or the new one is answered 503")
-    max_connections_per_peer: int = Field(256, ge=2, le=1 << 20, description="open connections per peer (Unix uid, "
-                                          "TCP address), with the same rule")
-    request_timeout_s: float = Field(10.0, gt=0, le=600, description="seconds a request's headers and body may take "
-                                     "to arrive (also: a new connection's first request)")
-    tcp_auth_timeout_s: float = Field(5.0, gt=0, le=600, description="seconds a TCP connection may stay open before "
-                                      "it presents a valid token")
+    max_connections: int = Field(
+        1024,
+        ge=4,
+        le=1 << 20,
+        description="open connections per listener; at the cap the "
+        "oldest idle or half-sent one is closed, or the new one is answered 503",
+    )
+    max_connections_per_peer: int = Field(
+        256, ge=2, le=1 << 20, description="open connections per peer (Unix uid, TCP address), with the same rule"
+    )
+    request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="seconds a request's headers and body may take to arrive (also: a new connection's first request)",
+    )
+    tcp_auth_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="seconds a TCP connection may stay open before it presents a valid token"
+    )
     idle_timeout_s: float = Field(5.0, gt=0, le=3600, description="seconds an idle keep-alive connection stays open")
-    fd_reserve: int | None = Field(None, ge=64, description="file descriptors kept for kernel objects (VMs, "
-                                   "guest_memfds, memfds); connections get the rest (default: half of RLIMIT_NOFILE)")
-    idempotency_cache_bytes: int = Field(32 << 20, ge=0, le=1 << 34, description="bytes of Idempotency-Key answers "
-                                         "kept for replay (oldest dropped first)")
+    fd_reserve: int | None = Field(
+        None,
+        ge=64,
+        description="file descriptors kept for kernel objects (VMs, "
+        "guest_memfds, memfds); connections get the rest (default: half of RLIMIT_NOFILE)",
+    )
+    idempotency_cache_bytes: int = Field(
+        32 << 20,
+        ge=0,
+        le=1 << 34,
+        description="bytes of Idempotency-Key answers kept for replay (oldest dropped first)",
+    )
     event_bookmark_interval_s: float = Field(10.0, gt=0, description="seconds between bookmark events")
     enable_memory_error_injection: bool = Field(False, description="enable the test-rig memory-error endpoint")
 
     @model_validator(mode="after")
-    def _tcp_needs_a_token_file(self) -> "Settings":
+    def _tcp_needs_a_token_file(self) -> Settings:
         if self.tcp and self.token_file is None:
             raise ValueError("--tcp needs --token-file: TCP is never served without authentication")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -99,9 +136,14 @@ class Settings(BaseSettings):
         return v
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = _config_from_init(init_settings) or os.environ.get("MEMSLOTD_CONFIG")
         if path:

@@ -13,11 +13,25 @@ import dataclasses
 import enum
 
 __all__ = [
-    "KVM_MEM_LOG_DIRTY_PAGES", "KVM_MEM_READONLY", "KVM_MEM_GUEST_MEMFD", "KVM_MEM_MAX_NR_PAGES",
-    "GUEST_MEMFD_FLAG_MMAP", "GUEST_MEMFD_FLAG_INIT_SHARED", "KVM_MEMORY_ATTRIBUTE_PRIVATE",
-    "KVM_MEMORY_EXIT_FLAG_PRIVATE", "Cap", "VM_TYPES", "ExitReason", "MMU_MAX_GPA",
-    "PROBE_WINDOW_GPA", "PROBE_WINDOW_SIZE", "PROBE_MAX_OP_BYTES", "PROBE_MAX_GPA",
-    "RegionArgs", "HostCapabilities", "VMTypeCapabilities",
+    "KVM_MEM_LOG_DIRTY_PAGES",
+    "KVM_MEM_READONLY",
+    "KVM_MEM_GUEST_MEMFD",
+    "KVM_MEM_MAX_NR_PAGES",
+    "GUEST_MEMFD_FLAG_MMAP",
+    "GUEST_MEMFD_FLAG_INIT_SHARED",
+    "KVM_MEMORY_ATTRIBUTE_PRIVATE",
+    "KVM_MEMORY_EXIT_FLAG_PRIVATE",
+    "Cap",
+    "VM_TYPES",
+    "ExitReason",
+    "MMU_MAX_GPA",
+    "PROBE_WINDOW_GPA",
+    "PROBE_WINDOW_SIZE",
+    "PROBE_MAX_OP_BYTES",
+    "PROBE_MAX_GPA",
+    "RegionArgs",
+    "HostCapabilities",
+    "VMTypeCapabilities",
 ]
 
 # -- struct kvm_userspace_memory_region2.flags ---------------------------------------

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from memslotd.kernel_adapter import build_core
 from memslotd.api.app import create_app
+from memslotd.kernel_adapter import build_core
 from memslotd.settings import Settings
 
 MiB = 1 << 20
@@ -36,7 +36,10 @@ class VMHelper:
         self.base = f"/v1/vms/{vm_id}"
 
     def gmem(self, size: int = 4 * MiB, flags: list[str] | None = None) -> str:
-        r = self.c.post(f"{self.base}/guest-memfds", json={"size": size, "flags": flags if flags is not None else ["mmap", "init_shared"]})
+        r = self.c.post(
+            f"{self.base}/guest-memfds",
+            json={"size": size, "flags": flags if flags is not None else ["mmap", "init_shared"]},
+        )
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
@@ -45,8 +48,18 @@ class VMHelper:
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
-    def put_slot(self, slot: int, gpa: int, size: int, *, shm: str | None = None, gmem: str | None = None,
-                 shm_offset: int = 0, gmem_offset: int = 0, **extra: object):
+    def put_slot(
+        self,
+        slot: int,
+        gpa: int,
+        size: int,
+        *,
+        shm: str | None = None,
+        gmem: str | None = None,
+        shm_offset: int = 0,
+        gmem_offset: int = 0,
+        **extra: object,
+    ):
         body: dict[str, object] = {"guest_phys_addr": gpa, "memory_size": size, **extra}
         if shm:
             body["shared"] = {"shared_memory_id": shm, "offset": shm_offset}

@@ -14,7 +14,12 @@ def batch(vm, *ops):
 
 
 def create(gpa: int, size: int, shm: str, offset: int = 0, slot: int | None = None) -> dict:
-    op = {"op": "create", "guest_phys_addr": gpa, "memory_size": size, "shared": {"shared_memory_id": shm, "offset": offset}}
+    op = {
+        "op": "create",
+        "guest_phys_addr": gpa,
+        "memory_size": size,
+        "shared": {"shared_memory_id": shm, "offset": offset},
+    }
     return op if slot is None else {**op, "slot": slot}
 
 
@@ -25,15 +30,30 @@ def slots(vm) -> list[int]:
 def test_ops_apply_in_order_and_events_follow_the_commit(client, vm):
     s = vm.shm(16 * MiB)
     seq = client.app.state.core.events.seq
-    r = batch(vm, create(0, 4 * MiB, s), create(4 * MiB, 4 * MiB, s, 4 * MiB, slot=9), {"op": "delete", "slot": 0},
-              create(0, 4 * MiB, s))
+    r = batch(
+        vm,
+        create(0, 4 * MiB, s),
+        create(4 * MiB, 4 * MiB, s, 4 * MiB, slot=9),
+        {"op": "delete", "slot": 0},
+        create(0, 4 * MiB, s),
+    )
     assert r.status_code == 200, r.text
     assert [(x["op"], x["slot"], x["result"]) for x in r.json()["results"]] == [
-        ("create", 0, "created"), ("create", 9, "created"), ("delete", 0, "deleted"), ("create", 0, "created")]
+        ("create", 0, "created"),
+        ("create", 9, "created"),
+        ("delete", 0, "deleted"),
+        ("create", 0, "created"),
+    ]
     assert slots(vm) == [0, 9]
     kinds = [(e.type, e.data.get("slot")) for e in client.app.state.core.events.since(seq)]
-    assert kinds == [("memslot.created", 0), ("memslot.created", 9), ("memory.invalidate_start", None),
-                     ("memory.invalidate_end", None), ("memslot.deleted", 0), ("memslot.created", 0)]
+    assert kinds == [
+        ("memslot.created", 0),
+        ("memslot.created", 9),
+        ("memory.invalidate_start", None),
+        ("memory.invalidate_end", None),
+        ("memslot.deleted", 0),
+        ("memslot.created", 0),
+    ]
     again = batch(vm, create(0, 4 * MiB, s, slot=0))
     assert again.json()["results"][0]["result"] == "unchanged"
 
@@ -48,13 +68,20 @@ def test_deletes_of_back_to_back_backing_share_one_invalidation(client, vm):
     assert batch(vm, *[{"op": "delete", "slot": i} for i in range(4)]).status_code == 200
     events = client.app.state.core.events.since(seq)
     assert [(e.type, e.data.get("slot")) for e in events] == [
-        ("memory.invalidate_start", None), ("memory.invalidate_end", None),
-        ("memslot.deleted", 0), ("memslot.deleted", 1), ("memslot.deleted", 2),
-        ("memory.invalidate_start", None), ("memory.invalidate_end", None), ("memslot.deleted", 3)]
+        ("memory.invalidate_start", None),
+        ("memory.invalidate_end", None),
+        ("memslot.deleted", 0),
+        ("memslot.deleted", 1),
+        ("memslot.deleted", 2),
+        ("memory.invalidate_start", None),
+        ("memory.invalidate_end", None),
+        ("memslot.deleted", 3),
+    ]
     first = events[0].data
     assert (first["shared_memory_id"], first["shared_offset"], first["shared_length"]) == (s, 0, 6 * MiB)
     assert [(g["slot"], g["guest_phys_addr"], g["size"]) for g in first["gpa_ranges"]] == [
-        (i, GiB + i * 8 * MiB, 2 * MiB) for i in range(3)]
+        (i, GiB + i * 8 * MiB, 2 * MiB) for i in range(3)
+    ]
     assert events[5].data["shared_offset"] == 12 * MiB and events[5].data["shared_length"] == 2 * MiB
 
 
@@ -113,17 +140,27 @@ def test_a_kernel_failure_half_way_rolls_the_kernel_back(client, vm):
     record = client.app.state.core.registry.vms[vm.id]
     record.port = FailingVMFd(record.port, fail_on_call=3)
     seq = client.app.state.core.events.seq
-    r = batch(vm, {"op": "delete", "slot": 0}, create(2 * GiB, 4 * MiB, s, 4 * MiB, slot=1), create(3 * GiB, 4 * MiB, s, 8 * MiB))
+    r = batch(
+        vm,
+        {"op": "delete", "slot": 0},
+        create(2 * GiB, 4 * MiB, s, 4 * MiB, slot=1),
+        create(3 * GiB, 4 * MiB, s, 8 * MiB),
+    )
     body = r.json()
     assert r.status_code == 503 and body["extra"]["index"] == 2 and body["errno_name"] == "ENOMEM"
     assert body["ioctl"] == "KVM_SET_USER_MEMORY_REGION2" and body["extra"]["cause"] == "HOST_RESOURCES_EXHAUSTED"
     record.port = record.port._real
     assert client.app.state.core.events.since(seq) == []
     assert slots(vm) == [0]
-    probe = vm.c.post(f"{vm.base}/probe", json={"ops": [
-        {"op": "read", "guest_phys_addr": GiB, "length": 8},        # slot 0 is back, same memory
-        {"op": "read", "guest_phys_addr": 2 * GiB, "length": 8},    # slot 1 was removed again
-    ]}).json()["results"]
+    probe = vm.c.post(
+        f"{vm.base}/probe",
+        json={
+            "ops": [
+                {"op": "read", "guest_phys_addr": GiB, "length": 8},  # slot 0 is back, same memory
+                {"op": "read", "guest_phys_addr": 2 * GiB, "length": 8},  # slot 1 was removed again
+            ]
+        },
+    ).json()["results"]
     assert bytes.fromhex(probe[0]["data_hex"]) == b"survives"
     assert probe[1]["exit"]["reason"] == "mmio"
 
@@ -157,8 +194,9 @@ def test_all_32764_slots_are_created_listed_and_deleted_and_a_full_table_is_429_
         if cursor is None:
             break
     assert seen == total
-    full = client.post(f"{vm.base}/memslots", json={"guest_phys_addr": 1 << 40, "memory_size": PAGE,
-                                                    "shared": {"shared_memory_id": s}})
+    full = client.post(
+        f"{vm.base}/memslots", json={"guest_phys_addr": 1 << 40, "memory_size": PAGE, "shared": {"shared_memory_id": s}}
+    )
     assert full.status_code == 429 and full.json()["code"] == "SLOT_BUDGET_EXHAUSTED"
     auto = batch(vm, create(1 << 40, PAGE, s))  # a batch create without an id: the same answer
     assert auto.status_code == 429 and auto.json()["extra"]["cause"] == "SLOT_BUDGET_EXHAUSTED"
@@ -175,8 +213,12 @@ def test_a_broken_rule_reaches_no_ioctl(client, vm):
     s = vm.shm(16 * MiB)
     record = client.app.state.core.registry.vms[vm.id]
     record.port = counting = FailingVMFd(record.port, fail_on_call=-1)
-    r = batch(vm, create(GiB, 4 * MiB, s, slot=0), create(2 * GiB, 4 * MiB, s, 4 * MiB, slot=1),
-              create(3 * GiB, 4 * MiB, s, 15 * MiB, slot=2))  # past the end of the shared memory
+    r = batch(
+        vm,
+        create(GiB, 4 * MiB, s, slot=0),
+        create(2 * GiB, 4 * MiB, s, 4 * MiB, slot=1),
+        create(3 * GiB, 4 * MiB, s, 15 * MiB, slot=2),
+    )  # past the end of the shared memory
     record.port = counting._real
     assert r.status_code == 422 and r.json()["extra"]["index"] == 2
     assert counting._calls == 0 and slots(vm) == []

@@ -56,7 +56,9 @@ def test_to_shared_punches_the_private_side_the_guest_reads_zeros(vm):
     assert probe(vm, write(BASE + 0x5000, pattern))[0]["ok"]
     assert bytes.fromhex(probe(vm, read(BASE + 0x5000, len(pattern)))[0]["data_hex"]) == pattern
     r = convert(vm, BASE + 0x4000, 0x2000, "shared").json()
-    assert r["changed"] == [{"guest_phys_addr": BASE + 0x4000, "size": 0x2000, "slot": 0, "from": "private", "to": "shared"}]
+    assert r["changed"] == [
+        {"guest_phys_addr": BASE + 0x4000, "size": 0x2000, "slot": 0, "from": "private", "to": "shared"}
+    ]
     assert r["discarded"][0]["reason"] == "convert_to_shared" and r["discarded"][0]["offset"] == 0x4000
     seen = probe(vm, read(BASE + 0x5000, len(pattern)))[0]
     assert seen["ok"] and seen["data_hex"] == "00" * len(pattern) and seen["state"] == "shared"
@@ -96,23 +98,33 @@ def test_a_conversion_across_two_slots_changes_and_discards_in_each_slots_guest_
     vm.put_slot(1, BASE + 2 * MiB, 2 * MiB, gmem=vm.gmem(2 * MiB, flags=[]), shm=vm.shm(2 * MiB))
     r = convert(vm, BASE + MiB, 2 * MiB, "shared").json()
     assert [(c["slot"], c["guest_phys_addr"], c["size"]) for c in r["changed"]] == [
-        (0, BASE + MiB, MiB), (1, BASE + 2 * MiB, MiB)]
+        (0, BASE + MiB, MiB),
+        (1, BASE + 2 * MiB, MiB),
+    ]
     assert len({d["guest_memfd_id"] for d in r["discarded"]}) == 2
     assert attrs(vm) == [(BASE, MiB, "private"), (BASE + MiB, 2 * MiB, "shared"), (BASE + 3 * MiB, MiB, "private")]
     assert attrs(vm, gpa_start=BASE + MiB + PAGE, gpa_end=BASE + 2 * MiB) == [(BASE + MiB + PAGE, MiB - PAGE, "shared")]
 
 
-@pytest.mark.parametrize("gpa, size, to, status, code", [
-    (BASE + 1, PAGE, "shared", 422, "RANGE_NOT_ALIGNED"),  # SA4
-    (BASE, 0, "shared", 422, None),  # SA3: size 0 fails the schema
-    (BASE, PAGE, "secret", 422, None),
-    (BASE, 6 * MiB, "shared", 409, "RANGE_NOT_COVERED"),  # extra.gaps names the gap
-    (BASE + 4 * MiB, PAGE, "private", 409, "NO_PRIVATE_PART"),
-    (64 * GiB, PAGE, "shared", 409, "RANGE_NOT_COVERED"),
-], ids=["SA4_an_address_off_a_page_boundary_is_422_RANGE_NOT_ALIGNED", "SA3_size_0_fails_the_schema",
-        "an_unknown_target_state_fails_the_schema", "a_range_over_a_gap_between_slots_is_409_RANGE_NOT_COVERED",
+@pytest.mark.parametrize(
+    "gpa, size, to, status, code",
+    [
+        (BASE + 1, PAGE, "shared", 422, "RANGE_NOT_ALIGNED"),  # SA4
+        (BASE, 0, "shared", 422, None),  # SA3: size 0 fails the schema
+        (BASE, PAGE, "secret", 422, None),
+        (BASE, 6 * MiB, "shared", 409, "RANGE_NOT_COVERED"),  # extra.gaps names the gap
+        (BASE + 4 * MiB, PAGE, "private", 409, "NO_PRIVATE_PART"),
+        (64 * GiB, PAGE, "shared", 409, "RANGE_NOT_COVERED"),
+    ],
+    ids=[
+        "SA4_an_address_off_a_page_boundary_is_422_RANGE_NOT_ALIGNED",
+        "SA3_size_0_fails_the_schema",
+        "an_unknown_target_state_fails_the_schema",
+        "a_range_over_a_gap_between_slots_is_409_RANGE_NOT_COVERED",
         "a_shared_only_slot_cannot_become_private_409_NO_PRIVATE_PART",
-        "a_range_outside_every_slot_is_409_RANGE_NOT_COVERED"])
+        "a_range_outside_every_slot_is_409_RANGE_NOT_COVERED",
+    ],
+)
 def test_a_conversion_that_cannot_be_done_is_refused_with_the_rules_code(vm, gpa, size, to, status, code):
     vm.put_slot(0, BASE, 2 * MiB, gmem=vm.gmem(2 * MiB))
     vm.put_slot(1, BASE + 4 * MiB, 2 * MiB, shm=vm.shm(2 * MiB))
@@ -166,21 +178,41 @@ def test_a_conversion_failing_half_way_is_500_CONVERSION_PARTIAL_naming_exactly_
     assert [(c["guest_phys_addr"], c["size"]) for c in body["extra"]["changed"]] == [(BASE, MiB)]
     assert body["extra"]["failed_at"] == {"guest_phys_addr": BASE + 2 * MiB, "size": MiB}
     # the map says exactly what was done
-    assert attrs(vm) == [(BASE, 2 * MiB, "shared"), (BASE + 2 * MiB, MiB, "private"),
-                         (BASE + 3 * MiB, MiB // 2, "shared"), (BASE + 3 * MiB + MiB // 2, MiB // 2, "private")]
+    assert attrs(vm) == [
+        (BASE, 2 * MiB, "shared"),
+        (BASE + 2 * MiB, MiB, "private"),
+        (BASE + 3 * MiB, MiB // 2, "shared"),
+        (BASE + 3 * MiB + MiB // 2, MiB // 2, "private"),
+    ]
     # every announced invalidation is closed: done, failed (errno), never attempted (cancelled)
-    kinds = [(e.type, e.data["gpa_ranges"][0]["guest_phys_addr"] - BASE if "gpa_ranges" in e.data else None,
-              e.data.get("error"), e.data.get("cancelled")) for e in events_since(client, seq)]
-    assert kinds == [("memory.invalidate_start", 0, None, None), ("memory.invalidate_start", 2 * MiB, None, None),
-                     ("memory.invalidate_start", 3 * MiB + MiB // 2, None, None),
-                     ("memory.invalidate_end", 0, None, None), ("memory.converted", None, None, None),
-                     ("memory.invalidate_end", 2 * MiB, errno.EIO, None),
-                     ("memory.invalidate_end", 3 * MiB + MiB // 2, None, True)]
+    kinds = [
+        (
+            e.type,
+            e.data["gpa_ranges"][0]["guest_phys_addr"] - BASE if "gpa_ranges" in e.data else None,
+            e.data.get("error"),
+            e.data.get("cancelled"),
+        )
+        for e in events_since(client, seq)
+    ]
+    assert kinds == [
+        ("memory.invalidate_start", 0, None, None),
+        ("memory.invalidate_start", 2 * MiB, None, None),
+        ("memory.invalidate_start", 3 * MiB + MiB // 2, None, None),
+        ("memory.invalidate_end", 0, None, None),
+        ("memory.converted", None, None, None),
+        ("memory.invalidate_end", 2 * MiB, errno.EIO, None),
+        ("memory.invalidate_end", 3 * MiB + MiB // 2, None, True),
+    ]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.integers(0, 15), st.integers(1, 8), st.sampled_from(["private", "shared"])),
-                min_size=1, max_size=12))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 15), st.integers(1, 8), st.sampled_from(["private", "shared"])),
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_random_conversions_keep_the_map_equal_to_a_per_page_model(client, steps):
     vm_id = client.post("/v1/vms", json={}).json()["id"]
     vm = VMHelper(client, vm_id)

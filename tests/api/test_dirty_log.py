@@ -20,18 +20,25 @@ def test_dirty_log_holds_every_page_the_guest_wrote_and_no_page_it_never_touched
     s = vm.shm(2 * MiB)
     assert vm.put_slot(0, GiB, 2 * MiB, shm=s, flags=["log_dirty_pages"]).status_code == 201
     assert client.post(f"{vm.base}/memslots/0/dirty-log").json()["dirty_pages"] == 0
-    client.post(f"{vm.base}/probe", json={"ops": [
-        {"op": "write", "guest_phys_addr": GiB + 3 * PAGE + 10, "length": 1, "data_hex": "aa"},
-        {"op": "write", "guest_phys_addr": GiB + 63 * PAGE, "length": 2 * PAGE, "data_hex": "bb" * 2 * PAGE},
-        {"op": "read", "guest_phys_addr": GiB + 200 * PAGE, "length": 8},
-    ]})
+    client.post(
+        f"{vm.base}/probe",
+        json={
+            "ops": [
+                {"op": "write", "guest_phys_addr": GiB + 3 * PAGE + 10, "length": 1, "data_hex": "aa"},
+                {"op": "write", "guest_phys_addr": GiB + 63 * PAGE, "length": 2 * PAGE, "data_hex": "bb" * 2 * PAGE},
+                {"op": "read", "guest_phys_addr": GiB + 200 * PAGE, "length": 8},
+            ]
+        },
+    )
     log = client.post(f"{vm.base}/memslots/0/dirty-log").json()
     written, read = {3, 63, 64}, {200}  # 63 and 64 straddle a 64-page word of the bitmap
     assert log["pages"] == 512
     assert written <= pages_of(log["ranges"]) <= written | read, log["ranges"]
     assert log["dirty_pages"] == len(pages_of(log["ranges"]))
     assert client.post(f"{vm.base}/memslots/0/dirty-log").json()["ranges"] == []  # fetching re-arms
-    client.post(f"{vm.base}/probe", json={"ops": [{"op": "write", "guest_phys_addr": GiB, "length": 1, "data_hex": "01"}]})
+    client.post(
+        f"{vm.base}/probe", json={"ops": [{"op": "write", "guest_phys_addr": GiB, "length": 1, "data_hex": "01"}]}
+    )
     raw = client.post(f"{vm.base}/memslots/0/dirty-log", params={"format": "bitmap"})
     assert raw.headers["content-type"] == "application/octet-stream" and raw.content[0] == 1 and len(raw.content) == 64
 

@@ -29,9 +29,16 @@ def test_a_dry_run_delete_is_204_and_the_slot_stays(client, vm):
 def test_a_dry_run_batch_answers_every_op_applies_none_and_names_the_index_that_would_fail(client, vm):
     s = vm.shm(8 * MiB)
     vm.put_slot(0, 0, 4 * MiB, shm=s)
-    ops = [{"op": "delete", "slot": 0},
-           {"op": "create", "slot": 1, "guest_phys_addr": 0, "memory_size": 4 * MiB,
-            "shared": {"shared_memory_id": s, "offset": 4 * MiB}}]
+    ops = [
+        {"op": "delete", "slot": 0},
+        {
+            "op": "create",
+            "slot": 1,
+            "guest_phys_addr": 0,
+            "memory_size": 4 * MiB,
+            "shared": {"shared_memory_id": s, "offset": 4 * MiB},
+        },
+    ]
     r = client.post(f"{vm.base}/memslots:batch", json={"ops": ops}, params={"dry_run": "true"})
     assert r.status_code == 200 and [x["result"] for x in r.json()["results"]] == ["deleted", "created"]
     assert [x["slot"] for x in client.get(f"{vm.base}/memslots").json()["items"]] == [0]  # nothing applied
@@ -72,10 +79,15 @@ def _dry(r):
 def _state(client):
     """Everything a dry run must leave alone: the event log and every object."""
     vms = client.get("/v1/vms").json()["items"]
-    objects = {vm["id"]: (client.get(f"/v1/vms/{vm['id']}/guest-memfds").json(),
-                          client.get(f"/v1/vms/{vm['id']}/shared-memory").json(),
-                          client.get(f"/v1/vms/{vm['id']}/memslots").json(),
-                          client.get(f"/v1/vms/{vm['id']}/memory/attributes").json()) for vm in vms}
+    objects = {
+        vm["id"]: (
+            client.get(f"/v1/vms/{vm['id']}/guest-memfds").json(),
+            client.get(f"/v1/vms/{vm['id']}/shared-memory").json(),
+            client.get(f"/v1/vms/{vm['id']}/memslots").json(),
+            client.get(f"/v1/vms/{vm['id']}/memory/attributes").json(),
+        )
+        for vm in vms
+    }
     return client.app.state.core.events.seq, vms, objects
 
 
@@ -85,12 +97,19 @@ def test_dry_run_creates_answer_what_would_be_made_and_make_nothing(client, vm):
     made = _dry(client.post("/v1/vms", json={"name": "planned"}, params={"dry_run": "true"}))
     assert made.status_code == 200 and "location" not in made.headers
     assert made.json()["name"] == "planned" and "id" not in made.json() and made.json()["memslots"]["used"] == 0
-    g = _dry(client.post(f"{vm.base}/guest-memfds", json={"size": 4 * MiB, "flags": ["mmap"]}, params={"dry_run": "true"}))
+    g = _dry(
+        client.post(f"{vm.base}/guest-memfds", json={"size": 4 * MiB, "flags": ["mmap"]}, params={"dry_run": "true"})
+    )
     assert g.status_code == 200 and g.json() == {"name": None, "size": 4 * MiB, "flags": ["mmap"], "bindings": []}
     s = _dry(client.post(f"{vm.base}/shared-memory", json={"size": 4 * MiB}, params={"dry_run": "true"}))
     assert s.status_code == 200 and s.json()["size"] == 4 * MiB and "id" not in s.json()
-    post = _dry(client.post(f"{vm.base}/memslots", params={"dry_run": "true"},
-                            json={"guest_phys_addr": 0, "memory_size": 4 * MiB, "shared": {"shared_memory_id": shm}}))
+    post = _dry(
+        client.post(
+            f"{vm.base}/memslots",
+            params={"dry_run": "true"},
+            json={"guest_phys_addr": 0, "memory_size": 4 * MiB, "shared": {"shared_memory_id": shm}},
+        )
+    )
     assert post.status_code == 200 and post.json()["slot"] == 0 and "location" not in post.headers
     assert _state(client) == before
     # the rules still hold in a dry run
@@ -115,10 +134,16 @@ def test_dry_run_of_a_vm_delete_says_what_it_would_release(client, vm):
 def test_dry_run_convert_reports_changes_and_discards_and_keeps_the_data(client, vm):
     g = vm.gmem(4 * MiB)
     vm.put_slot(0, GiB, 4 * MiB, gmem=g)  # mmap + init_shared: starts shared
-    written = client.post(f"{vm.base}/probe", json={"ops": [
-        {"op": "write", "guest_phys_addr": GiB, "length": 2, "data_hex": "beef"}]})
+    written = client.post(
+        f"{vm.base}/probe", json={"ops": [{"op": "write", "guest_phys_addr": GiB, "length": 2, "data_hex": "beef"}]}
+    )
     assert written.json()["results"][0]["ok"]
-    assert client.post(f"{vm.base}/memory/convert", json={"guest_phys_addr": GiB, "size": 2 * MiB, "to": "private"}).status_code == 200
+    assert (
+        client.post(
+            f"{vm.base}/memory/convert", json={"guest_phys_addr": GiB, "size": 2 * MiB, "to": "private"}
+        ).status_code
+        == 200
+    )
     before = _state(client)
     body = {"guest_phys_addr": GiB, "size": 4 * MiB, "to": "shared"}
     r = _dry(client.post(f"{vm.base}/memory/convert", json=body, params={"dry_run": "true"}))
@@ -139,21 +164,29 @@ def test_dry_run_convert_reports_changes_and_discards_and_keeps_the_data(client,
 def test_dry_run_of_object_operations_changes_nothing(client, vm):
     g, s = vm.gmem(4 * MiB), vm.shm(4 * MiB)
     before = _state(client)
-    for method, path, body in (("DELETE", f"/guest-memfds/{g}", None), ("DELETE", f"/shared-memory/{s}", None),
-                               ("POST", f"/guest-memfds/{g}/allocate", {"offset": 0, "length": 4096})):
+    for method, path, body in (
+        ("DELETE", f"/guest-memfds/{g}", None),
+        ("DELETE", f"/shared-memory/{s}", None),
+        ("POST", f"/guest-memfds/{g}/allocate", {"offset": 0, "length": 4096}),
+    ):
         r = _dry(client.request(method, vm.base + path, json=body, params={"dry_run": "true"}))
         assert r.status_code == 204, (path, r.text)
-    punch = _dry(client.post(f"{vm.base}/guest-memfds/{g}/punch-hole", json={"offset": 0, "length": 4096},
-                             params={"dry_run": "true"}))
+    punch = _dry(
+        client.post(
+            f"{vm.base}/guest-memfds/{g}/punch-hole", json={"offset": 0, "length": 4096}, params={"dry_run": "true"}
+        )
+    )
     assert punch.status_code == 200 and punch.json()["length"] == 4096
     assert _state(client) == before
 
 
 def test_dry_run_is_refused_where_it_means_nothing(client, vm):
     g = vm.gmem(4 * MiB)
-    for method, path, body in (("POST", "/probe", {"ops": [{"op": "read", "guest_phys_addr": 0, "length": 1}]}),
-                               ("POST", f"/guest-memfds/{g}/inject-error", {"offset": 0}),
-                               ("POST", "/memslots/0/dirty-log", None)):
+    for method, path, body in (
+        ("POST", "/probe", {"ops": [{"op": "read", "guest_phys_addr": 0, "length": 1}]}),
+        ("POST", f"/guest-memfds/{g}/inject-error", {"offset": 0}),
+        ("POST", "/memslots/0/dirty-log", None),
+    ):
         r = client.request(method, vm.base + path, json=body, params={"dry_run": "true"})
         assert r.status_code == 422 and r.json()["code"] == "DRY_RUN_UNSUPPORTED", (path, r.text)
         assert "dry_run" in r.json()["detail"] or "dry-run" in r.json()["detail"]

@@ -6,8 +6,9 @@ import errno
 
 import pytest
 
-from .conftest import GiB, MiB, make_client
 from tests.kernel_facts import EHWPOISON
+
+from .conftest import GiB, MiB, make_client
 
 
 class RecordingPort:
@@ -20,9 +21,11 @@ class RecordingPort:
     def __getattr__(self, name):
         attr = getattr(self._real, name)
         if name in ("punch_hole", "delete_user_memory_region", "close"):
+
             def spy(*args):
                 self._calls.append((name, self._log.seq))
                 return attr(*args)
+
             return spy
         return attr
 
@@ -31,7 +34,7 @@ def _brackets(events, calls):
     starts = [e for e in events if e.type == "memory.invalidate_start"]
     ends = [e for e in events if e.type == "memory.invalidate_end"]
     assert len(starts) == len(ends) == len(calls) >= 1
-    for start, end, (_, seq_at_call) in zip(starts, ends, calls):
+    for start, end, (_, seq_at_call) in zip(starts, ends, calls, strict=True):
         assert start.seq <= seq_at_call < end.seq, "invalidate_start < kernel call < invalidate_end"
         assert start.data == end.data, "same ranges on both sides"
 
@@ -76,10 +79,17 @@ def test_each_create_and_the_vm_delete_announce_every_object_by_its_id_in_seq_or
     def subject(e):  # what the event is about: an object id, a slot, or the VM itself
         return e.data.get("id", e.data.get("slot"))
 
-    assert [(e.type, subject(e)) for e in events[:3]] == \
-        [("guest_memfd.created", g), ("shared_memory.created", s), ("memslot.created", 0)]
-    assert [(e.type, subject(e)) for e in events[-4:]] == \
-        [("memslot.deleted", 0), ("guest_memfd.deleted", g), ("shared_memory.deleted", s), ("vm.deleted", None)]
+    assert [(e.type, subject(e)) for e in events[:3]] == [
+        ("guest_memfd.created", g),
+        ("shared_memory.created", s),
+        ("memslot.created", 0),
+    ]
+    assert [(e.type, subject(e)) for e in events[-4:]] == [
+        ("memslot.deleted", 0),
+        ("guest_memfd.deleted", g),
+        ("shared_memory.deleted", s),
+        ("vm.deleted", None),
+    ]
 
 
 def test_memory_error_injection_is_off_by_default(vm):
@@ -93,10 +103,15 @@ def test_memory_error_injection_is_real_or_honestly_refused():
         vm_id = c.post("/v1/vms", json={}).json()["id"]
         base = f"/v1/vms/{vm_id}"
         plain = c.post(f"{base}/guest-memfds", json={"size": 2 * MiB}).json()["id"]
-        assert c.post(f"{base}/guest-memfds/{plain}/inject-error", json={"offset": 0}).json()["code"] == "GMEM_NOT_MAPPABLE"
+        assert (
+            c.post(f"{base}/guest-memfds/{plain}/inject-error", json={"offset": 0}).json()["code"]
+            == "GMEM_NOT_MAPPABLE"
+        )
         g = c.post(f"{base}/guest-memfds", json={"size": 2 * MiB, "flags": ["mmap", "init_shared"]}).json()["id"]
-        c.put(f"{base}/memslots/0", json={"guest_phys_addr": 4 * GiB, "memory_size": 2 * MiB,
-                                          "private": {"guest_memfd_id": g}})
+        c.put(
+            f"{base}/memslots/0",
+            json={"guest_phys_addr": 4 * GiB, "memory_size": 2 * MiB, "private": {"guest_memfd_id": g}},
+        )
         seq = c.app.state.core.events.seq
         r = c.post(f"{base}/guest-memfds/{g}/inject-error", json={"offset": 4096})
         if not caps["memory_failure"]:  # this host: no CONFIG_MEMORY_FAILURE, the kernel says EINVAL
@@ -111,5 +126,6 @@ def test_memory_error_injection_is_real_or_honestly_refused():
         exit_ = seen.json()["results"][0]["exit"]
         assert exit_ is not None and exit_["errno"] == EHWPOISON
         c.post(f"{base}/guest-memfds/{g}/punch-hole", json={"offset": 4096, "length": 4096})
-        assert c.post(f"{base}/probe", json={"ops": [{"op": "read", "guest_phys_addr": 4 * GiB + 4096,
-                                                       "length": 8}]}).json()["results"][0]["ok"]
+        assert c.post(
+            f"{base}/probe", json={"ops": [{"op": "read", "guest_phys_addr": 4 * GiB + 4096, "length": 8}]}
+        ).json()["results"][0]["ok"]

@@ -53,8 +53,9 @@ def check_kind(c, vm_type: str, kind: str) -> None:
     gmem_written = False
     if flags is not None:
         gmem = c.post(f"{base}/guest-memfds", json={"size": 2 * MiB, "flags": flags}).json()["id"]
-        gmem_written = c.post(f"{base}/guest-memfds/{gmem}/bytes",
-                              json={"offset": 0, "data_hex": GMEM_PATTERN}).status_code == 200
+        gmem_written = (
+            c.post(f"{base}/guest-memfds/{gmem}/bytes", json={"offset": 0, "data_hex": GMEM_PATTERN}).status_code == 200
+        )
         body["private"] = {"guest_memfd_id": gmem}
     slot = c.put(f"{base}/memslots/0", json=body)
     assert slot.status_code == 201, slot.text
@@ -63,8 +64,7 @@ def check_kind(c, vm_type: str, kind: str) -> None:
     if reported == "per_attribute":  # the kernel routes by attribute: check both states
         state = c.get(f"{base}/memory/attributes").json()["ranges"][0]["state"]
         assert (state, seen) == ("private", "guest_memfd")
-        c.post(f"{base}/memory/convert", json={"guest_phys_addr": GPA, "size": 4096, "to": "shared",
-                                               "discard": False})
+        c.post(f"{base}/memory/convert", json={"guest_phys_addr": GPA, "size": 4096, "to": "shared", "discard": False})
         assert observed_backing(c, base, gmem, gmem_written, shm) == ("shared_memory" if shm else "none")
         return
     assert reported == seen, f"{kind}: reported {reported!r}, the guest read {seen!r}"

@@ -24,16 +24,25 @@ def test_capabilities_agree_with_an_independent_probe_per_vm_type(client):
     for per_type in caps["per_vm_type"]:
         name = per_type["vm_type"]
         expected = facts.per_vm_type[name]
-        assert per_type == {"vm_type": name, "memory_attributes": ["private"] if expected.memory_attributes & 8 else [],
-                            "memory_attributes_ioctl": expected.attributes_ioctl,
-                            "guest_memfd_flags": expected.gmem_flag_names,
-                            "conversion_enforcement": "kernel" if expected.private_memory else "daemon"}, name
-    assert (caps["user_memory2"], caps["guest_memfd"], caps["memory_fault_info"]) == \
-        (facts.user_memory2, facts.guest_memfd, facts.memory_fault_info)
+        assert per_type == {
+            "vm_type": name,
+            "memory_attributes": ["private"] if expected.memory_attributes & 8 else [],
+            "memory_attributes_ioctl": expected.attributes_ioctl,
+            "guest_memfd_flags": expected.gmem_flag_names,
+            "conversion_enforcement": "kernel" if expected.private_memory else "daemon",
+        }, name
+    assert (caps["user_memory2"], caps["guest_memfd"], caps["memory_fault_info"]) == (
+        facts.user_memory2,
+        facts.guest_memfd,
+        facts.memory_fault_info,
+    )
     assert caps["memory_failure"] is facts.memory_failure
     assert caps["page_size"] == os.sysconf("SC_PAGE_SIZE")
-    assert caps["reserved_gpa_ranges"][0] == {"guest_phys_addr": 0xFFE00000, "size": 2 * MiB,
-                                              "purpose": "guest probe window (code and page tables)"}
+    assert caps["reserved_gpa_ranges"][0] == {
+        "guest_phys_addr": 0xFFE00000,
+        "size": 2 * MiB,
+        "purpose": "guest probe window (code and page tables)",
+    }
 
 
 def test_healthz_is_ok_with_the_boot_id_of_its_header_and_the_api_version_is_v1(client):
@@ -67,18 +76,28 @@ def test_a_vm_type_the_host_cannot_create_is_501_CAPABILITY_MISSING(client):
 JSON = {"content-type": "application/json"}
 
 
-@pytest.mark.parametrize("method, path, request_kw, status, code", [
-    ("POST", "/v1/vms", {"json": {"bogus": 1}}, 422, "VALIDATION_FAILED"),
-    ("POST", "/v1/vms", {"json": {"name": "white space"}}, 422, None),
-    ("POST", "/v1/vms", {"content": b"{not json", "headers": JSON}, 400, "MALFORMED_JSON"),
-    ("POST", "/v1/vms", {"content": b"{}", "headers": {"content-type": "text/plain"}}, 415, None),
-    ("POST", "/v1/vms", {"content": b"{" + b" " * (70 << 10) + b"}", "headers": JSON}, 413, "BODY_TOO_LARGE"),
-    ("GET", "/v1/nope", {}, 404, "ROUTE_NOT_FOUND"),
-], ids=["an_unknown_field_is_422_VALIDATION_FAILED", "a_name_with_white_space_is_422",
-        "malformed_json_is_400_MALFORMED_JSON", "a_body_that_is_not_json_is_415",
-        "a_body_over_64_KiB_is_413_BODY_TOO_LARGE", "an_unknown_route_is_404_ROUTE_NOT_FOUND"])
-def test_a_request_the_api_cannot_take_is_refused_with_its_status_and_code(client, method, path, request_kw, status,
-                                                                           code):
+@pytest.mark.parametrize(
+    "method, path, request_kw, status, code",
+    [
+        ("POST", "/v1/vms", {"json": {"bogus": 1}}, 422, "VALIDATION_FAILED"),
+        ("POST", "/v1/vms", {"json": {"name": "white space"}}, 422, None),
+        ("POST", "/v1/vms", {"content": b"{not json", "headers": JSON}, 400, "MALFORMED_JSON"),
+        ("POST", "/v1/vms", {"content": b"{}", "headers": {"content-type": "text/plain"}}, 415, None),
+        ("POST", "/v1/vms", {"content": b"{" + b" " * (70 << 10) + b"}", "headers": JSON}, 413, "BODY_TOO_LARGE"),
+        ("GET", "/v1/nope", {}, 404, "ROUTE_NOT_FOUND"),
+    ],
+    ids=[
+        "an_unknown_field_is_422_VALIDATION_FAILED",
+        "a_name_with_white_space_is_422",
+        "malformed_json_is_400_MALFORMED_JSON",
+        "a_body_that_is_not_json_is_415",
+        "a_body_over_64_KiB_is_413_BODY_TOO_LARGE",
+        "an_unknown_route_is_404_ROUTE_NOT_FOUND",
+    ],
+)
+def test_a_request_the_api_cannot_take_is_refused_with_its_status_and_code(
+    client, method, path, request_kw, status, code
+):
     r = client.request(method, path, **request_kw)
     assert r.status_code == status and (code is None or r.json()["code"] == code), r.text
 
@@ -134,10 +153,16 @@ def test_the_idempotency_cache_is_bounded_in_bytes():
             assert c.post(f"/v1/vms/{vm}/probe", json=probe, headers={"idempotency-key": f"p{i}"}).status_code == 200
         cache = c.app.state.idempotency
         assert 0 < cache.bytes <= 1 << 20
-        assert c.post(f"/v1/vms/{vm}/probe", json=probe, headers={"idempotency-key": "p29"}).headers.get(
-            "idempotent-replayed") == "true"
-        assert "idempotent-replayed" not in c.post(f"/v1/vms/{vm}/probe", json=probe,
-                                                   headers={"idempotency-key": "p0"}).headers
+        assert (
+            c.post(f"/v1/vms/{vm}/probe", json=probe, headers={"idempotency-key": "p29"}).headers.get(
+                "idempotent-replayed"
+            )
+            == "true"
+        )
+        assert (
+            "idempotent-replayed"
+            not in c.post(f"/v1/vms/{vm}/probe", json=probe, headers={"idempotency-key": "p0"}).headers
+        )
         big = {"ops": [{"op": "read", "guest_phys_addr": (1 << 32) + i * 65536, "length": 65536} for i in range(16)]}
         assert c.post(f"/v1/vms/{vm}/probe", json=big, headers={"idempotency-key": "big"}).status_code == 200
         retry = c.post(f"/v1/vms/{vm}/probe", json=big, headers={"idempotency-key": "big"})

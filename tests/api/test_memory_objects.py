@@ -16,22 +16,33 @@ def test_a_guest_memfd_reads_as_created_allocates_punches_unbound_and_is_404_onc
     assert g["size"] == 8 * MiB and g["flags"] == ["mmap", "init_shared"] and g["bindings"] == []
     assert client.get(f"{vm.base}/guest-memfds").json()["items"][0]["id"] == g["id"]
     assert client.get(f"{vm.base}/guest-memfds/{g['id']}").json() == g
-    assert client.post(f"{vm.base}/guest-memfds/{g['id']}/allocate", json={"offset": 0, "length": 2 * MiB}).status_code == 204
+    assert (
+        client.post(f"{vm.base}/guest-memfds/{g['id']}/allocate", json={"offset": 0, "length": 2 * MiB}).status_code
+        == 204
+    )
     punch = client.post(f"{vm.base}/guest-memfds/{g['id']}/punch-hole", json={"offset": 0, "length": 2 * MiB})
     assert punch.status_code == 200 and punch.json()["gpa_ranges"] == []
     assert client.delete(f"{vm.base}/guest-memfds/{g['id']}").status_code == 204
     assert client.get(f"{vm.base}/guest-memfds/{g['id']}").json()["code"] == "GUEST_MEMFD_NOT_FOUND"
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"size": 4097}, "RANGE_NOT_ALIGNED"),  # GC2
-    ({"size": 0}, None),  # GC2: 0 fails the schema
-    ({"size": "4096"}, None),  # strict: no coercion
-    ({"size": 4096, "flags": ["huge"]}, None),  # GC1: an unknown flag name fails the schema
-    ({"size": 4096, "flags": ["init_shared"]}, "FLAGS_INCOMPATIBLE"),  # GC1: init_shared is useless without mmap
-], ids=["GC2_a_size_off_a_page_boundary_is_RANGE_NOT_ALIGNED", "GC2_size_0_fails_the_schema",
-        "a_size_as_a_string_fails_the_strict_schema", "GC1_an_unknown_flag_name_fails_the_schema",
-        "GC1_init_shared_without_mmap_is_FLAGS_INCOMPATIBLE"])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"size": 4097}, "RANGE_NOT_ALIGNED"),  # GC2
+        ({"size": 0}, None),  # GC2: 0 fails the schema
+        ({"size": "4096"}, None),  # strict: no coercion
+        ({"size": 4096, "flags": ["huge"]}, None),  # GC1: an unknown flag name fails the schema
+        ({"size": 4096, "flags": ["init_shared"]}, "FLAGS_INCOMPATIBLE"),  # GC1: init_shared is useless without mmap
+    ],
+    ids=[
+        "GC2_a_size_off_a_page_boundary_is_RANGE_NOT_ALIGNED",
+        "GC2_size_0_fails_the_schema",
+        "a_size_as_a_string_fails_the_strict_schema",
+        "GC1_an_unknown_flag_name_fails_the_schema",
+        "GC1_init_shared_without_mmap_is_FLAGS_INCOMPATIBLE",
+    ],
+)
 def test_a_guest_memfd_the_kernel_would_refuse_is_422_with_the_rules_code(client, vm, body, code):
     r = client.post(f"{vm.base}/guest-memfds", json=body)
     assert r.status_code == 422 and (code is None or r.json()["code"] == code), r.text

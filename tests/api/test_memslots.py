@@ -28,7 +28,8 @@ def test_slots_are_listed_by_id_and_a_guest_memfd_lists_the_slots_bound_to_it(cl
     listing = client.get(f"{vm.base}/memslots").json()
     assert [i["slot"] for i in listing["items"]] == [2, 7] and listing["total"] == 2
     assert client.get(f"{vm.base}/guest-memfds/{g}").json()["bindings"] == [
-        {"slot": 7, "offset": 0, "size": 4 * MiB, "guest_phys_addr": 4 * GiB}]
+        {"slot": 7, "offset": 0, "size": 4 * MiB, "guest_phys_addr": 4 * GiB}
+    ]
 
 
 def test_a_deleted_slot_is_unbound_and_deleting_it_again_is_404_SLOT_NOT_FOUND(client, vm):
@@ -63,13 +64,21 @@ def test_private_only_non_mappable_slot_reports_no_guest_backing(vm):
     assert slot["guest_backing"] == "none" and slot["userspace_addr_source"] == "none"
 
 
-@pytest.mark.parametrize("slot_id, gpa, size, code", [
-    (32764, 0, 4 * MiB, "SLOT_ID_OUT_OF_RANGE"),   # M2 (path bound is 65535; the kernel's is 32763)
-    (0, 4096 + 1, 4 * MiB, "RANGE_NOT_ALIGNED"),   # M5
-    (0, 0, 4 * MiB + 1, "RANGE_NOT_ALIGNED"),      # M4
-    (0, (1 << 52) - 4096, 2 * 4096, "RANGE_OVERFLOW"),  # M9/X1
-], ids=["M2_slot_id_32764_is_SLOT_ID_OUT_OF_RANGE", "M5_unaligned_gpa_is_RANGE_NOT_ALIGNED",
-        "M4_unaligned_size_is_RANGE_NOT_ALIGNED", "M9_X1_an_end_past_2_to_the_52_is_RANGE_OVERFLOW"])
+@pytest.mark.parametrize(
+    "slot_id, gpa, size, code",
+    [
+        (32764, 0, 4 * MiB, "SLOT_ID_OUT_OF_RANGE"),  # M2 (path bound is 65535; the kernel's is 32763)
+        (0, 4096 + 1, 4 * MiB, "RANGE_NOT_ALIGNED"),  # M5
+        (0, 0, 4 * MiB + 1, "RANGE_NOT_ALIGNED"),  # M4
+        (0, (1 << 52) - 4096, 2 * 4096, "RANGE_OVERFLOW"),  # M9/X1
+    ],
+    ids=[
+        "M2_slot_id_32764_is_SLOT_ID_OUT_OF_RANGE",
+        "M5_unaligned_gpa_is_RANGE_NOT_ALIGNED",
+        "M4_unaligned_size_is_RANGE_NOT_ALIGNED",
+        "M9_X1_an_end_past_2_to_the_52_is_RANGE_OVERFLOW",
+    ],
+)
 def test_a_slot_shape_the_kernel_refuses_is_422_with_the_rules_code(vm, slot_id, gpa, size, code):
     s = vm.shm(8 * MiB)
     r = vm.put_slot(slot_id, gpa, size, shm=s)
@@ -96,19 +105,25 @@ def test_m3_an_unknown_flag_name_fails_the_schema_with_422(vm):
     assert vm.put_slot(2, 8 * GiB, 4 * MiB, gmem=vm.gmem(), flags=["bogus"]).status_code == 422
 
 
-@pytest.mark.parametrize("size, backing, code", [
-    (8 * MiB, lambda g, s: {"shm": s}, "RANGE_OUTSIDE_BACKING"),
-    (4 * MiB, lambda g, s: {"gmem": g, "gmem_offset": 4096}, "RANGE_OUTSIDE_BACKING"),  # B4
-    (2 * MiB, lambda g, s: {"gmem": g, "gmem_offset": 100}, "RANGE_NOT_ALIGNED"),  # M7
-    (2 * MiB, lambda g, s: {"shm": "shm-000000000000"}, "SHARED_MEMORY_NOT_FOUND"),
-    (2 * MiB, lambda g, s: {"gmem": "gmem-000000000000"}, "GUEST_MEMFD_NOT_FOUND"),  # B1
-    (4096, lambda g, s: {}, "SLOT_NO_BACKING"),
-], ids=["a_shared_part_past_the_shared_memory_end_is_RANGE_OUTSIDE_BACKING",
+@pytest.mark.parametrize(
+    "size, backing, code",
+    [
+        (8 * MiB, lambda g, s: {"shm": s}, "RANGE_OUTSIDE_BACKING"),
+        (4 * MiB, lambda g, s: {"gmem": g, "gmem_offset": 4096}, "RANGE_OUTSIDE_BACKING"),  # B4
+        (2 * MiB, lambda g, s: {"gmem": g, "gmem_offset": 100}, "RANGE_NOT_ALIGNED"),  # M7
+        (2 * MiB, lambda g, s: {"shm": "shm-000000000000"}, "SHARED_MEMORY_NOT_FOUND"),
+        (2 * MiB, lambda g, s: {"gmem": "gmem-000000000000"}, "GUEST_MEMFD_NOT_FOUND"),  # B1
+        (4096, lambda g, s: {}, "SLOT_NO_BACKING"),
+    ],
+    ids=[
+        "a_shared_part_past_the_shared_memory_end_is_RANGE_OUTSIDE_BACKING",
         "B4_a_private_part_past_the_guest_memfd_end_is_RANGE_OUTSIDE_BACKING",
         "M7_an_unaligned_guest_memfd_offset_is_RANGE_NOT_ALIGNED",
         "an_unknown_shared_memory_is_SHARED_MEMORY_NOT_FOUND",
         "B1_an_unknown_guest_memfd_is_GUEST_MEMFD_NOT_FOUND",
-        "a_slot_with_neither_part_is_SLOT_NO_BACKING"])
+        "a_slot_with_neither_part_is_SLOT_NO_BACKING",
+    ],
+)
 def test_a_backing_the_slot_cannot_use_is_refused_with_the_rules_code(vm, size, backing, code):
     g, s = vm.gmem(4 * MiB), vm.shm(4 * MiB)
     assert vm.put_slot(0, 0, size, **backing(g, s)).json()["code"] == code

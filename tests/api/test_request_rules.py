@@ -23,9 +23,14 @@ def test_a_repeated_query_parameter_is_422_DUPLICATE_QUERY_PARAMETER(client, vm)
     assert client.get(f"{vm.base}/memslots", params={"limit": "1"}).status_code == 200
 
 
-@pytest.mark.parametrize("path, code", [
-    ("/v1/vms/does-not-exist", "VM_NOT_FOUND"), ("/v1/vms/vm-zzz", "VM_NOT_FOUND"), ("/v1/vms/" + "v" * 300, "VM_NOT_FOUND"),
-])
+@pytest.mark.parametrize(
+    "path, code",
+    [
+        ("/v1/vms/does-not-exist", "VM_NOT_FOUND"),
+        ("/v1/vms/vm-zzz", "VM_NOT_FOUND"),
+        ("/v1/vms/" + "v" * 300, "VM_NOT_FOUND"),
+    ],
+)
 def test_a_malformed_vm_id_is_a_vm_that_does_not_exist(client, path, code):
     for method in ("GET", "DELETE"):
         r = client.request(method, path)
@@ -33,10 +38,13 @@ def test_a_malformed_vm_id_is_a_vm_that_does_not_exist(client, path, code):
 
 
 def test_a_malformed_object_or_slot_id_is_404_NOT_FOUND_of_its_kind_after_the_vm(client, vm):
-    for path, code in ((f"{vm.base}/guest-memfds/not-an-id", "GUEST_MEMFD_NOT_FOUND"),
-                       (f"{vm.base}/shared-memory/SHM", "SHARED_MEMORY_NOT_FOUND"),
-                       (f"{vm.base}/memslots/abc", "SLOT_NOT_FOUND"), (f"{vm.base}/memslots/99999999", "SLOT_NOT_FOUND"),
-                       (f"{vm.base}/memslots/-1", "SLOT_NOT_FOUND")):
+    for path, code in (
+        (f"{vm.base}/guest-memfds/not-an-id", "GUEST_MEMFD_NOT_FOUND"),
+        (f"{vm.base}/shared-memory/SHM", "SHARED_MEMORY_NOT_FOUND"),
+        (f"{vm.base}/memslots/abc", "SLOT_NOT_FOUND"),
+        (f"{vm.base}/memslots/99999999", "SLOT_NOT_FOUND"),
+        (f"{vm.base}/memslots/-1", "SLOT_NOT_FOUND"),
+    ):
         for method in ("GET", "DELETE"):
             r = client.request(method, path)
             assert r.status_code == 404 and r.json()["code"] == code, (method, path, r.text)
@@ -60,20 +68,23 @@ def test_duplicate_json_keys_are_refused_naming_the_key(client, vm):
     body = b'{"size": 4096, "size": 8192}'
     r = client.post(f"{vm.base}/guest-memfds", content=body, headers=JSON)
     assert r.status_code == 400 and r.json()["code"] == "MALFORMED_JSON" and "'size'" in r.json()["detail"]
-    batch = (b'{"ops":[{"op":"delete","slot":1,"slot":2}]}')
+    batch = b'{"ops":[{"op":"delete","slot":1,"slot":2}]}'
     r = client.post(f"{vm.base}/memslots:batch", content=batch, headers=JSON)
     assert r.status_code == 400 and r.json()["code"] == "MALFORMED_JSON" and "'slot'" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("body, headers, status, code", [
-    (b'{"size": 4096' + b"}" * 0 + b',"name":"\xff"}', JSON, 400, "INVALID_UTF8"),
-    (b"[" * 100_00 + b"]" * 100_00, JSON, 400, "JSON_TOO_DEEP"),
-    (b'{"size": 4096, "flags": ' + b"[" * 70 + b"]" * 70 + b"}", JSON, 400, "JSON_TOO_DEEP"),
-    (b'{"size": ' + b"9" * 5000 + b"}", JSON, 422, "NUMBER_TOO_LARGE"),
-    (b'{"size": 4096}', {"content-type": "application/json; charset=latin-1"}, 415, "UNSUPPORTED_CHARSET"),
-    (b'{"size": NaN}', JSON, 400, "MALFORMED_JSON"),
-    (b'{"size": 4096,}', JSON, 400, "MALFORMED_JSON"),
-])
+@pytest.mark.parametrize(
+    "body, headers, status, code",
+    [
+        (b'{"size": 4096' + b"}" * 0 + b',"name":"\xff"}', JSON, 400, "INVALID_UTF8"),
+        (b"[" * 100_00 + b"]" * 100_00, JSON, 400, "JSON_TOO_DEEP"),
+        (b'{"size": 4096, "flags": ' + b"[" * 70 + b"]" * 70 + b"}", JSON, 400, "JSON_TOO_DEEP"),
+        (b'{"size": ' + b"9" * 5000 + b"}", JSON, 422, "NUMBER_TOO_LARGE"),
+        (b'{"size": 4096}', {"content-type": "application/json; charset=latin-1"}, 415, "UNSUPPORTED_CHARSET"),
+        (b'{"size": NaN}', JSON, 400, "MALFORMED_JSON"),
+        (b'{"size": 4096,}', JSON, 400, "MALFORMED_JSON"),
+    ],
+)
 def test_a_body_the_json_parser_refuses_has_its_own_code_on_every_route(client, vm, body, headers, status, code):
     for path in (f"{vm.base}/guest-memfds", f"{vm.base}/memslots:batch"):
         r = client.post(path, content=body, headers=headers)
@@ -88,7 +99,10 @@ def test_an_integral_number_is_an_integer_as_json_schema_says(client, vm):
     for bad in (b'{"size": 8192.5}', b'{"size": "8192"}', b'{"size": true}', b'{"size": 1e400}'):
         r = client.post(f"{vm.base}/guest-memfds", content=bad, headers=JSON)
         assert r.status_code == 422 and r.json()["code"] == "VALIDATION_FAILED", bad
-    ops = b'{"ops":[{"op":"create","slot":0,"guest_phys_addr":0.0,"memory_size":4194304.0,"shared":{"shared_memory_id":"%s"}}]}'
+    ops = (
+        b'{"ops":[{"op":"create","slot":0,"guest_phys_addr":0.0,"memory_size":4194304.0,'
+        b'"shared":{"shared_memory_id":"%s"}}]}'
+    )
     r = client.post(f"{vm.base}/memslots:batch", content=ops % vm.shm(4 * MiB).encode(), headers=JSON)
     assert r.status_code == 200, r.text
 
@@ -97,5 +111,6 @@ def test_a_chunked_body_over_the_limit_is_413_BODY_TOO_LARGE(client, vm):
     def chunks():
         for _ in range(80):
             yield b" " * 1024
+
     r = client.post(f"{vm.base}/guest-memfds", content=chunks(), headers=JSON)
     assert r.status_code == 413 and r.json()["code"] == "BODY_TOO_LARGE"

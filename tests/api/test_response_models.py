@@ -16,8 +16,12 @@ from memslotd.api import schemas
 def _response_models() -> list[type[BaseModel]]:
     from memslotd.api import event_schemas
 
-    found = [m for module in (schemas, event_schemas) for m in vars(module).values()
-             if isinstance(m, type) and issubclass(m, schemas.Response) and m is not schemas.Response]
+    found = [
+        m
+        for module in (schemas, event_schemas)
+        for m in vars(module).values()
+        if isinstance(m, type) and issubclass(m, schemas.Response) and m is not schemas.Response
+    ]
     found += event_schemas.EVENT_MODELS.values()
     assert len(found) >= 70
     return list(dict.fromkeys(found))

@@ -34,7 +34,9 @@ def actions(result: dict) -> set[tuple[str, str, str]]:
 
 
 def slots(daemon) -> list[tuple[int, int]]:
-    return [(s["slot"], s["guest_phys_addr"]) for s in json.loads(ctl(daemon, "--json", "slot", "list", "layout-vm").stdout)]
+    return [
+        (s["slot"], s["guest_phys_addr"]) for s in json.loads(ctl(daemon, "--json", "slot", "list", "layout-vm").stdout)
+    ]
 
 
 def test_apply_converges_and_a_second_apply_changes_nothing(daemon, tmp_path):
@@ -68,7 +70,10 @@ def test_nothing_is_deleted_without_prune(daemon, tmp_path):
     unnamed = [json.loads(ctl(daemon, "--json", "shm", "create", "layout-vm", "4K").stdout)["id"] for _ in range(2)]
     rc, pruned = apply(daemon, layout, "--prune", "--yes")
     assert rc == 0 and {a for a in actions(pruned) if a[0] == "delete"} == {
-        ("delete", "memslot", "0"), ("delete", "memslot", "1"), *(("delete", "shared_memory", i) for i in unnamed)}
+        ("delete", "memslot", "0"),
+        ("delete", "memslot", "1"),
+        *(("delete", "shared_memory", i) for i in unnamed),
+    }
     assert slots(daemon) == []
     assert [m["name"] for m in json.loads(ctl(daemon, "--json", "shm", "list", "layout-vm").stdout)] == ["ram-shared"]
 
@@ -80,12 +85,18 @@ def test_a_misspelt_key_is_refused_naming_file_path_and_rule(daemon, tmp_path):
     layout.write_text(LAYOUT.replace("memslots:", "memslot:"))  # used to delete every slot with exit 0
     r = ctl(daemon, "apply", "-f", str(layout), "--prune", "--yes")
     assert r.returncode == 6 and "Traceback" not in r.stderr
-    assert r.stderr == f"error: LAYOUT_INVALID: {layout}: memslot: unknown key (see docs/cli.md for the layout format)\n"
+    assert (
+        r.stderr == f"error: LAYOUT_INVALID: {layout}: memslot: unknown key (see docs/cli.md for the layout format)\n"
+    )
     assert slots(daemon) == [(1, 0), (0, 4 << 30)]
     layout.write_text(LAYOUT.replace("shared: {shared_memory: ram-shared}", "private: {guest_memfd: nope}"))
     rc, err = apply(daemon, layout)
-    assert rc == 6 and err["problems"] == [{"path": "memslots[1].private.guest_memfd",
-                                            "rule": "'nope' is not declared in guest_memfds (declared: ram-private)"}]
+    assert rc == 6 and err["problems"] == [
+        {
+            "path": "memslots[1].private.guest_memfd",
+            "rule": "'nope' is not declared in guest_memfds (declared: ram-private)",
+        }
+    ]
 
 
 def test_dry_run_changes_nothing_and_asks_the_daemon(short_tmp):
@@ -99,7 +110,9 @@ def test_dry_run_changes_nothing_and_asks_the_daemon(short_tmp):
         apply(d, layout)
         layout.write_text(LAYOUT)  # a second slot: only the daemon knows its quota
         r = ctl(d, "apply", "-f", str(layout), "--dry-run")
-        assert r.returncode == 9 and r.stderr.startswith("error: BATCH_FAILED: ") and "already has 1 memslots" in r.stderr
+        assert (
+            r.returncode == 9 and r.stderr.startswith("error: BATCH_FAILED: ") and "already has 1 memslots" in r.stderr
+        )
         r = ctl(d, "apply", "-f", str(layout))  # the real apply is refused before it changes anything
         assert r.returncode == 9 and slots(d) == [(0, 4 << 30)]
     finally:
@@ -130,8 +143,9 @@ def test_a_failing_apply_undoes_what_it_did_and_a_rerun_converges(short_tmp):
 
 
 def test_layout_schema_is_checked_in_and_the_example_follows_it():
-    assert (ROOT / "docs/layout.schema.json").read_text() == schema(), \
+    assert (ROOT / "docs/layout.schema.json").read_text() == schema(), (
         "docs/layout.schema.json is stale: memslotctl schema > docs/layout.schema.json"
+    )
     example = ROOT / "docs/examples/layout.yaml"
     assert example.read_text().startswith("# yaml-language-server: $schema=../layout.schema.json\n")
     assert load(str(example)).memslots[1].guest_phys_addr == 4 << 30
@@ -139,14 +153,20 @@ def test_layout_schema_is_checked_in_and_the_example_follows_it():
 
 def test_layout_rules_name_the_key_path():
     try:
-        parse("vm: v\nguest_memfds: [{name: g, size: 4K}, {name: g, size: 1X}]\n"
-              "memslots: [{slot: 0, guest_phys_addr: 0, memory_size: 4K}]\n", "f.yaml")
+        parse(
+            "vm: v\nguest_memfds: [{name: g, size: 4K}, {name: g, size: 1X}]\n"
+            "memslots: [{slot: 0, guest_phys_addr: 0, memory_size: 4K}]\n",
+            "f.yaml",
+        )
     except LayoutError as exc:
         assert exc.problems == [("guest_memfds[1].size", "not a size: '1X' (try 4096, 0x1000, 2M, 1G)")]
     try:
-        parse("vm: v\nguest_memfds: [{name: g, size: 4K}, {name: g, size: 4K}]\n"
-              "memslots: [{slot: 0, guest_phys_addr: 0, memory_size: 4K, flags: [readonly], private: {guest_memfd: g}}]\n",
-              "f.yaml")
+        parse(
+            "vm: v\nguest_memfds: [{name: g, size: 4K}, {name: g, size: 4K}]\n"
+            "memslots: [{slot: 0, guest_phys_addr: 0, memory_size: 4K, flags: [readonly],"
+            " private: {guest_memfd: g}}]\n",
+            "f.yaml",
+        )
     except LayoutError as exc:
         assert [p for p, _ in exc.problems] == ["guest_memfds[1].name", "memslots[0].flags"]
         assert str(exc).startswith("f.yaml: guest_memfds[1].name: 'g' is declared twice")

@@ -199,13 +199,9 @@ def test_a_client_an_ended_loop_left_open_works_from_the_next_loop(d):
 
 
 def test_tcp_with_a_token_over_mutual_tls_keeps_one_connection_and_streams_events(short_tmp):
-    from tests.e2e.test_security import READER, _make_certs, free_port, token_file
+    from tests.e2e.test_security import READER, start_mtls_daemon
 
-    certs = _make_certs(short_tmp)
-    port = free_port()
-    d = start_daemon(short_tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file(short_tmp)),
-                     "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
-                     "--tls-client-ca", str(certs["ca.pem"]), "--event-bookmark-interval-s", "0.2")
+    d, port, certs = start_mtls_daemon(short_tmp)
     cert = (str(certs["client.pem"]), str(certs["client.key"]))
 
     async def scenario(verify: str | bool) -> None:

@@ -19,17 +19,29 @@ from tests.helpers import Daemon, patience, start_daemon
 
 MEMSLOTCTL = str(Path(sys.executable).parent / "memslotctl")
 #: what a Python value looks like when it leaks into human output
-REPR = re.compile(r"\b(True|False|None)\b|\{'|\['|\(\)|<[\w.]+ object at|\w+(Read|List|Range|Part)\(|(?<![-\w])\d{7,}\b")
+REPR = re.compile(
+    r"\b(True|False|None)\b|\{'|\['|\(\)|<[\w.]+ object at|\w+(Read|List|Range|Part)\(|(?<![-\w])\d{7,}\b"
+)
 
 
 def ctl(daemon: Daemon, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([MEMSLOTCTL, "--socket", str(daemon.socket_path), *args], capture_output=True, text=True,
-                          timeout=patience(120), input=stdin)
+    return subprocess.run(
+        [MEMSLOTCTL, "--socket", str(daemon.socket_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=patience(120),
+        input=stdin,
+    )
 
 
 def test_the_cli_takes_sizes_and_names_and_answers_tables_or_json(daemon):
     assert ctl(daemon, "vm", "create", "--name", "demo").returncode == 0
-    assert ctl(daemon, "gmem", "create", "demo", "64M", "--flag", "mmap", "--flag", "init_shared", "--name", "ram").returncode == 0
+    assert (
+        ctl(
+            daemon, "gmem", "create", "demo", "64M", "--flag", "mmap", "--flag", "init_shared", "--name", "ram"
+        ).returncode
+        == 0
+    )
     put = ctl(daemon, "slot", "put", "demo", "0", "--gpa", "4G", "--size", "0x400_0000", "--gmem", "ram")
     assert put.returncode == 0 and re.search(r"^guest_backing: +guest_memfd$", put.stdout, re.M)
     listed = json.loads(ctl(daemon, "--json", "slot", "list", "demo").stdout)
@@ -66,8 +78,12 @@ def test_exit_codes_distinguish_the_failure_and_every_error_has_its_code(daemon)
     assert named.returncode == 3 and named.stderr == "error: VM_NOT_FOUND: no VM named 'nope'\n"
     err = ctl(daemon, "--json", "vm", "show", "nope")
     assert err.returncode == 3 and json.loads(err.stderr)["error"] == "VM_NOT_FOUND"
-    unreachable = subprocess.run([MEMSLOTCTL, "--socket", "/nonexistent.sock", "vm", "list"], capture_output=True,
-                                 text=True, timeout=patience(60))
+    unreachable = subprocess.run(
+        [MEMSLOTCTL, "--socket", "/nonexistent.sock", "vm", "list"],
+        capture_output=True,
+        text=True,
+        timeout=patience(60),
+    )
     assert unreachable.returncode == 5
     assert unreachable.stderr.startswith("error: UNREACHABLE: cannot reach memslotd at unix socket /nonexistent.sock")
 
@@ -78,12 +94,13 @@ def demo() -> Iterator[Daemon]:
     tmp = Path(tempfile.mkdtemp(prefix="msd-"))
     d = start_daemon(tmp)
     try:
-        for args in (("vm", "create", "--name", "demo"),
-                     ("gmem", "create", "demo", "64M", "--flag", "mmap", "--flag", "init_shared", "--name", "ram"),
-                     ("shm", "create", "demo", "16M", "--name", "low"),
-                     ("slot", "put", "demo", "0", "--gpa", "4G", "--size", "64M", "--gmem", "ram"),
-                     ("slot", "put", "demo", "1", "--gpa", "0", "--size", "16M", "--shm", "low",
-                      "--flag", "log_dirty_pages")):
+        for args in (
+            ("vm", "create", "--name", "demo"),
+            ("gmem", "create", "demo", "64M", "--flag", "mmap", "--flag", "init_shared", "--name", "ram"),
+            ("shm", "create", "demo", "16M", "--name", "low"),
+            ("slot", "put", "demo", "0", "--gpa", "4G", "--size", "64M", "--gmem", "ram"),
+            ("slot", "put", "demo", "1", "--gpa", "0", "--size", "16M", "--shm", "low", "--flag", "log_dirty_pages"),
+        ):
             assert ctl(d, *args).returncode == 0, args
         yield d
     finally:
@@ -92,16 +109,30 @@ def demo() -> Iterator[Daemon]:
 
 
 COMMANDS = [
-    ("caps",), ("vm", "list"), ("vm", "show", "demo"), ("vm", "create", "--name", "other"),
-    ("gmem", "list", "demo"), ("gmem", "show", "demo", "ram"), ("gmem", "create", "demo", "2M", "--name", "g2"),
-    ("gmem", "allocate", "demo", "g2", "0", "1M"), ("gmem", "punch", "demo", "g2", "0", "1M"),
-    ("gmem", "delete", "demo", "g2"), ("shm", "list", "demo"), ("shm", "show", "demo", "low"),
-    ("shm", "create", "demo", "2M", "--name", "s2"), ("shm", "delete", "demo", "s2"),
-    ("slot", "list", "demo"), ("slot", "show", "demo", "0"), ("slot", "dirty-log", "demo", "1"),
+    ("caps",),
+    ("vm", "list"),
+    ("vm", "show", "demo"),
+    ("vm", "create", "--name", "other"),
+    ("gmem", "list", "demo"),
+    ("gmem", "show", "demo", "ram"),
+    ("gmem", "create", "demo", "2M", "--name", "g2"),
+    ("gmem", "allocate", "demo", "g2", "0", "1M"),
+    ("gmem", "punch", "demo", "g2", "0", "1M"),
+    ("gmem", "delete", "demo", "g2"),
+    ("shm", "list", "demo"),
+    ("shm", "show", "demo", "low"),
+    ("shm", "create", "demo", "2M", "--name", "s2"),
+    ("shm", "delete", "demo", "s2"),
+    ("slot", "list", "demo"),
+    ("slot", "show", "demo", "0"),
+    ("slot", "dirty-log", "demo", "1"),
     ("slot", "put", "demo", "2", "--gpa", "8G", "--size", "2M", "--shm", "low", "--dry-run"),
-    ("slot", "delete", "demo", "1", "--dry-run"), ("convert", "demo", "4G", "2M", "--to", "private"),
-    ("attrs", "demo"), ("probe", "demo", "--write", "4G:beef", "--read", "4G:2", "--read", "0x200000000:1"),
-    ("events", "--vm", "demo"), ("vm", "delete", "other"),
+    ("slot", "delete", "demo", "1", "--dry-run"),
+    ("convert", "demo", "4G", "2M", "--to", "private"),
+    ("attrs", "demo"),
+    ("probe", "demo", "--write", "4G:beef", "--read", "4G:2", "--read", "0x200000000:1"),
+    ("events", "--vm", "demo"),
+    ("vm", "delete", "other"),
 ]
 
 
@@ -150,15 +181,29 @@ def test_shell_completion_is_installed_with_the_package():
     root = Path(__file__).resolve().parents[2]
     data_files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
     shipped = {f for files in data_files.values() for f in files}
-    for shell, rel in (("bash", "completions/bash/memslotctl"), ("zsh", "completions/zsh/_memslotctl"),
-                       ("fish", "completions/fish/memslotctl.fish")):
-        script = subprocess.run([MEMSLOTCTL, "completion", shell], capture_output=True, text=True, timeout=patience(60)).stdout
+    for shell, rel in (
+        ("bash", "completions/bash/memslotctl"),
+        ("zsh", "completions/zsh/_memslotctl"),
+        ("fish", "completions/fish/memslotctl.fish"),
+    ):
+        script = subprocess.run(
+            [MEMSLOTCTL, "completion", shell], capture_output=True, text=True, timeout=patience(60)
+        ).stdout
         assert (root / rel).read_text() == script, f"{rel} is stale: memslotctl completion {shell} > {rel}"
         assert rel in shipped, f"{rel} is not in pyproject's data-files"
     venv = Path(sys.executable).parent
-    words = subprocess.run([MEMSLOTCTL], env={"_MEMSLOTCTL_COMPLETE": "bash_complete", "COMP_WORDS": "memslotctl sl",
-                                              "COMP_CWORD": "1", "PATH": str(venv)},
-                           capture_output=True, text=True, timeout=patience(60)).stdout
+    words = subprocess.run(
+        [MEMSLOTCTL],
+        env={
+            "_MEMSLOTCTL_COMPLETE": "bash_complete",
+            "COMP_WORDS": "memslotctl sl",
+            "COMP_CWORD": "1",
+            "PATH": str(venv),
+        },
+        capture_output=True,
+        text=True,
+        timeout=patience(60),
+    ).stdout
     assert "plain,slot" in words.splitlines()  # bash_complete answers TYPE,VALUE lines
 
 
@@ -166,11 +211,22 @@ def test_a_batch_file_is_checked_by_a_dry_run_then_applied_whole(daemon, tmp_pat
     ctl(daemon, "vm", "create", "--name", "b")
     ctl(daemon, "shm", "create", "b", "64M", "--name", "s")
     shm = json.loads(ctl(daemon, "--json", "shm", "list", "b").stdout)[0]["id"]
-    ops = [{"op": "create", "slot": i, "guest_phys_addr": f"{i * 2}M", "memory_size": "1M",
-            "shared": {"shared_memory_id": shm, "offset": i * (1 << 20)}} for i in range(32)]
+    ops = [
+        {
+            "op": "create",
+            "slot": i,
+            "guest_phys_addr": f"{i * 2}M",
+            "memory_size": "1M",
+            "shared": {"shared_memory_id": shm, "offset": i * (1 << 20)},
+        }
+        for i in range(32)
+    ]
     f = tmp_path / "ops.yaml"
     f.write_text(json.dumps(ops))
     checked = ctl(daemon, "--json", "slot", "batch", "b", "-f", str(f), "--dry-run")
-    assert json.loads(checked.stdout) == {"checked": 32} and json.loads(ctl(daemon, "--json", "slot", "list", "b").stdout) == []
+    assert (
+        json.loads(checked.stdout) == {"checked": 32}
+        and json.loads(ctl(daemon, "--json", "slot", "list", "b").stdout) == []
+    )
     r = ctl(daemon, "--json", "slot", "batch", "b", "-f", str(f))
     assert r.returncode == 0 and json.loads(r.stdout) == {"applied": 32}

@@ -22,8 +22,18 @@ def test_the_sync_client_drives_every_use_case_and_answers_typed_models(daemon):
         g = c.create_guest_memfd(vm.id, 4 * MiB, ["mmap", "init_shared"], name="ram")
         slot = c.put_memslot(vm.id, 0, 4 * GiB, 4 * MiB, guest_memfd_id=g.id)
         assert slot.guest_backing == "guest_memfd" and slot.private.guest_memfd_id == g.id
-        assert c.probe(vm.id, [{"op": "write", "guest_phys_addr": 4 * GiB, "length": 2, "data_hex": "beef"},
-                               {"op": "read", "guest_phys_addr": 4 * GiB, "length": 2}]).results[1].data_hex == "beef"
+        assert (
+            c.probe(
+                vm.id,
+                [
+                    {"op": "write", "guest_phys_addr": 4 * GiB, "length": 2, "data_hex": "beef"},
+                    {"op": "read", "guest_phys_addr": 4 * GiB, "length": 2},
+                ],
+            )
+            .results[1]
+            .data_hex
+            == "beef"
+        )
         result = c.convert(vm.id, 4 * GiB, MiB, "private")
         assert result.changed[0].from_ == "shared" and result.enforcement == "daemon"
         assert [r.state for r in c.attributes(vm.id).ranges] == ["private", "shared"]
@@ -138,11 +148,13 @@ def test_a_connection_the_daemon_closed_while_idle_is_replaced(daemon):
         time.sleep(5.5)  # uvicorn closes keep-alive connections idle for 5 s
         assert c.get_vm(vm.id).id == vm.id
         assert c._transport._idle[0] is not stale, "the closed connection was replaced"
+
         async def later() -> None:
             async with AsyncClient(str(daemon.socket_path)) as a:
                 await a.health()
                 await asyncio.sleep(5.5)
                 assert (await a.get_vm(vm.id)).id == vm.id
+
         asyncio.run(later())
 
 
@@ -169,6 +181,7 @@ def test_one_client_serves_threads_and_tasks_at_once(daemon):
         async with AsyncClient(str(daemon.socket_path)) as a:
             got = await asyncio.gather(*(a.get_vm(vm.id) for _ in range(16)))
             assert {g.id for g in got} == {vm.id}
+
     asyncio.run(tasks())
 
 

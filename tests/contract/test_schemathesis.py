@@ -12,10 +12,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from memslotd.kernel_adapter import build_core
 from memslotd.api.app import create_app
+from memslotd.kernel_adapter import build_core
 from memslotd.settings import Settings
 from tests.helpers import patience
+
 
 def no_bug(ctx, response, case):  # type: ignore[no-untyped-def]
     """500 is reserved for bugs; 501/503/507 are documented answers about the host."""
@@ -43,6 +44,7 @@ def test_every_operation_honours_its_contract(app):
     statuses: dict[int, int] = {}
     assert len(operations) >= 29  # every documented operation
     for operation in operations:
+
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(case=operation.as_strategy())
         def run(case) -> None:
@@ -76,15 +78,47 @@ def test_the_real_daemon_over_tcp_honours_its_contract(short_tmp):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    daemon = start_daemon(short_tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(tokens), "--max-vms", "16",
-                          "--log-level", "warning")
+    daemon = start_daemon(
+        short_tmp,
+        "--tcp",
+        f"127.0.0.1:{port}",
+        "--token-file",
+        str(tokens),
+        "--max-vms",
+        "16",
+        "--log-level",
+        "warning",
+    )
     try:
         r = subprocess.run(
-            [str(Path(sys.executable).parent / "st"), "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
-             "run", f"http://127.0.0.1:{port}/v1/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
-             "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--mode", "all", "--max-examples", "10", "--seed", "13", "--continue-on-failure",
-             "--request-timeout", str(int(patience(30))), "--no-color"],
-            capture_output=True, text=True, timeout=patience(900), cwd=short_tmp)  # its cache stays out of the tree
+            [
+                str(Path(sys.executable).parent / "st"),
+                "--config-file",
+                str(Path(__file__).with_name("schemathesis.toml")),
+                "run",
+                f"http://127.0.0.1:{port}/v1/openapi.json",
+                "-H",
+                f"Authorization: Bearer {TOKEN}",
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance",
+                "--mode",
+                "all",
+                "--max-examples",
+                "10",
+                "--seed",
+                "13",
+                "--continue-on-failure",
+                "--request-timeout",
+                str(int(patience(30))),
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=patience(900),
+            cwd=short_tmp,
+        )  # its cache stays out of the tree
     finally:
         daemon.stop()
     summary = r.stdout[-4000:]

@@ -10,7 +10,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from memslotd.uapi import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, HostCapabilities, RegionArgs, VMTypeCapabilities
+from memslotd.uapi import (
+    GUEST_MEMFD_FLAG_INIT_SHARED,
+    GUEST_MEMFD_FLAG_MMAP,
+    HostCapabilities,
+    RegionArgs,
+    VMTypeCapabilities,
+)
 
 __all__ = ["InMemoryKernelDouble"]
 
@@ -20,11 +26,24 @@ _addresses = itertools.count(0x7F00_0000_0000, 1 << 32)
 
 #: a host like the development machines: default VMs only, mmap-able guest_memfds, no attributes
 DOUBLE_HOST = HostCapabilities(
-    api_version=12, kernel_release="in-memory double", arch="x86_64", page_size=4096, vm_types=("default",),
-    max_memslots=32764, user_memory2=True, guest_memfd=True, guest_memfd_flags=_FLAGS, memory_attributes=0,
-    memory_attributes_ioctl=False, memory_fault_info=False, pre_fault_memory=False, memory_failure=False,
-    per_vm_type={"default": VMTypeCapabilities(memory_attributes=0, memory_attributes_ioctl=False,
-                                               guest_memfd_flags=_FLAGS)})
+    api_version=12,
+    kernel_release="in-memory double",
+    arch="x86_64",
+    page_size=4096,
+    vm_types=("default",),
+    max_memslots=32764,
+    user_memory2=True,
+    guest_memfd=True,
+    guest_memfd_flags=_FLAGS,
+    memory_attributes=0,
+    memory_attributes_ioctl=False,
+    memory_fault_info=False,
+    pre_fault_memory=False,
+    memory_failure=False,
+    per_vm_type={
+        "default": VMTypeCapabilities(memory_attributes=0, memory_attributes_ioctl=False, guest_memfd_flags=_FLAGS)
+    },
+)
 
 
 class MappingDouble:
@@ -33,13 +52,13 @@ class MappingDouble:
         self._bytes = bytearray(size)
 
     def read(self, offset: int, length: int) -> bytes:
-        return bytes(self._bytes[offset:offset + length])
+        return bytes(self._bytes[offset : offset + length])
 
     def write(self, offset: int, data: bytes) -> None:
-        self._bytes[offset:offset + len(data)] = data
+        self._bytes[offset : offset + len(data)] = data
 
     def zero(self, offset: int, length: int) -> None:
-        self._bytes[offset:offset + length] = bytes(length)
+        self._bytes[offset : offset + length] = bytes(length)
 
 
 class _FileDouble:
@@ -96,8 +115,16 @@ class VMDouble:
     def create_guest_memfd(self, size: int, flags: int) -> GuestMemfdDouble:
         return GuestMemfdDouble(size, flags)
 
-    def set_user_memory_region2(self, slot: int, flags: int, guest_phys_addr: int, memory_size: int,
-                                userspace_addr: int, guest_memfd_offset: int = 0, guest_memfd: int = 0) -> None:
+    def set_user_memory_region2(
+        self,
+        slot: int,
+        flags: int,
+        guest_phys_addr: int,
+        memory_size: int,
+        userspace_addr: int,
+        guest_memfd_offset: int = 0,
+        guest_memfd: int = 0,
+    ) -> None:
         if memory_size == 0:
             self.regions.pop(slot, None)
         else:

@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import pytest
 
-from memslotd.core import (MAX_BATCH_OPS, Backing, BatchFailed, BatchOp, Conflict, CursorGone, InvalidRequest,
-                           MemoryCore, NotFound, ProbeOp, ShuttingDown, SlotRequest)
+from memslotd.core import (
+    MAX_BATCH_OPS,
+    Backing,
+    BatchFailed,
+    BatchOp,
+    Conflict,
+    CursorGone,
+    InvalidRequest,
+    MemoryCore,
+    NotFound,
+    ProbeOp,
+    ShuttingDown,
+    SlotRequest,
+)
 
 pytestmark = pytest.mark.anyio
 MiB, GiB = 1 << 20, 1 << 30
@@ -45,9 +57,17 @@ async def test_a_vm_is_created_listed_and_deleted_with_everything_it_owns(core: 
     await core.vms.delete(vm_id)
     assert core.vms.count() == 0
     assert [t for t, _ in announced(core, seq)] == [
-        "vm.created", "guest_memfd.created", "shared_memory.created", "memslot.created",
-        "memory.invalidate_start", "memory.invalidate_end", "memslot.deleted", "guest_memfd.deleted",
-        "shared_memory.deleted", "vm.deleted"]
+        "vm.created",
+        "guest_memfd.created",
+        "shared_memory.created",
+        "memslot.created",
+        "memory.invalidate_start",
+        "memory.invalidate_end",
+        "memslot.deleted",
+        "guest_memfd.deleted",
+        "shared_memory.deleted",
+        "vm.deleted",
+    ]
     assert shm.name == "ram"
     with pytest.raises(NotFound) as gone:
         core.vms.get(vm_id)
@@ -85,7 +105,9 @@ async def test_a_bound_memory_object_cannot_be_deleted(core: MemoryCore):
     assert shm.id is not None
     await core.memslots.put(vm_id, 0, private(gmem_id, 4 * GiB))
     await core.memslots.put(vm_id, 1, SlotRequest(8 * GiB, 2 * MiB, shared=Backing(shm.id, 0)))
-    assert [(b.slot, b.guest_phys_addr) for b in core.memory_objects.get_gmem(vm_id, gmem_id).bindings] == [(0, 4 * GiB)]
+    assert [(b.slot, b.guest_phys_addr) for b in core.memory_objects.get_gmem(vm_id, gmem_id).bindings] == [
+        (0, 4 * GiB)
+    ]
     assert core.memory_objects.get_shm(vm_id, shm.id).used_by_slots == (1,)
     with pytest.raises(Conflict) as bound:
         await core.memory_objects.delete_gmem(vm_id, gmem_id)
@@ -154,30 +176,49 @@ async def test_conversion_changes_the_map_and_announces_only_what_changed(core: 
     assert again.changed == [] and again.unchanged == [{"guest_phys_addr": 4 * GiB, "size": 1 * MiB}]
     page = core.memory.attributes(vm_id, 0, 1 << 53, 10)
     assert [(r.guest_phys_addr, r.size, r.state) for r in page.ranges] == [
-        (4 * GiB, 1 * MiB, "private"), (4 * GiB + 1 * MiB, 1 * MiB, "shared")]
-    assert [t for t, _ in announced(core, seq)] == ["memory.invalidate_start", "memory.invalidate_end",
-                                                    "memory.converted"]
+        (4 * GiB, 1 * MiB, "private"),
+        (4 * GiB + 1 * MiB, 1 * MiB, "shared"),
+    ]
+    assert [t for t, _ in announced(core, seq)] == [
+        "memory.invalidate_start",
+        "memory.invalidate_end",
+        "memory.converted",
+    ]
 
 
 async def test_a_batch_applies_in_order_and_announces_after(core: MemoryCore):
     vm_id, gmem_id = await vm_with_gmem(core, 8 * MiB)
     await core.memslots.put(vm_id, 0, private(gmem_id, 4 * GiB))
     seq = core.events.seq
-    results = await core.batch.apply(vm_id, [
-        BatchOp("create", 1, private(gmem_id, 6 * GiB, offset=2 * MiB)), BatchOp("delete", 0),
-        BatchOp("create", None, private(gmem_id, 8 * GiB, offset=4 * MiB))])
+    results = await core.batch.apply(
+        vm_id,
+        [
+            BatchOp("create", 1, private(gmem_id, 6 * GiB, offset=2 * MiB)),
+            BatchOp("delete", 0),
+            BatchOp("create", None, private(gmem_id, 8 * GiB, offset=4 * MiB)),
+        ],
+    )
     assert [(r["slot"], r["result"]) for r in results] == [(1, "created"), (0, "deleted"), (0, "created")]
     assert [(t, s) for t, s in announced(core, seq)] == [
-        ("memslot.created", 1), ("memory.invalidate_start", None), ("memory.invalidate_end", None),
-        ("memslot.deleted", 0), ("memslot.created", 0)]
+        ("memslot.created", 1),
+        ("memory.invalidate_start", None),
+        ("memory.invalidate_end", None),
+        ("memslot.deleted", 0),
+        ("memslot.created", 0),
+    ]
 
 
 async def test_a_batch_is_all_or_nothing(core: MemoryCore):
     vm_id, gmem_id = await vm_with_gmem(core, 8 * MiB)
     seq = core.events.seq
     with pytest.raises(BatchFailed) as failed:
-        await core.batch.apply(vm_id, [BatchOp("create", 1, private(gmem_id, 6 * GiB)),
-                                       BatchOp("create", 2, private(gmem_id, 6 * GiB, offset=2 * MiB))])
+        await core.batch.apply(
+            vm_id,
+            [
+                BatchOp("create", 1, private(gmem_id, 6 * GiB)),
+                BatchOp("create", 2, private(gmem_id, 6 * GiB, offset=2 * MiB)),
+            ],
+        )
     assert (failed.value.extra["index"], failed.value.cause.code) == (1, "SLOT_OVERLAP")
     assert core.memslots.list(vm_id, 0, 1 << 53, None, 10).total == 0 and core.events.since(seq) == []
     assert MAX_BATCH_OPS == 4096  # the API's schema and the CLI use this one number
@@ -204,8 +245,12 @@ async def test_events_replay_from_a_cursor_exactly_once(core: MemoryCore):
         replayed = sub.drain()
         assert [e.seq for e in replayed] == [start + 1, start + 2] and sub.drain() == []
         await core.vms.delete(vm_id)
-        assert [e.type for e in sub.drain()] == ["memory.invalidate_start", "memory.invalidate_end",
-                                                 "guest_memfd.deleted", "vm.deleted"]
+        assert [e.type for e in sub.drain()] == [
+            "memory.invalidate_start",
+            "memory.invalidate_end",
+            "guest_memfd.deleted",
+            "vm.deleted",
+        ]
     finally:
         sub.close()
     with pytest.raises(CursorGone) as gone:
@@ -217,8 +262,12 @@ async def test_initial_state_describes_what_exists_now(core: MemoryCore):
     vm_id, gmem_id = await vm_with_gmem(core)
     await core.memslots.put(vm_id, 0, private(gmem_id, 4 * GiB))
     state = [(t, data.get("slot", data.get("id"))) for t, _, data in core.initial_state(vm_id)]
-    assert state == [("vm.created", None), ("guest_memfd.created", gmem_id), ("memslot.created", 0),
-                     ("memory.attributes", None)]
+    assert state == [
+        ("vm.created", None),
+        ("guest_memfd.created", gmem_id),
+        ("memslot.created", 0),
+        ("memory.attributes", None),
+    ]
 
 
 async def test_no_mutation_once_the_shutdown_began(core: MemoryCore):

@@ -38,8 +38,9 @@ def test_half_open_connections_never_lock_out_clients_or_kernel_objects(short_tm
             s.sendall(HALF_SENT)
             held.append(s)
         started = time.monotonic()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"authorization": f"Bearer {ADMIN}"},
-                          timeout=patience(1.0)) as tcp:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"authorization": f"Bearer {ADMIN}"}, timeout=patience(1.0)
+        ) as tcp:
             assert tcp.get("/v1/healthz").status_code == 200
         with d.client(timeout=patience(1.0)) as c:
             vm = c.post("/v1/vms", json={}).json()["id"]
@@ -56,9 +57,19 @@ def test_half_open_connections_never_lock_out_clients_or_kernel_objects(short_tm
 
 def test_half_sent_requests_and_unauthenticated_tcp_connections_time_out(short_tmp):
     port = free_port()
-    d = start_daemon(short_tmp, "--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file(short_tmp)),
-                     "--request-timeout-s", str(patience(0.5)), "--tcp-auth-timeout-s", str(patience(1)),
-                     "--idle-timeout-s", str(patience(5)))
+    d = start_daemon(
+        short_tmp,
+        "--tcp",
+        f"127.0.0.1:{port}",
+        "--token-file",
+        str(token_file(short_tmp)),
+        "--request-timeout-s",
+        str(patience(0.5)),
+        "--tcp-auth-timeout-s",
+        str(patience(1)),
+        "--idle-timeout-s",
+        str(patience(5)),
+    )
     try:
         half = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         half.connect(str(d.socket_path))
@@ -86,8 +97,10 @@ def test_over_the_cap_busy_connections_are_answered_503_at_once(short_tmp):
     d = start_daemon(short_tmp, "--max-connections-per-peer", "4")
     clients = [d.client() for _ in range(4)]
     try:
-        threads = [threading.Thread(target=c.get, args=("/v1/events",), kwargs={"params": {"wait": patience(3)}})
-                   for c in clients]
+        threads = [
+            threading.Thread(target=c.get, args=("/v1/events",), kwargs={"params": {"wait": patience(3)}})
+            for c in clients
+        ]
         for t in threads:
             t.start()
         time.sleep(patience(0.5))
@@ -202,8 +215,13 @@ def _gc_collected(d: Daemon) -> float:
 
     with d.client() as c:
         text = c.get("/metrics").text
-    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "python_gc_objects_collected"
-               for s in f.samples if s.name.endswith("_total"))
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "python_gc_objects_collected"
+        for s in f.samples
+        if s.name.endswith("_total")
+    )
 
 
 def test_a_closed_websocket_leaves_nothing_for_the_garbage_collector(short_tmp):

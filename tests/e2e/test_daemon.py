@@ -30,11 +30,15 @@ def test_walkthrough_and_vm_delete_releases_fds(daemon):
         vm = c.post("/v1/vms", json={"name": "walk"}).json()["id"]
         g = c.post(f"/v1/vms/{vm}/guest-memfds", json={"size": 64 * MiB, "flags": ["mmap", "init_shared"]}).json()["id"]
         s = c.post(f"/v1/vms/{vm}/shared-memory", json={"size": 16 * MiB}).json()["id"]
-        r = c.put(f"/v1/vms/{vm}/memslots/0", json={"guest_phys_addr": 4 * GiB, "memory_size": 64 * MiB,
-                                                     "private": {"guest_memfd_id": g, "offset": 0}})
+        r = c.put(
+            f"/v1/vms/{vm}/memslots/0",
+            json={"guest_phys_addr": 4 * GiB, "memory_size": 64 * MiB, "private": {"guest_memfd_id": g, "offset": 0}},
+        )
         assert r.status_code == 201, r.text
-        r = c.post(f"/v1/vms/{vm}/memslots", json={"guest_phys_addr": 0, "memory_size": 16 * MiB,
-                                                   "shared": {"shared_memory_id": s, "offset": 0}})
+        r = c.post(
+            f"/v1/vms/{vm}/memslots",
+            json={"guest_phys_addr": 0, "memory_size": 16 * MiB, "shared": {"shared_memory_id": s, "offset": 0}},
+        )
         assert r.status_code == 201 and r.json()["slot"] == 1
         assert [i["slot"] for i in c.get(f"/v1/vms/{vm}/memslots").json()["items"]] == [1, 0]
         assert fd_count(pid) == idle_fds + 3  # VM, guest_memfd, memfd
@@ -55,8 +59,12 @@ def test_sigterm_closes_everything_and_removes_the_socket(short_tmp):
 
 def _spawn_on(path, *, timeout: float = 10) -> subprocess.Popen[bytes]:
     """memslotd on ``path`` (given by environment), returned once the socket exists."""
-    proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon"], env={**os.environ, "MEMSLOTD_SOCKET": str(path)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memslotd.daemon"],
+        env={**os.environ, "MEMSLOTD_SOCKET": str(path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + patience(timeout)
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -97,8 +105,12 @@ def test_a_stop_at_any_point_of_start_up_is_honoured(short_tmp, delay):
 
 
 def test_invalid_configuration_fails_at_start(short_tmp):
-    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", "relative.sock"],
-                       capture_output=True, text=True, timeout=patience(30))
+    r = subprocess.run(
+        [sys.executable, "-m", "memslotd.daemon", "--socket", "relative.sock"],
+        capture_output=True,
+        text=True,
+        timeout=patience(30),
+    )
     assert r.returncode != 0 and "invalid configuration" in r.stderr
 
 
@@ -106,14 +118,22 @@ def test_a_socket_directory_others_can_write_is_refused(short_tmp):
     shared = short_tmp / "shared"
     shared.mkdir()
     shared.chmod(0o777)  # e.g. planted in /tmp by another user: they could swap the socket
-    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(shared / "api.sock")],
-                       capture_output=True, text=True, timeout=patience(30))
+    r = subprocess.run(
+        [sys.executable, "-m", "memslotd.daemon", "--socket", str(shared / "api.sock")],
+        capture_output=True,
+        text=True,
+        timeout=patience(30),
+    )
     assert r.returncode != 0 and "not writable by group or others" in r.stderr
     assert not (shared / "api.sock").exists()
 
 
 def test_second_daemon_on_a_live_socket_refuses(daemon):
-    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--socket", str(daemon.socket_path)],
-                       capture_output=True, text=True, timeout=patience(30))
+    r = subprocess.run(
+        [sys.executable, "-m", "memslotd.daemon", "--socket", str(daemon.socket_path)],
+        capture_output=True,
+        text=True,
+        timeout=patience(30),
+    )
     assert r.returncode != 0 and "another daemon is listening" in r.stderr
     assert "removed" not in r.stdout + r.stderr and daemon.socket_path.exists()  # it removed nothing

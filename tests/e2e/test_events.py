@@ -21,7 +21,9 @@ MiB, GiB = 1 << 20, 1 << 30
 
 @contextmanager
 def subscribe(daemon, query: str = "", **kw):
-    with unix_connect(str(daemon.socket_path), f"ws://memslotd/v1/events{query}", open_timeout=patience(10), **kw) as ws:
+    with unix_connect(
+        str(daemon.socket_path), f"ws://memslotd/v1/events{query}", open_timeout=patience(10), **kw
+    ) as ws:
         yield ws
 
 
@@ -47,13 +49,22 @@ class Mutator(threading.Thread):
         rng = random.Random(7)
         while not self.stop_flag.is_set():
             i = rng.randrange(self.slots)
-            body = {"guest_phys_addr": GiB * 4 + i * 2 * MiB, "memory_size": 2 * MiB,
-                    "private": {"guest_memfd_id": self.gmem, "offset": i * 2 * MiB}}
+            body = {
+                "guest_phys_addr": GiB * 4 + i * 2 * MiB,
+                "memory_size": 2 * MiB,
+                "private": {"guest_memfd_id": self.gmem, "offset": i * 2 * MiB},
+            }
             if self.client.put(f"{base}/memslots/{i}", json=body).status_code == 200:
                 self.client.delete(f"{base}/memslots/{i}")
             else:
-                self.client.post(f"{base}/memory/convert", json={"guest_phys_addr": GiB * 4 + i * 2 * MiB,
-                                                                 "size": 2 * MiB, "to": rng.choice(["private", "shared"])})
+                self.client.post(
+                    f"{base}/memory/convert",
+                    json={
+                        "guest_phys_addr": GiB * 4 + i * 2 * MiB,
+                        "size": 2 * MiB,
+                        "to": rng.choice(["private", "shared"]),
+                    },
+                )
             self.ops += 1
 
     def stop(self) -> None:
@@ -76,7 +87,14 @@ def test_a_subscriber_hears_hello_then_each_event_with_the_next_seq_and_the_same
             vm = c.post("/v1/vms", json={}).json()["id"]
         event = recv(ws)
         assert event["type"] == "vm.created" and event["vm_id"] == vm and event["seq"] == hello["seq"] + 1
-        assert event["boot_id"] == hello["boot_id"] and set(event) >= {"seq", "boot_id", "time", "type", "vm_id", "data"}
+        assert event["boot_id"] == hello["boot_id"] and set(event) >= {
+            "seq",
+            "boot_id",
+            "time",
+            "type",
+            "vm_id",
+            "data",
+        }
 
 
 def test_exactly_once_resume_at_random_cut_points_under_mutation(daemon):
@@ -117,7 +135,9 @@ def test_an_expired_cursor_or_a_foreign_boot_id_is_410_gone_and_a_retained_one_r
                 c.delete(f"/v1/vms/{vm}")
             boot = c.get("/v1/healthz").json()["boot_id"]
             r = c.get("/v1/events", params={"since_seq": 1})
-            assert r.status_code == 410 and r.json()["code"] == "CURSOR_GONE" and r.json()["extra"]["reason"] == "expired"
+            assert (
+                r.status_code == 410 and r.json()["code"] == "CURSOR_GONE" and r.json()["extra"]["reason"] == "expired"
+            )
         for query in ("?since_seq=1", f"?since_seq=19&boot_id={'0' * 32}"):
             with subscribe(d, query) as ws:
                 recv(ws)
@@ -209,8 +229,10 @@ def _stalled_subscriber(path) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(str(path))
-    s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: memslotd\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    s.sendall(
+        b"GET /v1/events HTTP/1.1\r\nHost: memslotd\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     return s
 
 
@@ -264,7 +286,7 @@ def test_ndjson_long_poll_resumes_and_waits(daemon):
         t.join(15)
         assert [json.loads(x)["type"] for x in result["lines"]] == ["vm.deleted", "bookmark"]
         page = c.get("/v1/events", params={"since_seq": 0, "wait": 0, "limit": 1}).text.splitlines()
-        assert json.loads(page[-1]) ["seq"] == 1  # truncated: the bookmark is the last delivered event
+        assert json.loads(page[-1])["seq"] == 1  # truncated: the bookmark is the last delivered event
 
 
 def test_a_long_poll_woken_by_more_events_than_its_limit_loses_none(daemon):
@@ -278,19 +300,35 @@ def test_a_long_poll_woken_by_more_events_than_its_limit_loses_none(daemon):
 
         def poll() -> None:
             with daemon.client() as c2:
-                result["lines"] = c2.get("/v1/events", params={"since_seq": since, "wait": 10, "limit": 2}).text.splitlines()
+                result["lines"] = c2.get(
+                    "/v1/events", params={"since_seq": since, "wait": 10, "limit": 2}
+                ).text.splitlines()
 
         t = threading.Thread(target=poll)
         t.start()
         time.sleep(0.3)
-        ops = [{"op": "create", "slot": i, "guest_phys_addr": (1 << 32) + i * (2 << 20), "memory_size": 2 << 20,
-                "shared": {"shared_memory_id": shm, "offset": i * (2 << 20)}} for i in range(4)]
+        ops = [
+            {
+                "op": "create",
+                "slot": i,
+                "guest_phys_addr": (1 << 32) + i * (2 << 20),
+                "memory_size": 2 << 20,
+                "shared": {"shared_memory_id": shm, "offset": i * (2 << 20)},
+            }
+            for i in range(4)
+        ]
         assert c.post(f"/v1/vms/{vm}/memslots:batch", json={"ops": ops}).status_code == 200
         t.join(15)
         first = [json.loads(x) for x in result["lines"]]
-        assert [(e["type"], e.get("data", {}).get("slot")) for e in first[:-1]] == [("memslot.created", 0), ("memslot.created", 1)]
+        assert [(e["type"], e.get("data", {}).get("slot")) for e in first[:-1]] == [
+            ("memslot.created", 0),
+            ("memslot.created", 1),
+        ]
         assert first[-1]["type"] == "bookmark" and first[-1]["seq"] == first[-2]["seq"]
-        rest = [json.loads(x) for x in c.get("/v1/events", params={"since_seq": first[-1]["seq"], "wait": 0}).text.splitlines()]
+        rest = [
+            json.loads(x)
+            for x in c.get("/v1/events", params={"since_seq": first[-1]["seq"], "wait": 0}).text.splitlines()
+        ]
         assert [e["data"]["slot"] for e in rest[:-1]] == [2, 3]
 
 
@@ -305,13 +343,22 @@ def _fill_slots(c, vm: str, count: int, *, gmem: bool = False) -> None:
     """``count`` one-page slots in batches of 4096 creates: over one shared memory, or over
     one guest_memfd with a page between backings (each delete then has its own invalidate pair)."""
     page = 4096
-    kind, part, id_key = (("guest-memfds", "private", "guest_memfd_id") if gmem
-                          else ("shared-memory", "shared", "shared_memory_id"))
+    kind, part, id_key = (
+        ("guest-memfds", "private", "guest_memfd_id") if gmem else ("shared-memory", "shared", "shared_memory_id")
+    )
     stride = 2 * page if gmem else page
     obj = c.post(f"/v1/vms/{vm}/{kind}", json={"size": count * stride}).json()["id"]
     for first in range(0, count, 4096):
-        ops = [{"op": "create", "slot": i, "guest_phys_addr": (1 << 33) + i * page, "memory_size": page,
-                part: {id_key: obj, "offset": i * stride}} for i in range(first, min(first + 4096, count))]
+        ops = [
+            {
+                "op": "create",
+                "slot": i,
+                "guest_phys_addr": (1 << 33) + i * page,
+                "memory_size": page,
+                part: {id_key: obj, "offset": i * stride},
+            }
+            for i in range(first, min(first + 4096, count))
+        ]
         r = c.post(f"/v1/vms/{vm}/memslots:batch", json={"ops": ops})
         assert r.status_code == 200, r.text
 
@@ -339,8 +386,10 @@ def test_no_legal_request_disconnects_an_up_to_date_subscriber(short_tmp):
 
             async def follow() -> None:
                 pattern = re.compile(r'^\{"seq":(\d+),')
-                conns = [await async_unix_connect(str(d.socket_path), "ws://memslotd/v1/events", max_queue=None)
-                         for _ in seqs]
+                conns = [
+                    await async_unix_connect(str(d.socket_path), "ws://memslotd/v1/events", max_queue=None)
+                    for _ in seqs
+                ]
                 for ws in conns:
                     assert json.loads(await ws.recv())["type"] == "hello"
                 connected.set()
@@ -355,13 +404,15 @@ def test_no_legal_request_disconnects_an_up_to_date_subscriber(short_tmp):
                             assert json.loads(frame)["type"] == "bookmark", frame
                     await ws.close()
 
-                await asyncio.gather(*(one(ws, out) for ws, out in zip(conns, seqs)))
+                await asyncio.gather(*(one(ws, out) for ws, out in zip(conns, seqs, strict=True)))
 
             thread = threading.Thread(target=lambda: asyncio.run(follow()), daemon=True)
             thread.start()
             assert connected.wait(patience(30))
             rss_before = _rss_kib(d.proc.pid)
-            r = c.post(f"/v1/vms/{small}/memslots:batch", json={"ops": [{"op": "delete", "slot": i} for i in range(4096)]})
+            r = c.post(
+                f"/v1/vms/{small}/memslots:batch", json={"ops": [{"op": "delete", "slot": i} for i in range(4096)]}
+            )
             assert r.status_code == 200, r.text
             assert c.delete(f"/v1/vms/{big}").status_code == 204
             end_seq.append(json.loads(c.get("/v1/events", params={"wait": 0}).text.splitlines()[-1])["seq"])

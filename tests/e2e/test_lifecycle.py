@@ -41,9 +41,21 @@ def _wait_healthy(path, proc, timeout: float = 20) -> None:
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate not installed")
 def test_an_inherited_systemd_socket_is_served_instead_of_binding_one(short_tmp):
     path = short_tmp / "activated.sock"
-    proc = subprocess.Popen(["systemd-socket-activate", "-l", str(path), "--fdname=api",
-                             sys.executable, "-m", "memslotd.daemon", "--socket", str(short_tmp / "unused" / "x.sock")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "systemd-socket-activate",
+            "-l",
+            str(path),
+            "--fdname=api",
+            sys.executable,
+            "-m",
+            "memslotd.daemon",
+            "--socket",
+            str(short_tmp / "unused" / "x.sock"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(200):  # systemd-socket-activate binds first and starts the daemon on the first connection
             if path.exists():
@@ -103,8 +115,12 @@ def test_fd_exhaustion_is_503_with_errno_and_leaks_nothing(short_tmp):
     log = short_tmp / "daemon.log"
     sock = short_tmp / "run" / "memslotd.sock"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "memslotd.daemon", "--socket", str(sock)],
-                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=low_nofile)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "memslotd.daemon", "--socket", str(sock)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=low_nofile,
+        )
     d = Daemon(sock, proc, log)
     try:
         _wait_healthy(sock, proc)
@@ -134,7 +150,7 @@ def test_fd_exhaustion_is_503_with_errno_and_leaks_nothing(short_tmp):
 
 def test_a_toml_configuration_file_sets_the_limits(short_tmp):
     cfg = short_tmp / "memslotd.toml"
-    cfg.write_text("max_vms = 1\nlog_format = \"text\"\n")
+    cfg.write_text('max_vms = 1\nlog_format = "text"\n')
     d = start_daemon(short_tmp, "--config", str(cfg))
     try:
         with d.client() as c:
@@ -147,13 +163,19 @@ def test_a_toml_configuration_file_sets_the_limits(short_tmp):
 def test_a_toml_value_of_the_wrong_type_stops_the_start_naming_the_option(short_tmp):
     bad = short_tmp / "bad.toml"
     bad.write_text("max_vms = 'many'\n")
-    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--config", str(bad), "--socket", str(short_tmp / "b.sock")],
-                       capture_output=True, text=True, timeout=patience(30))
+    r = subprocess.run(
+        [sys.executable, "-m", "memslotd.daemon", "--config", str(bad), "--socket", str(short_tmp / "b.sock")],
+        capture_output=True,
+        text=True,
+        timeout=patience(30),
+    )
     assert r.returncode != 0 and "max_vms" in r.stderr
 
 
 def test_help_documents_every_option():
-    r = subprocess.run([sys.executable, "-m", "memslotd.daemon", "--help"], capture_output=True, text=True, timeout=patience(30))
+    r = subprocess.run(
+        [sys.executable, "-m", "memslotd.daemon", "--help"], capture_output=True, text=True, timeout=patience(30)
+    )
     from memslotd.settings import Settings
 
     for name in Settings.model_fields:

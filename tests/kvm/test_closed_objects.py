@@ -34,7 +34,9 @@ def _closable_classes() -> dict[str, type]:
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module.__name__ and not name.startswith("_") and hasattr(cls, "close"):
                 found.add(cls)
-    return {cls.__name__: cls for cls in found if not any(other is not cls and issubclass(other, cls) for other in found)}
+    return {
+        cls.__name__: cls for cls in found if not any(other is not cls and issubclass(other, cls) for other in found)
+    }
 
 
 CLASSES = _closable_classes()
@@ -112,8 +114,12 @@ def test_every_closable_kernel_class_is_checked_after_close():
 
 
 def test_every_allowed_member_exists_so_the_allowlist_cannot_go_stale():
-    stale = [f"{cls}.{name}" for cls, allowed in CALLABLE_AFTER_CLOSE.items()
-             for name in allowed if name not in _public_members(CLASSES[cls])]
+    stale = [
+        f"{cls}.{name}"
+        for cls, allowed in CALLABLE_AFTER_CLOSE.items()
+        for name in allowed
+        if name not in _public_members(CLASSES[cls])
+    ]
     assert not stale
 
 

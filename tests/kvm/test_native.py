@@ -17,7 +17,12 @@ import pytest
 from memslotd.kvm import KVMError, KVMSystem, SharedMemory
 from memslotd.kvm._lib import SHIM_VERSION, checkout_version, lib
 from memslotd.uapi import (
-    GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_MAX_NR_PAGES, Cap,
+    GUEST_MEMFD_FLAG_INIT_SHARED,
+    GUEST_MEMFD_FLAG_MMAP,
+    KVM_MEM_GUEST_MEMFD,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_MAX_NR_PAGES,
+    Cap,
 )
 from tests.kernel_facts import kernel_facts
 
@@ -61,13 +66,19 @@ def test_the_api_version_is_12_and_a_vm_offers_region2_guest_memfd_and_its_flags
 
 def test_probe_agrees_with_an_independent_probe_for_every_vm_type(system):
     caps, facts = system.probe(), kernel_facts()
-    assert (caps.max_memslots, caps.user_memory2, caps.guest_memfd) == \
-        (facts.max_memslots, facts.user_memory2, facts.guest_memfd)
+    assert (caps.max_memslots, caps.user_memory2, caps.guest_memfd) == (
+        facts.max_memslots,
+        facts.user_memory2,
+        facts.guest_memfd,
+    )
     assert caps.vm_types == facts.vm_types and "default" in caps.vm_types
     for name, expected in facts.per_vm_type.items():
         got = caps.per_vm_type[name]
-        assert (got.memory_attributes, got.memory_attributes_ioctl, got.guest_memfd_flags) == \
-            (expected.memory_attributes, expected.attributes_ioctl, expected.guest_memfd_flags), name
+        assert (got.memory_attributes, got.memory_attributes_ioctl, got.guest_memfd_flags) == (
+            expected.memory_attributes,
+            expected.attributes_ioctl,
+            expected.guest_memfd_flags,
+        ), name
     assert caps.guest_memfd_flags == facts.default.guest_memfd_flags
     assert caps.memory_failure is facts.memory_failure
 
@@ -149,8 +160,9 @@ def test_b5_a_binding_overlapping_a_bound_guest_memfd_range_is_refused_with_the_
 def test_m3_log_dirty_pages_with_guest_memfd_is_einval(vm, bound):
     gmem, shm = bound
     with pytest.raises(KVMError) as e:
-        vm.set_user_memory_region2(3, KVM_MEM_GUEST_MEMFD | KVM_MEM_LOG_DIRTY_PAGES, 1 << 34, 2 * MiB, shm.address,
-                                   2 * MiB, gmem.fd)
+        vm.set_user_memory_region2(
+            3, KVM_MEM_GUEST_MEMFD | KVM_MEM_LOG_DIRTY_PAGES, 1 << 34, 2 * MiB, shm.address, 2 * MiB, gmem.fd
+        )
     assert e.value.errno == errno.EINVAL
 
 
@@ -209,8 +221,12 @@ def test_region_batch_stops_at_the_first_kernel_refusal(vm):
     """msd_set_user_memory_regions: in order, stops at the first errno, reports how many the
     kernel took; the real kernel refuses op 2 (EEXIST: it overlaps op 0's range)."""
     with SharedMemory.create("t", 8 * MiB) as shm:
-        regions = [(0, 0, 1 << 32, 2 * MiB, shm.address, 0, 0), (1, 0, (1 << 32) + 2 * MiB, 2 * MiB, shm.address, 0, 0),
-                   (2, 0, (1 << 32) + MiB, 2 * MiB, shm.address, 0, 0), (3, 0, 1 << 33, 2 * MiB, shm.address, 0, 0)]
+        regions = [
+            (0, 0, 1 << 32, 2 * MiB, shm.address, 0, 0),
+            (1, 0, (1 << 32) + 2 * MiB, 2 * MiB, shm.address, 0, 0),
+            (2, 0, (1 << 32) + MiB, 2 * MiB, shm.address, 0, 0),
+            (3, 0, 1 << 33, 2 * MiB, shm.address, 0, 0),
+        ]
         assert vm.set_user_memory_regions(regions) == (2, errno.EEXIST)
         with pytest.raises(KVMError) as e:  # op 3 never ran: slot 3 is empty
             vm.delete_user_memory_region(3)
@@ -234,8 +250,11 @@ def test_b2_an_fd_that_is_not_a_guest_memfd_is_einval(vm):
 
 
 def test_b3_a_guest_memfd_of_another_vm_is_einval(system, vm):
-    with system.create_vm(0) as other, other.create_guest_memfd(2 * MiB, 0) as foreign, \
-            SharedMemory.create("t", 2 * MiB) as shm:
+    with (
+        system.create_vm(0) as other,
+        other.create_guest_memfd(2 * MiB, 0) as foreign,
+        SharedMemory.create("t", 2 * MiB) as shm,
+    ):
         with pytest.raises(KVMError) as e:
             vm.set_user_memory_region2(0, KVM_MEM_GUEST_MEMFD, 1 << 32, 2 * MiB, shm.address, 0, foreign.fd)
         assert e.value.errno == errno.EINVAL

@@ -8,8 +8,8 @@ import errno
 import pytest
 
 from memslotd.kvm import KVMSystem, SharedMemory
-from memslotd.uapi import VM_TYPES
 from memslotd.kvm.probe_guest import GuestRunner
+from memslotd.uapi import VM_TYPES
 from tests.kernel_facts import ATTRIBUTE_PRIVATE, kernel_facts, require_feature
 
 pytestmark = [pytest.mark.lab, pytest.mark.kvm, pytest.mark.usefixtures("no_fd_leak")]
@@ -22,8 +22,11 @@ def test_private_gpa_without_guest_memfd_exits_with_memory_fault_flags_private()
     vm_type = kernel_facts().private_vm_type()
     require_feature(vm_type is not None, "no VM type with kernel-enforced private memory on this host")
     assert vm_type is not None
-    with KVMSystem.open() as system, system.create_vm(VM_TYPES[vm_type]) as vm, \
-            SharedMemory.create("t", 2 * MiB) as shm:
+    with (
+        KVMSystem.open() as system,
+        system.create_vm(VM_TYPES[vm_type]) as vm,
+        SharedMemory.create("t", 2 * MiB) as shm,
+    ):
         vm.set_user_memory_region2(0, 0, GPA, 2 * MiB, shm.address)
         runner = GuestRunner(vm)
         try:

@@ -13,7 +13,7 @@ import errno
 import pytest
 
 from tests.api.conftest import GiB, MiB, make_client
-from tests.kernel_facts import EHWPOISON, kernel_facts, require_feature
+from tests.kernel_facts import kernel_facts, require_feature
 
 pytestmark = [pytest.mark.lab, pytest.mark.kvm]
 
@@ -24,8 +24,11 @@ A, B = "a5" * 16, "b7" * 16
 
 def private_vm(c) -> str:
     vm_type = kernel_facts().private_vm_type()
-    require_feature(vm_type is not None, "this host offers no VM type with kernel-enforced private memory "
-                              f"(VM types: {list(kernel_facts().vm_types)}, none with KVM_MEMORY_ATTRIBUTE_PRIVATE)")
+    require_feature(
+        vm_type is not None,
+        "this host offers no VM type with kernel-enforced private memory "
+        f"(VM types: {list(kernel_facts().vm_types)}, none with KVM_MEMORY_ATTRIBUTE_PRIVATE)",
+    )
     r = c.post("/v1/vms", json={"type": vm_type})
     assert r.status_code == 201, r.text
     assert r.json()["conversion_enforcement"] == "kernel"
@@ -57,8 +60,15 @@ def test_two_part_memslot_guest_sees_the_side_the_kernel_attribute_selects():
         base = f"/v1/vms/{private_vm(c)}"
         shm = c.post(f"{base}/shared-memory", json={"size": 2 * MiB}).json()["id"]
         gmem = c.post(f"{base}/guest-memfds", json={"size": 2 * MiB}).json()["id"]
-        slot = c.put(f"{base}/memslots/0", json={"guest_phys_addr": GPA, "memory_size": 2 * MiB,
-                                                 "shared": {"shared_memory_id": shm}, "private": {"guest_memfd_id": gmem}})
+        slot = c.put(
+            f"{base}/memslots/0",
+            json={
+                "guest_phys_addr": GPA,
+                "memory_size": 2 * MiB,
+                "shared": {"shared_memory_id": shm},
+                "private": {"guest_memfd_id": gmem},
+            },
+        )
         assert slot.status_code == 201, slot.text
         assert slot.json()["guest_backing"] == "per_attribute"
         assert states(c, base) == [(GPA, 2 * MiB, "private")]  # guest_memfd RAM starts private (as QEMU's)
@@ -74,16 +84,27 @@ def test_two_part_memslot_guest_sees_the_side_the_kernel_attribute_selects():
 
         to_shared = c.post(f"{base}/memory/convert", json={"guest_phys_addr": GPA, "size": PAGE, "to": "shared"}).json()
         assert to_shared["enforcement"] == "kernel"
-        assert to_shared["discarded"] == [{"reason": "convert_to_shared", "guest_memfd_id": gmem, "shared_memory_id": None,
-                                           "offset": 0, "length": PAGE, "guest_phys_addr": GPA, "size": PAGE}]
+        assert to_shared["discarded"] == [
+            {
+                "reason": "convert_to_shared",
+                "guest_memfd_id": gmem,
+                "shared_memory_id": None,
+                "offset": 0,
+                "length": PAGE,
+                "guest_phys_addr": GPA,
+                "size": PAGE,
+            }
+        ]
         assert states(c, base) == [(GPA, PAGE, "shared"), (GPA + PAGE, 2 * MiB - PAGE, "private")]
         assert probe(c, base, read_op())[0]["data_hex"] == A  # the kernel now routes the page to userspace_addr
 
         c.post(f"{base}/memory/convert", json={"guest_phys_addr": GPA, "size": PAGE, "to": "private"})
         assert states(c, base) == [(GPA, 2 * MiB, "private")]
         assert probe(c, base, read_op())[0]["data_hex"] == "00" * 16  # B was discarded with the punch
-        assert c.get(f"{base}/shared-memory/{shm}/bytes", params={"offset": 0, "length": 16}).json()["data_hex"] \
-            == "00" * 16  # and A with the shared side's discard
+        assert (
+            c.get(f"{base}/shared-memory/{shm}/bytes", params={"offset": 0, "length": 16}).json()["data_hex"]
+            == "00" * 16
+        )  # and A with the shared side's discard
 
 
 def test_probe_reports_efault_for_a_shared_page_without_shared_backing():
@@ -94,16 +115,26 @@ def test_probe_reports_efault_for_a_shared_page_without_shared_backing():
     with make_client() as c:
         base = f"/v1/vms/{private_vm(c)}"
         gmem = c.post(f"{base}/guest-memfds", json={"size": 2 * MiB}).json()["id"]
-        c.put(f"{base}/memslots/0", json={"guest_phys_addr": GPA, "memory_size": 2 * MiB,
-                                          "private": {"guest_memfd_id": gmem}})
+        c.put(
+            f"{base}/memslots/0",
+            json={"guest_phys_addr": GPA, "memory_size": 2 * MiB, "private": {"guest_memfd_id": gmem}},
+        )
         assert probe(c, base, read_op(8))[0]["ok"]  # private: served from the guest_memfd
         c.post(f"{base}/memory/convert", json={"guest_phys_addr": GPA, "size": PAGE, "to": "shared"})
         seq = c.app.state.core.events.seq
         result = probe(c, base, read_op(8))[0]
         assert (result["ok"], result["state"]) == (False, "shared")
-        assert result["exit"] == {"reason": "fault", "gpa": None, "size": None, "flags": None, "is_write": None,
-                                  "errno": errno.EFAULT, "errno_name": "EFAULT"}
+        assert result["exit"] == {
+            "reason": "fault",
+            "gpa": None,
+            "size": None,
+            "flags": None,
+            "is_write": None,
+            "errno": errno.EFAULT,
+            "errno_name": "EFAULT",
+        }
         faults = [e.data for e in c.app.state.core.events.since(seq) if e.type == "memory.fault"]
-        assert [(f["gpa"], f["size"], f["private"], f["errno_name"], f["exit_reason"]) for f in faults] == \
-            [(GPA, 8, False, "EFAULT", "fault")]
+        assert [(f["gpa"], f["size"], f["private"], f["errno_name"], f["exit_reason"]) for f in faults] == [
+            (GPA, 8, False, "EFAULT", "fault")
+        ]
         assert probe(c, base, {**read_op(8), "guest_phys_addr": GPA + PAGE})[0]["ok"]  # the vCPU runs on

@@ -23,7 +23,9 @@ SW_PROTECTED = VM_TYPES["sw_protected"]
 def test_sw_protected_vms_offer_private_memory_attributes(require_feature):
     with KVMSystem.open() as kvm:
         types = kvm.check_extension(Cap.VM_TYPES)
-        require_feature(types & (1 << SW_PROTECTED), f"KVM offers no sw_protected VM type (KVM_CAP_VM_TYPES={types:#x})")
+        require_feature(
+            types & (1 << SW_PROTECTED), f"KVM offers no sw_protected VM type (KVM_CAP_VM_TYPES={types:#x})"
+        )
         with kvm.create_vm(SW_PROTECTED) as vm:
             attributes = vm.check_extension(Cap.MEMORY_ATTRIBUTES)
             assert attributes & MEMORY_ATTRIBUTE_PRIVATE, f"KVM_CAP_MEMORY_ATTRIBUTES={attributes:#x}"

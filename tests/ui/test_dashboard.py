@@ -32,21 +32,32 @@ SIZES = {"wide": (1400, 1000), "narrow": (800, 900), "huge": (2560, 1300)}
 #: run boundaries inside slot 0 (KiB from its start): 12 runs, several of them one page
 RUN_EDGES_KIB = [0, 4, 8, 64, 68, 1024, 1028, 2048, 4096, 4100, 6144, 6148, 8192]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (make test installs it as root)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (make test installs it as root)"
+)
 
 
 def _token_file(tmp: Path) -> Path:
     path = tmp / "tokens.toml"
-    entries = [("orchestrator", ["admin"], ADMIN), ("dashboard", ["read", "events"], READER),
-               ("viewer", ["read"], VIEWER), ("listener", ["events"], LISTENER)]
-    path.write_text("".join(f'[[tokens]]\nname = "{n}"\nscopes = {s!r}\nsha256 = "{hashlib.sha256(t.encode()).hexdigest()}"\n\n'
-                            for n, s, t in entries).replace("'", '"'))
+    entries = [
+        ("orchestrator", ["admin"], ADMIN),
+        ("dashboard", ["read", "events"], READER),
+        ("viewer", ["read"], VIEWER),
+        ("listener", ["events"], LISTENER),
+    ]
+    path.write_text(
+        "".join(
+            f'[[tokens]]\nname = "{n}"\nscopes = {s!r}\nsha256 = "{hashlib.sha256(t.encode()).hexdigest()}"\n\n'
+            for n, s, t in entries
+        ).replace("'", '"')
+    )
     path.chmod(0o600)
     return path
 
 
 def make_sparse_layout(api: httpx.Client) -> str:
     """Issue 15's layout; returns the VM id. The big guest_memfds are never populated."""
+
     def post(path: str, body: dict[str, Any]) -> str:
         r = api.post(path, json=body)
         assert r.status_code == 201, r.text
@@ -59,16 +70,26 @@ def make_sparse_layout(api: httpx.Client) -> str:
     vga = post(f"{base}/shared-memory", {"size": 16 * MiB, "name": "vga"})
     high = post(f"{base}/guest-memfds", {"size": 4 * GiB, "flags": ["mmap", "init_shared"], "name": "ram-high"})
     top = post(f"{base}/guest-memfds", {"size": 8 * GiB, "flags": ["mmap"], "name": "ram-top"})
-    for slot, body in enumerate([
-        {"guest_phys_addr": 2 * MiB, "memory_size": 8 * MiB, "private": {"guest_memfd_id": low}, "shared": {"shared_memory_id": low_shared}},
-        {"guest_phys_addr": 16 * MiB, "memory_size": 16 * MiB, "shared": {"shared_memory_id": vga}},
-        {"guest_phys_addr": 4 * GiB, "memory_size": 4 * GiB, "private": {"guest_memfd_id": high}},
-        {"guest_phys_addr": 8 * GiB, "memory_size": 8 * GiB, "private": {"guest_memfd_id": top}},
-    ]):
+    for slot, body in enumerate(
+        [
+            {
+                "guest_phys_addr": 2 * MiB,
+                "memory_size": 8 * MiB,
+                "private": {"guest_memfd_id": low},
+                "shared": {"shared_memory_id": low_shared},
+            },
+            {"guest_phys_addr": 16 * MiB, "memory_size": 16 * MiB, "shared": {"shared_memory_id": vga}},
+            {"guest_phys_addr": 4 * GiB, "memory_size": 4 * GiB, "private": {"guest_memfd_id": high}},
+            {"guest_phys_addr": 8 * GiB, "memory_size": 8 * GiB, "private": {"guest_memfd_id": top}},
+        ]
+    ):
         r = api.put(f"{base}/memslots/{slot}", json=body)
         assert r.status_code == 201, r.text
-    for start, end in zip(RUN_EDGES_KIB[1::2], RUN_EDGES_KIB[2::2]):  # every second run to shared
-        r = api.post(f"{base}/memory/convert", json={"guest_phys_addr": 2 * MiB + start * KiB, "size": (end - start) * KiB, "to": "shared"})
+    for start, end in zip(RUN_EDGES_KIB[1::2], RUN_EDGES_KIB[2::2], strict=True):  # every second run to shared
+        r = api.post(
+            f"{base}/memory/convert",
+            json={"guest_phys_addr": 2 * MiB + start * KiB, "size": (end - start) * KiB, "to": "shared"},
+        )
         assert r.status_code == 200, r.text
     runs = api.get(f"{base}/memory/attributes", params={"gpa_start": 2 * MiB, "gpa_end": 10 * MiB}).json()["ranges"]
     assert len(runs) == 12
@@ -81,7 +102,9 @@ class Rig:
 
     def page(self, token: str | None = READER, size: str = "wide", dark: bool = False) -> Any:
         width, height = SIZES[size]
-        page = self.browser.new_page(viewport={"width": width, "height": height}, color_scheme="dark" if dark else "light")
+        page = self.browser.new_page(
+            viewport={"width": width, "height": height}, color_scheme="dark" if dark else "light"
+        )
         page.errors = []
         page.on("pageerror", lambda e: page.errors.append(str(e)))
         page.goto(f"{self.url}/ui/" + (f"#token={token}" if token else ""))
@@ -98,9 +121,18 @@ def rig() -> Iterator[Rig]:
     try:
         vm = make_sparse_layout(api)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
             yield Rig(url, api, browser, vm)
             browser.close()
     finally:
@@ -167,8 +199,11 @@ def test_sparse_layout_shows_every_slot_and_run_readably_without_overlap(rig, si
             box = runs.nth(i).bounding_box()
             assert box["width"] >= 2 and box["height"] >= 2, (i, box)
         holes = page.locator("#map .gap")
-        assert [" ".join(holes.nth(i).inner_text().split()) for i in range(holes.count())] == \
-            ["… 2 MiB hole …", "… 6 MiB hole …", "… 3.97 GiB hole …"]
+        assert [" ".join(holes.nth(i).inner_text().split()) for i in range(holes.count())] == [
+            "… 2 MiB hole …",
+            "… 6 MiB hole …",
+            "… 3.97 GiB hole …",
+        ]
         ticks = page.locator("#map .tick").all_inner_texts()
         assert {"0x0", "0x200000", "0x1000000", "0x100000000", "0x200000000", "0x400000000"} <= set(ticks)
         assert page.locator("#map .lane-bar[data-binding]").count() == 5  # 3 guest_memfds, 2 shared-memory regions
@@ -238,7 +273,9 @@ def test_feed_starts_with_the_current_state_and_history_then_shows_changes_withi
     expect(page.locator("#conn")).to_have_text("live")
     expect(events.locator("li.sep.state")).to_contain_text("current state — ")
     expect(events.locator('li.state[data-type="memslot.created"]')).to_have_count(4, timeout=5000)
-    expect(events.locator("li.sep.history")).to_have_text(re.compile(r"^earlier: (all|the last) \d+ events before connecting$"))
+    expect(events.locator("li.sep.history")).to_have_text(
+        re.compile(r"^earlier: (all|the last) \d+ events before connecting$")
+    )
     converted = events.locator('li.history[data-type="memory.converted"]').first
     expect(converted.locator(".vm")).to_have_text("sparse")  # the VM's name, not its id
     expect(converted.locator(".sum")).to_contain_text("private → shared (slot 0)")
@@ -253,9 +290,14 @@ def test_feed_starts_with_the_current_state_and_history_then_shows_changes_withi
     live.locator("summary").click()
     expect(live.locator("pre")).to_contain_text('"name": "hotplug"')
 
-    rig.api.put(f"/v1/vms/{rig.vm}/memslots/9", json={"guest_phys_addr": 64 * MiB, "memory_size": 2 * MiB, "private": {"guest_memfd_id": g}})
+    rig.api.put(
+        f"/v1/vms/{rig.vm}/memslots/9",
+        json={"guest_phys_addr": 64 * MiB, "memory_size": 2 * MiB, "private": {"guest_memfd_id": g}},
+    )
     expect(page.locator('#map .slot[data-slot="9"]')).to_have_count(1, timeout=1000)
-    expect(events.locator('li.live[data-type="memslot.created"] .sum')).to_contain_text("slot 9 at 0x4000000 +2 MiB ← guest_memfd «hotplug»")
+    expect(events.locator('li.live[data-type="memslot.created"] .sum')).to_contain_text(
+        "slot 9 at 0x4000000 +2 MiB ← guest_memfd «hotplug»"
+    )
     expect(page.locator(f'#map .lane-bar[data-binding="{g}"]')).to_have_count(1)
 
     # filters hide what does not match; pause holds new events until it is released
@@ -278,13 +320,26 @@ def test_feed_starts_with_the_current_state_and_history_then_shows_changes_withi
     page.close()
 
 
-@pytest.mark.parametrize(("token", "says", "badge", "feed"), [
-    pytest.param(VIEWER, 'This token lacks the "events" scope', "no events scope",
-                 'No live events: the token lacks the "events" scope.', id="read-only-token"),
-    pytest.param(LISTENER, 'This token lacks the "read" scope', "live", None, id="events-only-token"),
-    pytest.param(None, "No token: this daemon listens on TCP and needs a bearer token", "no token",
-                 "No live events: no token.", id="no-token"),
-])
+@pytest.mark.parametrize(
+    ("token", "says", "badge", "feed"),
+    [
+        pytest.param(
+            VIEWER,
+            'This token lacks the "events" scope',
+            "no events scope",
+            'No live events: the token lacks the "events" scope.',
+            id="read-only-token",
+        ),
+        pytest.param(LISTENER, 'This token lacks the "read" scope', "live", None, id="events-only-token"),
+        pytest.param(
+            None,
+            "No token: this daemon listens on TCP and needs a bearer token",
+            "no token",
+            "No live events: no token.",
+            id="no-token",
+        ),
+    ],
+)
 def test_a_missing_scope_or_token_is_named_on_the_page_and_never_shown_as_live(rig, request, token, says, badge, feed):
     page = rig.page(token=token)
     expect(page.locator("#notice")).to_contain_text(says)
@@ -296,7 +351,9 @@ def test_a_missing_scope_or_token_is_named_on_the_page_and_never_shown_as_live(r
     if token == VIEWER:
         expect(page.locator('#map .slot[data-slot="0"]')).to_have_count(1)  # `read` is enough for the map
     if token is None:
-        expect(page.locator("#notice")).to_contain_text("the scopes read (REST reads: map, tables) and events (the live feed)")
+        expect(page.locator("#notice")).to_contain_text(
+            "the scopes read (REST reads: map, tables) and events (the live feed)"
+        )
     shot(page, f"dashboard-{request.node.callspec.id}")
     assert not page.errors, page.errors
     page.close()
@@ -305,19 +362,30 @@ def test_a_missing_scope_or_token_is_named_on_the_page_and_never_shown_as_live(r
 def test_a_crowded_vm_is_drawn_bounded_in_the_map_and_the_table(rig):
     vm = rig.api.post("/v1/vms", json={"name": "crowd"}).json()["id"]
     shm = rig.api.post(f"/v1/vms/{vm}/shared-memory", json={"size": 4 * GiB, "name": "pool"}).json()["id"]
-    ops = [{"op": "create", "slot": i, "guest_phys_addr": i * 4 * MiB, "memory_size": 2 * MiB,
-            "shared": {"shared_memory_id": shm, "offset": i * 2 * MiB}} for i in range(600)]
+    ops = [
+        {
+            "op": "create",
+            "slot": i,
+            "guest_phys_addr": i * 4 * MiB,
+            "memory_size": 2 * MiB,
+            "shared": {"shared_memory_id": shm, "offset": i * 2 * MiB},
+        }
+        for i in range(600)
+    ]
     assert rig.api.post(f"/v1/vms/{vm}/memslots:batch", json={"ops": ops}).status_code == 200
     try:
         page = rig.page(size="narrow")
         page.locator(f'#vm-list li[data-vm="{vm}"] button').click()
-        expect(page.locator("#map .note")).to_have_text("The map shows the first 256 of 600 slots by GPA; sort the table to reach any slot.",
-                                                        timeout=15_000)  # generous: the machine may be busy
+        expect(page.locator("#map .note")).to_have_text(
+            "The map shows the first 256 of 600 slots by GPA; sort the table to reach any slot.", timeout=15_000
+        )  # generous: the machine may be busy
         expect(page.locator("#map .slot")).to_have_count(256)
         expect(page.locator("#slots tbody tr")).to_have_count(500)
         expect(page.locator("#slots tfoot")).to_contain_text("first 500 of 600 slots in this order")
         assert page.locator('#map .slot[data-slot="255"]').bounding_box()["width"] >= 24
-        assert page.evaluate("() => document.querySelector('#map').scrollWidth > document.querySelector('#map').clientWidth")
+        assert page.evaluate(
+            "() => document.querySelector('#map').scrollWidth > document.querySelector('#map').clientWidth"
+        )
         assert page.evaluate(OVERLAPS_JS) == []
         expect(page.locator("#events li.sep.state")).to_contain_text("(first 500 of ")  # the snapshot, bounded
         assert page.locator("#events li").count() <= 502

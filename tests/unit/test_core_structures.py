@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import errno
+import itertools
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sortedcontainers import SortedDict
 
 from memslotd.core.attributes import PRIVATE, SHARED, AttributeMap
-from memslotd.core.errors import CapabilityMissing, Conflict, HostResourcesExhausted, InvalidRequest, KernelError, kernel_error
+from memslotd.core.errors import (
+    CapabilityMissing,
+    Conflict,
+    HostResourcesExhausted,
+    InvalidRequest,
+    KernelError,
+    kernel_error,
+)
 from memslotd.core.events import CursorGone, EventLog
 from memslotd.core.ranges import Range, check_aligned_range
 from memslotd.core.slot_table import Backing, FreeIds, GmemBindings, MemslotTable, Slot
 from memslotd.core.sorted_keys import floor_key, higher_key
-from sortedcontainers import SortedDict
 
 
 def slot(i: int, start: int, size: int) -> Slot:
@@ -25,10 +33,19 @@ def test_an_aligned_start_and_size_make_the_half_open_range():
     assert check_aligned_range(4096, 8192, 4096, what="x") == Range(4096, 12288)
 
 
-@pytest.mark.parametrize("start, size, code", [
-    (0, 0, "RANGE_EMPTY"), (1, 4096, "RANGE_NOT_ALIGNED"), ((1 << 53) - 4096, 8192, "RANGE_OVERFLOW"),
-], ids=["an_empty_range_is_RANGE_EMPTY", "an_unaligned_start_is_RANGE_NOT_ALIGNED",
-        "an_end_past_2_to_the_53_is_RANGE_OVERFLOW"])
+@pytest.mark.parametrize(
+    "start, size, code",
+    [
+        (0, 0, "RANGE_EMPTY"),
+        (1, 4096, "RANGE_NOT_ALIGNED"),
+        ((1 << 53) - 4096, 8192, "RANGE_OVERFLOW"),
+    ],
+    ids=[
+        "an_empty_range_is_RANGE_EMPTY",
+        "an_unaligned_start_is_RANGE_NOT_ALIGNED",
+        "an_end_past_2_to_the_53_is_RANGE_OVERFLOW",
+    ],
+)
 def test_a_range_that_cannot_be_a_memory_range_is_refused_with_its_code(start, size, code):
     with pytest.raises(InvalidRequest) as e:
         check_aligned_range(start, size, 4096, what="x")
@@ -160,8 +177,15 @@ class PageModel:
         return out
 
 
-ops = st.lists(st.tuples(st.sampled_from(["add", "remove", "assign"]), st.integers(0, 60), st.integers(1, 12),
-                         st.sampled_from([PRIVATE, SHARED])), max_size=60)
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "remove", "assign"]),
+        st.integers(0, 60),
+        st.integers(1, 12),
+        st.sampled_from([PRIVATE, SHARED]),
+    ),
+    max_size=60,
+)
 
 
 @settings(max_examples=300)
@@ -231,11 +255,25 @@ def test_the_event_log_drops_its_oldest_events_to_stay_within_its_bytes():
     assert log.retained_bytes <= 500 and log.oldest_seq > 1
 
 
-@pytest.mark.parametrize("code, error", [
-    (errno.ENOMEM, HostResourcesExhausted), (errno.EMFILE, HostResourcesExhausted), (errno.EEXIST, Conflict),
-    (errno.ENOTTY, CapabilityMissing), (errno.EINVAL, InvalidRequest), (errno.EIO, KernelError),
-], ids=["ENOMEM_is_HostResourcesExhausted", "EMFILE_is_HostResourcesExhausted", "EEXIST_is_Conflict",
-        "ENOTTY_is_CapabilityMissing", "EINVAL_is_InvalidRequest", "EIO_is_KernelError"])
+@pytest.mark.parametrize(
+    "code, error",
+    [
+        (errno.ENOMEM, HostResourcesExhausted),
+        (errno.EMFILE, HostResourcesExhausted),
+        (errno.EEXIST, Conflict),
+        (errno.ENOTTY, CapabilityMissing),
+        (errno.EINVAL, InvalidRequest),
+        (errno.EIO, KernelError),
+    ],
+    ids=[
+        "ENOMEM_is_HostResourcesExhausted",
+        "EMFILE_is_HostResourcesExhausted",
+        "EEXIST_is_Conflict",
+        "ENOTTY_is_CapabilityMissing",
+        "EINVAL_is_InvalidRequest",
+        "EIO_is_KernelError",
+    ],
+)
 def test_a_kernel_errno_becomes_its_domain_error_carrying_the_errno_and_the_ioctl(code, error):
     exc = OSError(code, "x")
     exc.ioctl = "KVM_SET_USER_MEMORY_REGION2"  # type: ignore[attr-defined]
@@ -293,4 +331,4 @@ def test_dirty_ranges_match_the_set_bits(dirty, pages):
     got = dirty_ranges(bytes(words), 1 << 32, 4096, pages)
     pages_out = [((g - (1 << 32)) // 4096) + i for g, n in got for i in range(n // 4096)]
     assert pages_out == sorted(p for p in dirty if p < pages)
-    assert all(a[0] + a[1] < b[0] for a, b in zip(got, got[1:]))  # maximal runs
+    assert all(a[0] + a[1] < b[0] for a, b in itertools.pairwise(got))  # maximal runs

@@ -22,8 +22,12 @@ from .problems import send_problem
 __all__ = ["AccessControl", "REQUEST_SECONDS"]
 
 
-REQUEST_SECONDS = Histogram("memslotd_request_duration_seconds", "API request latency", ["method", "route", "status"],
-                            buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.5, 10))
+REQUEST_SECONDS = Histogram(
+    "memslotd_request_duration_seconds",
+    "API request latency",
+    ["method", "route", "status"],
+    buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.5, 10),
+)
 DENIED = Counter("memslotd_requests_denied_total", "requests refused by access control", ["reason"])
 TOKEN_SUBPROTOCOL = "memslotd.token."
 
@@ -110,7 +114,7 @@ class AccessControl:
         if presented is None and scope["type"] == "websocket":
             for proto in scope.get("subprotocols", []):
                 if proto.startswith(TOKEN_SUBPROTOCOL):
-                    presented = proto[len(TOKEN_SUBPROTOCOL):]
+                    presented = proto[len(TOKEN_SUBPROTOCOL) :]
             if presented is None:
                 scope["memslotd.auth_pending"] = True  # the stream reads {"type":"auth","token":…} first
                 return None
@@ -133,8 +137,9 @@ class AccessControl:
             headers.append((b"www-authenticate", b'Bearer realm="memslotd"'))
         await send_problem(send, status, code, "Unauthorized" if status == 401 else "Forbidden", detail, headers)
 
-    def _record(self, scope: Scope, method: str, who: dict[str, Any], kind: str, need: str, status: int,
-                started: float) -> None:
+    def _record(
+        self, scope: Scope, method: str, who: dict[str, Any], kind: str, need: str, status: int, started: float
+    ) -> None:
         duration = time.perf_counter() - started
         route_obj = scope.get("route")
         route = getattr(route_obj, "path", None) or ("unmatched" if status == 404 else scope["path"][:64])
@@ -144,5 +149,15 @@ class AccessControl:
         # host-view reads too: reading guest memory is as sensitive as writing it
         audit = need in ("mutate", "admin") or status in (401, 403) or scope["path"].endswith("/bytes")
         if request_log.enabled or audit:
-            request_log.write(audit, {"method": method, "route": route, "path": scope["path"], "status": status,
-                                      "duration_ms": round(duration * 1e3, 3), "listener": kind, **who})
+            request_log.write(
+                audit,
+                {
+                    "method": method,
+                    "route": route,
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(duration * 1e3, 3),
+                    "listener": kind,
+                    **who,
+                },
+            )

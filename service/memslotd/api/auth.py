@@ -41,7 +41,7 @@ class TokenStore:
         self.tokens = tokens
 
     @classmethod
-    def load(cls, path: Path) -> "TokenStore":
+    def load(cls, path: Path) -> TokenStore:
         mode = os.stat(path).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ValueError(f"{path} is readable by group or others (mode {stat.S_IMODE(mode):o}); chmod 600 it")

@@ -8,10 +8,10 @@ a tenth of the kernel's own cost for the op.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import ConfigDict, Field, TypeAdapter, with_config
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from .schemas import MAX_BATCH_OPS, U53, ObjectId, Size, SlotFlag
 
@@ -53,8 +53,10 @@ class BatchDelete(TypedDict):
 
 @with_config(_STRICT)
 class BatchRequest(TypedDict):
-    ops: Annotated[list[Annotated[BatchCreate | BatchDelete, Field(discriminator="op")]],
-                   Field(min_length=1, max_length=MAX_BATCH_OPS)]
+    ops: Annotated[
+        list[Annotated[BatchCreate | BatchDelete, Field(discriminator="op")]],
+        Field(min_length=1, max_length=MAX_BATCH_OPS),
+    ]
 
 
 BATCH_BODY: TypeAdapter[BatchRequest] = TypeAdapter(BatchRequest)

@@ -60,8 +60,12 @@ def check_charset(content_type: str) -> None:
     for param in content_type.split(";")[1:]:
         key, _, value = param.partition("=")
         if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise ApiProblem(415, "UNSUPPORTED_CHARSET", "Unsupported charset",
-                             f"the body must be UTF-8 (Content-Type says charset={value.strip()})")
+            raise ApiProblem(
+                415,
+                "UNSUPPORTED_CHARSET",
+                "Unsupported charset",
+                f"the body must be UTF-8 (Content-Type says charset={value.strip()})",
+            )
 
 
 def parse_json(body: bytes) -> Any:
@@ -69,25 +73,42 @@ def parse_json(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiProblem(400, "INVALID_UTF8", "Body is not UTF-8",
-                         f"byte {exc.start} of the body ({body[exc.start:exc.start + 1]!r}) is not valid UTF-8") from None
+        raise ApiProblem(
+            400,
+            "INVALID_UTF8",
+            "Body is not UTF-8",
+            f"byte {exc.start} of the body ({body[exc.start : exc.start + 1]!r}) is not valid UTF-8",
+        ) from None
     try:
         value = json.loads(text, object_pairs_hook=_object, parse_float=_number, parse_constant=_constant)
     except _DuplicateKey as exc:
-        raise ApiProblem(400, "MALFORMED_JSON", "Malformed JSON",
-                         f"the key {exc.key!r} appears twice in one object", key=exc.key) from None
+        raise ApiProblem(
+            400, "MALFORMED_JSON", "Malformed JSON", f"the key {exc.key!r} appears twice in one object", key=exc.key
+        ) from None
     except json.JSONDecodeError as exc:
-        raise ApiProblem(400, "MALFORMED_JSON", "Malformed JSON",
-                         f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-                         line=exc.lineno, column=exc.colno) from None
+        raise ApiProblem(
+            400,
+            "MALFORMED_JSON",
+            "Malformed JSON",
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            line=exc.lineno,
+            column=exc.colno,
+        ) from None
     except RecursionError:
-        raise ApiProblem(400, "JSON_TOO_DEEP", "JSON nested too deeply",
-                         f"the body nests deeper than {MAX_NESTING} levels") from None
+        raise ApiProblem(
+            400, "JSON_TOO_DEEP", "JSON nested too deeply", f"the body nests deeper than {MAX_NESTING} levels"
+        ) from None
     except ValueError as exc:  # int(): more digits than sys.get_int_max_str_digits()
-        raise ApiProblem(422, "NUMBER_TOO_LARGE", "Number too large",
-                         f"an integer in the body is too long ({exc}); no field takes more than 19 digits") from None
+        raise ApiProblem(
+            422,
+            "NUMBER_TOO_LARGE",
+            "Number too large",
+            f"an integer in the body is too long ({exc}); no field takes more than 19 digits",
+        ) from None
     if _depth_exceeds(value, MAX_NESTING):
-        raise ApiProblem(400, "JSON_TOO_DEEP", "JSON nested too deeply", f"the body nests deeper than {MAX_NESTING} levels")
+        raise ApiProblem(
+            400, "JSON_TOO_DEEP", "JSON nested too deeply", f"the body nests deeper than {MAX_NESTING} levels"
+        )
     return value
 
 

@@ -22,20 +22,30 @@ __all__ = ["complete_openapi", "asyncapi_document", "SECURITY_SCHEME"]
 
 REF = "#/components/schemas/{model}"
 PROBLEM = {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}}
-SECURITY_SCHEME = {"bearer": {
-    "type": "http", "scheme": "bearer",
-    "description": "TCP listener only (--tcp): a token from --token-file. Its scopes are the role names of each "
-                   "operation's requirement: read (GETs), events (the stream), mutate (changes), admin (all, and the "
-                   "test rig). The Unix socket needs none (the empty requirement): it records SO_PEERCRED instead."}}
+SECURITY_SCHEME = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "TCP listener only (--tcp): a token from --token-file. Its scopes are the role names of each "
+        "operation's requirement: read (GETs), events (the stream), mutate (changes), admin (all, and the "
+        "test rig). The Unix socket needs none (the empty requirement): it records SO_PEERCRED instead.",
+    }
+}
 
 _COMMON_STATUSES = {
     401: ("Unauthorized: TCP without a valid bearer token (UNAUTHORIZED)", {"WWW-Authenticate"}),
-    403: ("Forbidden: token lacks the scope (INSUFFICIENT_SCOPE), read-only socket (READ_ONLY_LISTENER), "
-          "browser Origin not allowed (ORIGIN_NOT_ALLOWED)", set()),
+    403: (
+        "Forbidden: token lacks the scope (INSUFFICIENT_SCOPE), read-only socket (READ_ONLY_LISTENER), "
+        "browser Origin not allowed (ORIGIN_NOT_ALLOWED)",
+        set(),
+    ),
     414: ("URI too long (URI_TOO_LONG)", set()),
-    422: ("Request breaks a rule: a field or parameter (VALIDATION_FAILED), an unknown or repeated query parameter "
-          "(UNKNOWN_QUERY_PARAMETER, DUPLICATE_QUERY_PARAMETER), dry_run where it means nothing (DRY_RUN_UNSUPPORTED), "
-          "a kernel rule (its own code)", set()),
+    422: (
+        "Request breaks a rule: a field or parameter (VALIDATION_FAILED), an unknown or repeated query parameter "
+        "(UNKNOWN_QUERY_PARAMETER, DUPLICATE_QUERY_PARAMETER), dry_run where it means nothing (DRY_RUN_UNSUPPORTED), "
+        "a kernel rule (its own code)",
+        set(),
+    ),
 }
 _BODY_STATUSES = {
     400: "Malformed JSON (MALFORMED_JSON, also for a duplicate key), INVALID_UTF8, JSON_TOO_DEEP",
@@ -43,21 +53,35 @@ _BODY_STATUSES = {
     415: "Body is not JSON (UNSUPPORTED_MEDIA_TYPE) or not UTF-8 (UNSUPPORTED_CHARSET)",
 }
 HEADERS: dict[str, dict[str, Any]] = {
-    "memslotd-boot-id": {"description": "the daemon's boot id: a new value means it restarted and every VM is gone",
-                         "required": True, "schema": {"type": "string"}},
-    "memslotd-dry-run": {"description": "true: this was a dry run, nothing changed", "schema": {"type": "string", "enum": ["true"]}},
+    "memslotd-boot-id": {
+        "description": "the daemon's boot id: a new value means it restarted and every VM is gone",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "memslotd-dry-run": {
+        "description": "true: this was a dry run, nothing changed",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
     "ETag": {"description": "the slot's version, for If-Match", "schema": {"type": "string"}},
     "Location": {"description": "the created resource", "schema": {"type": "string"}},
-    "Idempotent-Replayed": {"description": "true: the answer to an earlier request with this Idempotency-Key",
-                            "schema": {"type": "string", "enum": ["true"]}},
+    "Idempotent-Replayed": {
+        "description": "true: the answer to an earlier request with this Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
     "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}},
     "WWW-Authenticate": {"description": 'Bearer realm="memslotd"', "schema": {"type": "string"}},
     "Allow": {"description": "the methods the resource supports", "schema": {"type": "string"}},
 }
-IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
-                   "description": "(its first 255 characters count) a retry with the same key, method, path, query and body replays the first answer "
-                                  "(Idempotent-Replayed: true); the same key with another request is 422 "
-                                  "IDEMPOTENCY_KEY_REUSED, while the first still runs 409 IDEMPOTENCY_KEY_IN_USE"}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "(its first 255 characters count) a retry with the same key, method, path, query and body "
+    "replays the first answer "
+    "(Idempotent-Replayed: true); the same key with another request is 422 "
+    "IDEMPOTENCY_KEY_REUSED, while the first still runs 409 IDEMPOTENCY_KEY_IN_USE",
+}
 
 
 def _header_refs(*names: str) -> dict[str, Any]:
@@ -70,14 +94,23 @@ def complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body, never sent
         schemas.pop(name, None)
-    _, defs = models_json_schema([(BatchRequest, "validation"), (Problem, "serialization"),
-                                  *((m, "serialization") for m in (*EVENT_MODELS.values(), *STREAM_FRAMES))],
-                                 ref_template=REF)
+    _, defs = models_json_schema(
+        [
+            (BatchRequest, "validation"),
+            (Problem, "serialization"),
+            *((m, "serialization") for m in (*EVENT_MODELS.values(), *STREAM_FRAMES)),
+        ],
+        ref_template=REF,
+    )
     schemas.update(defs.get("$defs", {}))
-    schemas["Event"] = {"description": "one event of the stream (the envelope; ``data`` by ``type``)",
-                        "oneOf": [{"$ref": REF.format(model=m.__name__)} for m in EVENT_MODELS.values()],
-                        "discriminator": {"propertyName": "type", "mapping": {
-                            t: REF.format(model=m.__name__) for t, m in EVENT_MODELS.items()}}}
+    schemas["Event"] = {
+        "description": "one event of the stream (the envelope; ``data`` by ``type``)",
+        "oneOf": [{"$ref": REF.format(model=m.__name__)} for m in EVENT_MODELS.values()],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {t: REF.format(model=m.__name__) for t, m in EVENT_MODELS.items()},
+        },
+    }
     components["securitySchemes"] = SECURITY_SCHEME
     components["headers"] = HEADERS
     for path, item in schema.get("paths", {}).items():
@@ -102,8 +135,9 @@ def _complete_operation(path: str, method: str, op: dict[str, Any]) -> None:
         for number, body_description in _BODY_STATUSES.items():
             responses.setdefault(str(number), {"description": body_description})
     if method == "POST":
-        responses.setdefault("409", {"description": "Idempotency-Key in use by a request still running "
-                                                    "(IDEMPOTENCY_KEY_IN_USE)"})
+        responses.setdefault(
+            "409", {"description": "Idempotency-Key in use by a request still running (IDEMPOTENCY_KEY_IN_USE)"}
+        )
     params = op.setdefault("parameters", [])
     dry_run = any(p["name"] == "dry_run" for p in params)
     if method == "POST":
@@ -128,8 +162,10 @@ def _complete_operation(path: str, method: str, op: dict[str, Any]) -> None:
             headers.update(_header_refs("ETag"))
     if path == "/v1/events" and method == "GET":
         ndjson = responses["200"]["content"]["application/x-ndjson"]
-        ndjson["schema"] = {"description": "each line is one JSON value: an Event, the last line a Bookmark",
-                            "oneOf": [{"$ref": REF.format(model="Event")}, {"$ref": REF.format(model="Bookmark")}]}
+        ndjson["schema"] = {
+            "description": "each line is one JSON value: an Event, the last line a Bookmark",
+            "oneOf": [{"$ref": REF.format(model="Event")}, {"$ref": REF.format(model="Bookmark")}],
+        }
 
 
 # -- AsyncAPI ------------------------------------------------------------------------------
@@ -150,45 +186,89 @@ def asyncapi_document(query_schema: dict[str, Any]) -> dict[str, Any]:
     messages: dict[str, Any] = {}
     for model in frames:
         doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        messages[model.__name__] = {"name": model.__name__, "title": model.__name__, "summary": doc,
-                                    "contentType": "application/json", "payload": {"$ref": REF.format(model=model.__name__)}}
+        messages[model.__name__] = {
+            "name": model.__name__,
+            "title": model.__name__,
+            "summary": doc,
+            "contentType": "application/json",
+            "payload": {"$ref": REF.format(model=model.__name__)},
+        }
     server_messages = [m for m in messages if m != "AuthMessage"]
     close = "\n".join(f"* {code}: {text}" for code, text in CLOSE_CODES.items())
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": "memslotd event stream", "version": __version__, "description": (
-            "GET /v1/events as a WebSocket with subprotocol `memslotd.v1`: `Hello` first, then one JSON frame per "
-            "message. Resume with since_seq (+ boot_id): every retained event after it arrives exactly once; "
-            "`Bookmark`s advance filtered cursors. The same envelope is served as NDJSON by the HTTP long-poll "
-            "(openapi.yaml). Close codes:\n" + close)},
+        "info": {
+            "title": "memslotd event stream",
+            "version": __version__,
+            "description": (
+                "GET /v1/events as a WebSocket with subprotocol `memslotd.v1`: `Hello` first, then one JSON frame per "
+                "message. Resume with since_seq (+ boot_id): every retained event after it arrives exactly once; "
+                "`Bookmark`s advance filtered cursors. The same envelope is served as NDJSON by the HTTP long-poll "
+                "(openapi.yaml). Close codes:\n" + close
+            ),
+        },
         "defaultContentType": "application/json",
         "servers": {
-            "unix": {"host": "memslotd", "protocol": "ws", "pathname": "/",
-                     "description": "the Unix socket (--socket): no token, the peer's credentials are recorded"},
-            "tcp": {"host": "{host}:{port}", "protocol": "wss", "pathname": "/",
-                    "description": "the opt-in TCP listener (--tcp, TLS when configured): a bearer token with the events "
-                                   "scope", "variables": {"host": {"default": "127.0.0.1"}, "port": {"default": "8444"}},
-                    "security": [{"$ref": "#/components/securitySchemes/bearer"}]},
+            "unix": {
+                "host": "memslotd",
+                "protocol": "ws",
+                "pathname": "/",
+                "description": "the Unix socket (--socket): no token, the peer's credentials are recorded",
+            },
+            "tcp": {
+                "host": "{host}:{port}",
+                "protocol": "wss",
+                "pathname": "/",
+                "description": "the opt-in TCP listener (--tcp, TLS when configured): a bearer token with the events "
+                "scope",
+                "variables": {"host": {"default": "127.0.0.1"}, "port": {"default": "8444"}},
+                "security": [{"$ref": "#/components/securitySchemes/bearer"}],
+            },
         },
-        "channels": {"events": {
-            "address": "/v1/events",
-            "title": "the event stream",
-            "description": "Subprotocol `memslotd.v1` (offer it in Sec-WebSocket-Protocol). Close codes:\n" + close,
-            "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
-            "bindings": {"ws": {"bindingVersion": "0.1.0", "method": "GET", "query": query_schema,
-                                "headers": {"type": "object", "properties": {"Sec-WebSocket-Protocol": {
-                                    "type": "string", "description": "memslotd.v1 (and memslotd.token.<token> on TCP)"}}}}},
-            "x-close-codes": {str(code): text for code, text in CLOSE_CODES.items()},
-        }},
+        "channels": {
+            "events": {
+                "address": "/v1/events",
+                "title": "the event stream",
+                "description": "Subprotocol `memslotd.v1` (offer it in Sec-WebSocket-Protocol). Close codes:\n" + close,
+                "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
+                "bindings": {
+                    "ws": {
+                        "bindingVersion": "0.1.0",
+                        "method": "GET",
+                        "query": query_schema,
+                        "headers": {
+                            "type": "object",
+                            "properties": {
+                                "Sec-WebSocket-Protocol": {
+                                    "type": "string",
+                                    "description": "memslotd.v1 (and memslotd.token.<token> on TCP)",
+                                }
+                            },
+                        },
+                    }
+                },
+                "x-close-codes": {str(code): text for code, text in CLOSE_CODES.items()},
+            }
+        },
         "operations": {
-            "receiveEvents": {"action": "receive", "channel": {"$ref": "#/channels/events"},
-                              "summary": "what the daemon sends", "messages": [
-                                  {"$ref": f"#/channels/events/messages/{name}"} for name in server_messages]},
-            "sendAuth": {"action": "send", "channel": {"$ref": "#/channels/events"},
-                         "summary": "TCP only, when the token is in neither the header nor the subprotocol",
-                         "messages": [{"$ref": "#/channels/events/messages/AuthMessage"}]},
+            "receiveEvents": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/events"},
+                "summary": "what the daemon sends",
+                "messages": [{"$ref": f"#/channels/events/messages/{name}"} for name in server_messages],
+            },
+            "sendAuth": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/events"},
+                "summary": "TCP only, when the token is in neither the header nor the subprotocol",
+                "messages": [{"$ref": "#/channels/events/messages/AuthMessage"}],
+            },
         },
-        "components": {"schemas": schemas, "messages": messages,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                      "description": SECURITY_SCHEME["bearer"]["description"]}}},
+        "components": {
+            "schemas": schemas,
+            "messages": messages,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": SECURITY_SCHEME["bearer"]["description"]}
+            },
+        },
     }

@@ -14,8 +14,18 @@ from pydantic import ConfigDict, Field, TypeAdapter, create_model
 
 from .schemas import GPARangeRead, Response, State
 
-__all__ = ["EVENT_DATA", "EVENT_MODELS", "EVENT", "STREAM_FRAMES", "Hello", "Bookmark", "Gone", "ErrorFrame",
-           "AuthMessage", "EventEnvelope"]
+__all__ = [
+    "EVENT_DATA",
+    "EVENT_MODELS",
+    "EVENT",
+    "STREAM_FRAMES",
+    "Hello",
+    "Bookmark",
+    "Gone",
+    "ErrorFrame",
+    "AuthMessage",
+    "EventEnvelope",
+]
 
 Enforcement = Literal["kernel", "daemon"]
 
@@ -76,8 +86,10 @@ class SlotDeletedData(Response):
 class InvalidationData(Response):
     """The guest_memfd (or shared memfd) range being discarded and the GPA ranges it maps."""
 
-    reason: str = Field(description="slot_delete, punch_hole, convert_to_shared, convert_to_private, "
-                                    "guest_memfd_close, vm_delete, memory_error")
+    reason: str = Field(
+        description="slot_delete, punch_hole, convert_to_shared, convert_to_private, "
+        "guest_memfd_close, vm_delete, memory_error"
+    )
     guest_memfd_id: str | None = None
     shared_memory_id: str | None = None
     offset: int | None = Field(None, description="in the guest_memfd, or in the shared memfd for convert_to_private")
@@ -128,7 +140,8 @@ class FaultData(Response):
     errno_name: str | None
     exit_reason: Literal["memory_fault", "fault"] = Field(
         description="memory_fault: a KVM_EXIT_MEMORY_FAULT with gpa/size/flags from KVM; fault: KVM gave no "
-                    "details (gpa/size are the access's own range)")
+        "details (gpa/size are the access's own range)"
+    )
     source: str
 
 
@@ -151,13 +164,23 @@ class AttributesData(Response):
 
 #: every event type and the model of its ``data``
 EVENT_DATA: dict[str, type[Response]] = {
-    "vm.created": VMCreatedData, "vm.deleted": Empty,
-    "guest_memfd.created": ObjectCreatedData, "guest_memfd.deleted": ObjectDeletedData,
-    "shared_memory.created": ObjectCreatedData, "shared_memory.deleted": ObjectDeletedData,
-    "memslot.created": SlotData, "memslot.updated": SlotUpdatedData, "memslot.deleted": SlotDeletedData,
-    "memory.invalidate_start": InvalidationData, "memory.invalidate_end": InvalidationData,
-    "memory.converted": ConvertedData, "memory.allocated": AllocatedData, "memory.error": MemoryErrorData,
-    "memory.fault": FaultData, "memory.attributes": AttributesData, "memory.host_write": HostWriteData,
+    "vm.created": VMCreatedData,
+    "vm.deleted": Empty,
+    "guest_memfd.created": ObjectCreatedData,
+    "guest_memfd.deleted": ObjectDeletedData,
+    "shared_memory.created": ObjectCreatedData,
+    "shared_memory.deleted": ObjectDeletedData,
+    "memslot.created": SlotData,
+    "memslot.updated": SlotUpdatedData,
+    "memslot.deleted": SlotDeletedData,
+    "memory.invalidate_start": InvalidationData,
+    "memory.invalidate_end": InvalidationData,
+    "memory.converted": ConvertedData,
+    "memory.allocated": AllocatedData,
+    "memory.error": MemoryErrorData,
+    "memory.fault": FaultData,
+    "memory.attributes": AttributesData,
+    "memory.host_write": HostWriteData,
 }
 
 
@@ -172,12 +195,19 @@ class EventEnvelope(Response):
 def _event_model(type_: str, data: type[Response]) -> type[Response]:
     name = "".join(part.capitalize() for part in type_.replace("_", ".").split(".")) + "Event"
     kind: Any = Literal[type_]
-    return create_model(name, __base__=EventEnvelope, __module__=__name__, __doc__=f"A ``{type_}`` event.",
-                        type=(kind, ...), data=(data, ...))
+    return create_model(
+        name,
+        __base__=EventEnvelope,
+        __module__=__name__,
+        __doc__=f"A ``{type_}`` event.",
+        type=(kind, ...),
+        data=(data, ...),
+    )
 
 
 EVENT_MODELS: dict[str, type[Response]] = {t: _event_model(t, d) for t, d in EVENT_DATA.items()}
-_ANY_EVENT: Any = Annotated[Union[tuple(EVENT_MODELS.values())], Field(discriminator="type")]
+# Union[...] of a tuple built at run time: the `X | Y` spelling cannot take one
+_ANY_EVENT: Any = Annotated[Union[tuple(EVENT_MODELS.values())], Field(discriminator="type")]  # noqa: UP007
 EVENT: TypeAdapter[Any] = TypeAdapter(_ANY_EVENT)
 
 

@@ -45,8 +45,14 @@ class _Entry:
 
 
 class IdempotencyKeys:
-    def __init__(self, app: ASGIApp, max_entries: int = 10_000, ttl: float = 24 * 3600, max_bytes: int = 32 << 20,
-                 state: Any = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_entries: int = 10_000,
+        ttl: float = 24 * 3600,
+        max_bytes: int = 32 << 20,
+        state: Any = None,
+    ):
         self.app = app
         if state is not None:
             state.idempotency = self  # for /metrics and tests
@@ -62,19 +68,29 @@ class IdempotencyKeys:
             await self.app(scope, receive, send)
             return
         body = await self._read_body(receive)
-        fingerprint = hashlib.sha256(b"\0".join((scope["path"].encode(), scope.get("query_string", b""), body))).digest()
+        fingerprint = hashlib.sha256(
+            b"\0".join((scope["path"].encode(), scope.get("query_string", b""), body))
+        ).digest()
         self._expire()
         entry = self._entries.get(key)
         if entry is not None:
             if entry.fingerprint != fingerprint:
-                await send_problem(send, 422, "IDEMPOTENCY_KEY_REUSED", TITLE, "this Idempotency-Key was used for another request")
+                await send_problem(
+                    send, 422, "IDEMPOTENCY_KEY_REUSED", TITLE, "this Idempotency-Key was used for another request"
+                )
             elif entry.status == 0:
-                await send_problem(send, 409, "IDEMPOTENCY_KEY_IN_USE", TITLE,
-                                   "the request with this Idempotency-Key is still running")
+                await send_problem(
+                    send, 409, "IDEMPOTENCY_KEY_IN_USE", TITLE, "the request with this Idempotency-Key is still running"
+                )
             elif not entry.kept:
-                await send_problem(send, 409, "IDEMPOTENCY_ANSWER_NOT_KEPT", TITLE,
-                                   f"the first answer to this Idempotency-Key was larger than the replay cache "
-                                   f"({self.max_bytes} bytes); it ran once and is not run again")
+                await send_problem(
+                    send,
+                    409,
+                    "IDEMPOTENCY_ANSWER_NOT_KEPT",
+                    TITLE,
+                    f"the first answer to this Idempotency-Key was larger than the replay cache "
+                    f"({self.max_bytes} bytes); it ran once and is not run again",
+                )
             else:
                 headers = [*entry.headers, (b"idempotent-replayed", b"true")]
                 await send({"type": "http.response.start", "status": entry.status, "headers": headers})
@@ -109,8 +125,15 @@ class IdempotencyKeys:
         finally:
             self._finish(key, entry, status, answer_headers, chunks, recorded)
 
-    def _finish(self, key: tuple[str, str], entry: _Entry, status: int, headers: list[tuple[bytes, bytes]],
-                chunks: list[bytes], recorded: int) -> None:
+    def _finish(
+        self,
+        key: tuple[str, str],
+        entry: _Entry,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        chunks: list[bytes],
+        recorded: int,
+    ) -> None:
         if self._entries.get(key) is not entry:
             return  # evicted while it ran
         self.bytes -= entry.size

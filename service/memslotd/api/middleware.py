@@ -65,8 +65,14 @@ class LimitsAndHeaders:
             await self._reject(send, limit)
 
     async def _reject(self, send: Send, limit: int) -> None:
-        await send_problem(send, 413, "BODY_TOO_LARGE", "Request body too large", f"request body exceeds {limit} bytes",
-                           [self.state.boot_header])
+        await send_problem(
+            send,
+            413,
+            "BODY_TOO_LARGE",
+            "Request body too large",
+            f"request body exceeds {limit} bytes",
+            [self.state.boot_header],
+        )
 
 
 class AllowedOriginsCORS(CORSMiddleware):
@@ -74,12 +80,26 @@ class AllowedOriginsCORS(CORSMiddleware):
     and even a 401 carries ``Access-Control-Allow-Origin``); any other origin passes through
     untouched, and the access control refuses it on TCP (403 ``ORIGIN_NOT_ALLOWED``)."""
 
-    EXPOSED = ["ETag", "Location", "memslotd-boot-id", "memslotd-dry-run", "Idempotent-Replayed", "Retry-After", "Allow"]
+    EXPOSED = [
+        "ETag",
+        "Location",
+        "memslotd-boot-id",
+        "memslotd-dry-run",
+        "Idempotent-Replayed",
+        "Retry-After",
+        "Allow",
+    ]
     REQUEST_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key"]
 
     def __init__(self, app: ASGIApp, origins: list[str]):
-        super().__init__(app, allow_origins=origins, allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],
-                         allow_headers=self.REQUEST_HEADERS, expose_headers=self.EXPOSED, max_age=600)
+        super().__init__(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=self.REQUEST_HEADERS,
+            expose_headers=self.EXPOSED,
+            max_age=600,
+        )
         self.origins = frozenset(origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

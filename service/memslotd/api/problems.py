@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -22,20 +21,43 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
 from ..core import (
-    BatchFailed, CapabilityMissing, Conflict, DomainError, HostResourcesExhausted, InvalidRequest, KernelError, NotFound,
-    PreconditionFailed, QuotaExceeded, VMBusy,
+    BatchFailed,
+    CapabilityMissing,
+    Conflict,
+    DomainError,
+    HostResourcesExhausted,
+    InvalidRequest,
+    KernelError,
+    NotFound,
+    PreconditionFailed,
+    QuotaExceeded,
+    VMBusy,
 )
 
-__all__ = ["ApiProblem", "install_problem_handlers", "problem_body", "problem_response", "send_problem", "STATUS_BY_CLASS",
-           "PROBLEM_MEDIA_TYPE", "describe_errors", "allowed_methods"]
+__all__ = [
+    "ApiProblem",
+    "install_problem_handlers",
+    "problem_body",
+    "problem_response",
+    "send_problem",
+    "STATUS_BY_CLASS",
+    "PROBLEM_MEDIA_TYPE",
+    "describe_errors",
+    "allowed_methods",
+]
 
 log = logging.getLogger("memslotd.api")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 STATUS_BY_CLASS: list[tuple[type[DomainError], int]] = [
-    (InvalidRequest, 422), (NotFound, 404), (Conflict, 409), (PreconditionFailed, 412), (CapabilityMissing, 501),
+    (InvalidRequest, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (PreconditionFailed, 412),
+    (CapabilityMissing, 501),
     (VMBusy, 429),
-    (HostResourcesExhausted, 503), (KernelError, 500),
+    (HostResourcesExhausted, 503),
+    (KernelError, 500),
 ]
 
 
@@ -90,21 +112,43 @@ def status_of(exc: DomainError) -> int:
 
 def problem_body(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
     """The RFC 9457 core every problem answer shares (also used by the pure-ASGI middlewares)."""
-    return {"type": f"urn:memslotd:problem:{code.lower().replace('_', '-')}", "title": title, "status": status,
-            "detail": detail, "code": code}
+    return {
+        "type": f"urn:memslotd:problem:{code.lower().replace('_', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
 
 
-async def send_problem(send: Send, status: int, code: str, title: str, detail: str,
-                       headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def send_problem(
+    send: Send, status: int, code: str, title: str, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     """A problem+json answer from pure-ASGI middleware (which has no Response machinery)."""
     body = orjson.dumps(problem_body(status, code, title, detail))
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-def problem_response(status: int, code: str, title: str, detail: str, request: Request | None = None,
-                     headers: dict[str, str] | None = None, **fields: Any) -> JSONResponse:
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    request: Request | None = None,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> JSONResponse:
     body = problem_body(status, code, title, detail)
     if request is not None:
         body["instance"] = request.url.path
@@ -133,18 +177,30 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
-               "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+    errors = [
+        {
+            "loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ]
     content_type = request.headers.get("content-type", "")
     if errors and errors[0]["loc"] == ["body"] and "json" not in content_type and request.method in ("POST", "PUT"):
-        return problem_response(415, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type",
-                                f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r})",
-                                request)
+        return problem_response(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Unsupported media type",
+            f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r})",
+            request,
+        )
     if any(e["type"] == "json_invalid" for e in errors):
-        return problem_response(400, "MALFORMED_JSON", "Malformed JSON", "the request body is not valid JSON",
-                                request, errors=errors[:32])
-    return problem_response(422, "VALIDATION_FAILED", "Invalid request", describe_errors(exc.errors()), request,
-                            errors=errors[:32])
+        return problem_response(
+            400, "MALFORMED_JSON", "Malformed JSON", "the request body is not valid JSON", request, errors=errors[:32]
+        )
+    return problem_response(
+        422, "VALIDATION_FAILED", "Invalid request", describe_errors(exc.errors()), request, errors=errors[:32]
+    )
 
 
 async def _api_problem(request: Request, exc: Exception) -> JSONResponse:
@@ -152,9 +208,13 @@ async def _api_problem(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status, exc.code, exc.title, exc.detail, request, **exc.extra)
 
 
-_HTTP_CODES = {404: ("ROUTE_NOT_FOUND", "Not found"), 405: ("METHOD_NOT_ALLOWED", "Method not allowed"),
-               413: ("BODY_TOO_LARGE", "Request body too large"), 401: ("UNAUTHORIZED", "Unauthorized"),
-               403: ("FORBIDDEN", "Forbidden")}
+_HTTP_CODES = {
+    404: ("ROUTE_NOT_FOUND", "Not found"),
+    405: ("METHOD_NOT_ALLOWED", "Method not allowed"),
+    413: ("BODY_TOO_LARGE", "Request body too large"),
+    401: ("UNAUTHORIZED", "Unauthorized"),
+    403: ("FORBIDDEN", "Forbidden"),
+}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -163,8 +223,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         allow = ", ".join(allowed_methods(request.app, request.url.path))
         if request.method == "OPTIONS":  # RFC 9110 §9.3.7: what the resource supports
             return Response(status_code=204, headers={"Allow": allow})
-        return problem_response(405, "METHOD_NOT_ALLOWED", "Method not allowed",
-                                f"{request.method} is not allowed here; allowed: {allow}", request, headers={"Allow": allow})
+        return problem_response(
+            405,
+            "METHOD_NOT_ALLOWED",
+            "Method not allowed",
+            f"{request.method} is not allowed here; allowed: {allow}",
+            request,
+            headers={"Allow": allow},
+        )
     code, title = _HTTP_CODES.get(exc.status_code, (f"HTTP_{exc.status_code}", "Request failed"))
     if exc.status_code == 404:
         detail = f"no route {request.url.path[:200]!r}; the API is under /v1 (see /v1/openapi.json)"

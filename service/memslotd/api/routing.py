@@ -68,15 +68,29 @@ def check_query(request: Request, known: frozenset[str], label: str) -> None:
     for name, _ in request.query_params.multi_items():
         if name not in known:
             if name == "dry_run":
-                raise ApiProblem(422, "DRY_RUN_UNSUPPORTED", "dry_run not supported",
-                                 f"{label} cannot be dry-run: the call is its own effect (see docs/api.md)",
-                                 parameter=name)
+                raise ApiProblem(
+                    422,
+                    "DRY_RUN_UNSUPPORTED",
+                    "dry_run not supported",
+                    f"{label} cannot be dry-run: the call is its own effect (see docs/api.md)",
+                    parameter=name,
+                )
             allowed = ", ".join(sorted(known)) or "none"
-            raise ApiProblem(422, "UNKNOWN_QUERY_PARAMETER", "Unknown query parameter",
-                             f"query parameter {name!r} is not known here (known: {allowed})", parameter=name)
+            raise ApiProblem(
+                422,
+                "UNKNOWN_QUERY_PARAMETER",
+                "Unknown query parameter",
+                f"query parameter {name!r} is not known here (known: {allowed})",
+                parameter=name,
+            )
         if name in seen:
-            raise ApiProblem(422, "DUPLICATE_QUERY_PARAMETER", "Query parameter given twice",
-                             f"query parameter {name!r} is given more than once", parameter=name)
+            raise ApiProblem(
+                422,
+                "DUPLICATE_QUERY_PARAMETER",
+                "Query parameter given twice",
+                f"query parameter {name!r} is given more than once",
+                parameter=name,
+            )
         seen.add(name)
 
 

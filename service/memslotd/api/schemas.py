@@ -79,7 +79,8 @@ class VMTypeCapabilities(Response):
     guest_memfd_flags: list[GmemFlag] = Field(description="KVM_CAP_GUEST_MEMFD_FLAGS on such a VM")
     conversion_enforcement: Literal["kernel", "daemon"] = Field(
         description="who enforces private/shared on VMs of this type: 'kernel' (KVM routes each guest fault by "
-                    "attribute) or 'daemon' (only memslotd's attribute map)")
+        "attribute) or 'daemon' (only memslotd's attribute map)"
+    )
 
 
 class Capabilities(Response):
@@ -98,10 +99,12 @@ class Capabilities(Response):
     pre_fault_memory: bool
     conversion_enforcement: Literal["kernel", "daemon"] = Field(
         description="for default VMs (see per_vm_type): 'kernel': KVM enforces private/shared; "
-                    "'daemon': only memslotd's attribute map does")
+        "'daemon': only memslotd's attribute map does"
+    )
     per_vm_type: list[VMTypeCapabilities] = Field(
         description="every VM type this host can create, with its own answers: private memory is a property "
-                    "of the VM type (e.g. sw_protected has KVM-enforced attributes where default VMs have none)")
+        "of the VM type (e.g. sw_protected has KVM-enforced attributes where default VMs have none)"
+    )
     memory_failure: bool = Field(description="the kernel handles hardware memory errors (CONFIG_MEMORY_FAILURE)")
     memory_error_injection: bool = Field(description="the test-rig memory-error endpoint is enabled (by configuration)")
     reserved_gpa_ranges: list[ReservedRange]
@@ -110,7 +113,8 @@ class Capabilities(Response):
     max_probe_bytes: int
     guest_memfd_only_honoured: bool | None = Field(
         description="asked of the kernel at start: guest faults in a slot whose guest_memfd has mmap are served from "
-                    "the guest_memfd (TDP) rather than from userspace_addr (shadow paging, e.g. PVM); null if unknown")
+        "the guest_memfd (TDP) rather than from userspace_addr (shadow paging, e.g. PVM); null if unknown"
+    )
 
 
 class LimitsRead(Response):
@@ -118,10 +122,14 @@ class LimitsRead(Response):
 
     max_vms: int
     max_slots_per_vm: int
-    max_bytes_per_vm: int = Field(description="bytes one VM may commit (populate) in its guest_memfds and shared memory")
+    max_bytes_per_vm: int = Field(
+        description="bytes one VM may commit (populate) in its guest_memfds and shared memory"
+    )
     max_bytes_total: int = Field(description="bytes the daemon may commit; by default MemTotal - memory_reserve_bytes")
-    memory_reserve_bytes: int = Field(description="left to the host: populating is refused (503 HOST_MEMORY_LOW) when "
-                                                  "MemAvailable would fall below it")
+    memory_reserve_bytes: int = Field(
+        description="left to the host: populating is refused (503 HOST_MEMORY_LOW) when "
+        "MemAvailable would fall below it"
+    )
     committed_bytes: int = Field(description="what the daemon counts as committed now (an upper bound)")
     host_mem_total: int = Field(description="MemTotal of /proc/meminfo, in bytes")
     host_mem_available: int = Field(description="MemAvailable of /proc/meminfo now, in bytes")
@@ -186,8 +194,9 @@ class VMList(Response):
 
 def _plan_of(model: type[Response], name: str) -> type[Response]:
     """``model`` without ``id`` and ``created_at``: what a dry-run create answers (nothing exists)."""
-    fields: dict[str, Any] = {k: (f.annotation, copy.copy(f)) for k, f in model.model_fields.items()
-                              if k not in ("id", "created_at")}
+    fields: dict[str, Any] = {
+        k: (f.annotation, copy.copy(f)) for k, f in model.model_fields.items() if k not in ("id", "created_at")
+    }
     doc = f"What a dry-run create would make: a {model.__name__} without id and created_at."
     return create_model(name, __base__=Response, __doc__=doc, __module__=__name__, **fields)
 
@@ -205,7 +214,7 @@ class VMRelease(Response):
     slot_bytes: int
     guest_memfd_bytes: int
     shared_memory_bytes: int
-    invalidations: list["Invalidation"]
+    invalidations: list[Invalidation]
 
 
 # -- guest_memfd ------------------------------------------------------------------------
@@ -323,8 +332,9 @@ class MemslotRead(Response):
     private: PrivatePartRead | None
     guest_backing: Literal["shared_memory", "guest_memfd", "per_attribute", "none"] = Field(
         description="the backing the guest's accesses really reach on this host: per_attribute = the guest_memfd "
-                    "while private, the shared part while shared (kernel-enforced VMs); none = no backing (MMIO exit). "
-                    "Derived from what the kernel does (see capabilities.guest_memfd_only_honoured)")
+        "while private, the shared part while shared (kernel-enforced VMs); none = no backing (MMIO exit). "
+        "Derived from what the kernel does (see capabilities.guest_memfd_only_honoured)"
+    )
     userspace_addr_source: Literal["shared_memory", "guest_memfd_mmap", "none"]
     immutable: bool
     created_at: float
@@ -376,7 +386,8 @@ class ConvertResult(Response):
     discarded: list[DiscardedRange]
     discarded_bytes: int = Field(0, description="bytes whose contents the discard dropped (would drop, in a dry run)")
     enforcement: Literal["kernel", "daemon"] = Field(
-        description="'daemon': this host has no KVM_SET_MEMORY_ATTRIBUTES, only memslotd's map records the state")
+        description="'daemon': this host has no KVM_SET_MEMORY_ATTRIBUTES, only memslotd's map records the state"
+    )
 
 
 class AttributeRange(Response):
@@ -475,8 +486,10 @@ class BatchDelete(Strict):
 
 
 class BatchRequest(Strict):
-    ops: Annotated[list[Annotated[BatchCreate | BatchDelete, Field(discriminator="op")]],
-                   Field(min_length=1, max_length=MAX_BATCH_OPS)]
+    ops: Annotated[
+        list[Annotated[BatchCreate | BatchDelete, Field(discriminator="op")]],
+        Field(min_length=1, max_length=MAX_BATCH_OPS),
+    ]
 
 
 class BatchResult(Response):

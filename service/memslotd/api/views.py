@@ -11,11 +11,18 @@ __all__ = ["vm_read", "vm_plan", "gmem_read", "gmem_plan", "shm_read", "shm_plan
 
 def vm_plan(vm: VMView) -> dict[str, Any]:
     """The VM without what only creation makes (VMPlan: a dry-run create's answer)."""
-    return {"type": vm.type, "name": vm.name,
-            "memslots": {"used": vm.memslots_used, "free": vm.memslots_max - vm.memslots_used, "max": vm.memslots_max},
-            "guest_memfds": vm.guest_memfds, "shared_memory_regions": vm.shared_memory_regions,
-            "guest_memfd_bytes": vm.guest_memfd_bytes, "shared_memory_bytes": vm.shared_memory_bytes,
-            "slot_bytes": vm.slot_bytes, "private_bytes": vm.private_bytes, "conversion_enforcement": vm.enforcement}
+    return {
+        "type": vm.type,
+        "name": vm.name,
+        "memslots": {"used": vm.memslots_used, "free": vm.memslots_max - vm.memslots_used, "max": vm.memslots_max},
+        "guest_memfds": vm.guest_memfds,
+        "shared_memory_regions": vm.shared_memory_regions,
+        "guest_memfd_bytes": vm.guest_memfd_bytes,
+        "shared_memory_bytes": vm.shared_memory_bytes,
+        "slot_bytes": vm.slot_bytes,
+        "private_bytes": vm.private_bytes,
+        "conversion_enforcement": vm.enforcement,
+    }
 
 
 def vm_read(vm: VMView) -> dict[str, Any]:
@@ -23,9 +30,15 @@ def vm_read(vm: VMView) -> dict[str, Any]:
 
 
 def gmem_plan(gmem: GuestMemfdView) -> dict[str, Any]:
-    return {"name": gmem.name, "size": gmem.size, "flags": list(gmem.flags), "bindings": [
-        {"slot": b.slot, "offset": b.offset, "size": b.size, "guest_phys_addr": b.guest_phys_addr}
-        for b in gmem.bindings]}
+    return {
+        "name": gmem.name,
+        "size": gmem.size,
+        "flags": list(gmem.flags),
+        "bindings": [
+            {"slot": b.slot, "offset": b.offset, "size": b.size, "guest_phys_addr": b.guest_phys_addr}
+            for b in gmem.bindings
+        ],
+    }
 
 
 def gmem_read(gmem: GuestMemfdView) -> dict[str, Any]:
@@ -33,8 +46,13 @@ def gmem_read(gmem: GuestMemfdView) -> dict[str, Any]:
 
 
 def shm_plan(shm: SharedMemoryView) -> dict[str, Any]:
-    return {"name": shm.name, "size": shm.size, "hugepages": shm.hugepages, "page_size": shm.page_size,
-            "used_by_slots": list(shm.used_by_slots)}
+    return {
+        "name": shm.name,
+        "size": shm.size,
+        "hugepages": shm.hugepages,
+        "page_size": shm.page_size,
+        "used_by_slots": list(shm.used_by_slots),
+    }
 
 
 def shm_read(shm: SharedMemoryView) -> dict[str, Any]:
@@ -44,11 +62,16 @@ def shm_read(shm: SharedMemoryView) -> dict[str, Any]:
 def slot_read(view: SlotView) -> dict[str, Any]:
     slot = view.slot
     return {
-        "slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "memory_size": slot.memory_size,
+        "slot": slot.slot_id,
+        "guest_phys_addr": slot.guest_phys_addr,
+        "memory_size": slot.memory_size,
         "flags": list(slot.flags),
         "shared": {"shared_memory_id": slot.shared.object_id, "offset": slot.shared.offset} if slot.shared else None,
         "private": {"guest_memfd_id": slot.private.object_id, "offset": slot.private.offset} if slot.private else None,
-        "address_space": 0, "guest_backing": view.guest_backing,
-        "userspace_addr_source": slot.userspace_addr_source, "immutable": slot.immutable,
-        "created_at": slot.created_at, "generation": slot.generation,
+        "address_space": 0,
+        "guest_backing": view.guest_backing,
+        "userspace_addr_source": slot.userspace_addr_source,
+        "immutable": slot.immutable,
+        "created_at": slot.created_at,
+        "generation": slot.generation,
     }

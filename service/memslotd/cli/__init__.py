@@ -25,18 +25,35 @@ from .objects import gmem, shm, slot, vm
 __all__ = ["app", "main", "EXIT_CODES"]
 
 EXIT_CODES: dict[type[E.MemslotdError], int] = {
-    E.NotFound: 3, E.Conflict: 4, E.ServerError: 5, E.TransportError: 5, E.BadRequest: 6, E.CapabilityMissing: 7,
-    E.Unauthorized: 8, E.QuotaExceeded: 9, E.CursorGone: 10,
+    E.NotFound: 3,
+    E.Conflict: 4,
+    E.ServerError: 5,
+    E.TransportError: 5,
+    E.BadRequest: 6,
+    E.CapabilityMissing: 7,
+    E.Unauthorized: 8,
+    E.QuotaExceeded: 9,
+    E.CursorGone: 10,
 }
 SHELLS = ("bash", "zsh", "fish")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--socket", metavar="PATH", envvar="MEMSLOTD_SOCKET", show_envvar=True,
-              help="the daemon's Unix socket [default: /run/memslotd/memslotd.sock as root, "
-                   "else $XDG_RUNTIME_DIR/memslotd/memslotd.sock]")
-@click.option("--url", metavar="URL", envvar="MEMSLOTD_URL", show_envvar=True,
-              help="TCP instead: https://host:8443 (needs --token)")
+@click.option(
+    "--socket",
+    metavar="PATH",
+    envvar="MEMSLOTD_SOCKET",
+    show_envvar=True,
+    help="the daemon's Unix socket [default: /run/memslotd/memslotd.sock as root, "
+    "else $XDG_RUNTIME_DIR/memslotd/memslotd.sock]",
+)
+@click.option(
+    "--url",
+    metavar="URL",
+    envvar="MEMSLOTD_URL",
+    show_envvar=True,
+    help="TCP instead: https://host:8443 (needs --token)",
+)
 @click.option("--token", metavar="TOKEN", envvar="MEMSLOTD_TOKEN", show_envvar=True, help="bearer token for TCP")
 @click.option("--json", "json_output", is_flag=True, help="machine-readable JSON output")
 @click.version_option(package_name="memslotd", message="memslotctl %(version)s")
@@ -101,7 +118,7 @@ def _fail(code: int, message: str | list[str], as_json: dict[str, object] | None
 
 
 def main() -> None:
-    json_mode = "--json" in sys.argv[1:sys.argv.index("--")] if "--" in sys.argv else "--json" in sys.argv[1:]
+    json_mode = "--json" in sys.argv[1 : sys.argv.index("--")] if "--" in sys.argv else "--json" in sys.argv[1:]
     try:
         status = app.main(prog_name="memslotctl", standalone_mode=False)
     except click.exceptions.Abort:
@@ -111,13 +128,22 @@ def main() -> None:
         raise SystemExit(exc.exit_code) from None
     except LayoutError as exc:
         lines = [f"LAYOUT_INVALID: {exc.file}: {path or '(top level)'}: {rule}" for path, rule in exc.problems]
-        _fail(6, lines, {"error": "LAYOUT_INVALID", "file": exc.file,
-                                           "problems": [{"path": p, "rule": r} for p, r in exc.problems]}
-              if json_mode else None)
+        _fail(
+            6,
+            lines,
+            {"error": "LAYOUT_INVALID", "file": exc.file, "problems": [{"path": p, "rule": r} for p, r in exc.problems]}
+            if json_mode
+            else None,
+        )
     except E.MemslotdError as exc:
         code = next((c for cls, c in EXIT_CODES.items() if isinstance(exc, cls)), 1)
-        _fail(code, str(exc), {"error": exc.code, "status": exc.status, "detail": exc.detail, "problem": exc.problem}
-              if json_mode else None)
+        _fail(
+            code,
+            str(exc),
+            {"error": exc.code, "status": exc.status, "detail": exc.detail, "problem": exc.problem}
+            if json_mode
+            else None,
+        )
     except BrokenPipeError:
         sys.stderr.close()
         raise SystemExit(1) from None

@@ -75,8 +75,11 @@ def resolve_object(state: State, vm_id: str, ref: str, kind: str) -> str:
         if obj.name == ref:
             return str(obj.id)
     what = "guest_memfd" if kind == "gmem" else "shared memory"
-    raise E.NotFound(f"no {what} named {ref!r} in VM {vm_id}", status=404,
-                     code="GMEM_NOT_FOUND" if kind == "gmem" else "SHM_NOT_FOUND")
+    raise E.NotFound(
+        f"no {what} named {ref!r} in VM {vm_id}",
+        status=404,
+        code="GMEM_NOT_FOUND" if kind == "gmem" else "SHM_NOT_FOUND",
+    )
 
 
 def emit(state: State, value: Any, columns: list[str]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -130,9 +131,11 @@ def plan(client: Client, layout: Layout, *, prune: bool = False) -> Plan:
             p.create_gmems.append(g)
             p.actions.append(Action("create", "guest_memfd", g.name, detail=detail))
         elif (have.size, sorted(have.flags)) != (g.size, sorted(g.flags)):
-            conflicts.append(f"guest_memfds[{i}]: guest_memfd {g.name!r} ({have.id}) exists with "
-                             f"{_object_detail(have.size, 'flags ' + ','.join(have.flags) if have.flags else '')}, "
-                             f"the layout says {detail}: delete it first (its memory would be lost)")
+            conflicts.append(
+                f"guest_memfds[{i}]: guest_memfd {g.name!r} ({have.id}) exists with "
+                f"{_object_detail(have.size, 'flags ' + ','.join(have.flags) if have.flags else '')}, "
+                f"the layout says {detail}: delete it first (its memory would be lost)"
+            )
         else:
             p.ids["guest_memfd", g.name] = have.id
             p.actions.append(Action("unchanged", "guest_memfd", g.name, have.id, detail))
@@ -143,9 +146,11 @@ def plan(client: Client, layout: Layout, *, prune: bool = False) -> Plan:
             p.create_shms.append(m)
             p.actions.append(Action("create", "shared_memory", m.name, detail=detail))
         elif (have.size, have.hugepages) != (m.size, m.hugepages):
-            conflicts.append(f"shared_memory[{i}]: shared memory {m.name!r} ({have.id}) exists with "
-                             f"{_object_detail(have.size, f'hugepages {have.hugepages}' if have.hugepages else '')}, "
-                             f"the layout says {detail}: delete it first (its memory would be lost)")
+            conflicts.append(
+                f"shared_memory[{i}]: shared memory {m.name!r} ({have.id}) exists with "
+                f"{_object_detail(have.size, f'hugepages {have.hugepages}' if have.hugepages else '')}, "
+                f"the layout says {detail}: delete it first (its memory would be lost)"
+            )
         else:
             p.ids["shared_memory", m.name] = have.id
             p.actions.append(Action("unchanged", "shared_memory", m.name, have.id, detail))
@@ -158,40 +163,62 @@ def plan(client: Client, layout: Layout, *, prune: bool = False) -> Plan:
         have, want = current.get(slot_id), desired.get(slot_id)
         if want is None:
             (p.delete_slots if prune else p.kept).append(have)
-            p.actions.append(Action("delete" if prune else "keep", "memslot", str(slot_id), detail=_detail(_read_key(have, names))))
+            p.actions.append(
+                Action("delete" if prune else "keep", "memslot", str(slot_id), detail=_detail(_read_key(have, names)))
+            )
         elif have is None:
             p.create_slots.append(want)
             p.actions.append(Action("create", "memslot", str(slot_id), detail=_detail(_spec_key(want))))
         elif _read_key(have, names) != _spec_key(want):
             p.delete_slots.append(have)
             p.create_slots.append(want)
-            p.actions.append(Action("change", "memslot", str(slot_id), detail=_detail(_spec_key(want)),
-                                    was=_detail(_read_key(have, names))))
+            p.actions.append(
+                Action(
+                    "change",
+                    "memslot",
+                    str(slot_id),
+                    detail=_detail(_spec_key(want)),
+                    was=_detail(_read_key(have, names)),
+                )
+            )
         else:
             p.actions.append(Action("unchanged", "memslot", str(slot_id), detail=_detail(_spec_key(want))))
-    undeclared = ((all_gmems, {g.name for g in layout.guest_memfds}, p.delete_gmems, "guest_memfd"),
-                  (all_shms, {m.name for m in layout.shared_memory}, p.delete_shms, "shared_memory"))
+    undeclared = (
+        (all_gmems, {g.name for g in layout.guest_memfds}, p.delete_gmems, "guest_memfd"),
+        (all_shms, {m.name for m in layout.shared_memory}, p.delete_shms, "shared_memory"),
+    )
     for existing, declared, to_delete, kind in undeclared:
         for obj in existing:
             if obj.name not in declared:
                 if prune:
                     to_delete.append(obj)
-                p.actions.append(Action("delete" if prune else "keep", kind, obj.name or obj.id, obj.id,
-                                        _object_detail(obj.size, "")))
+                p.actions.append(
+                    Action(
+                        "delete" if prune else "keep", kind, obj.name or obj.id, obj.id, _object_detail(obj.size, "")
+                    )
+                )
     return p
 
 
 def _read_key(s: Any, names: dict[str, str]) -> tuple[Any, ...]:
     """What a slot on the VM is, with its objects by name (by id when unnamed)."""
-    return (s.guest_phys_addr, s.memory_size, tuple(sorted(s.flags)),
-            (names.get(s.shared.shared_memory_id, s.shared.shared_memory_id), s.shared.offset) if s.shared else None,
-            (names.get(s.private.guest_memfd_id, s.private.guest_memfd_id), s.private.offset) if s.private else None)
+    return (
+        s.guest_phys_addr,
+        s.memory_size,
+        tuple(sorted(s.flags)),
+        (names.get(s.shared.shared_memory_id, s.shared.shared_memory_id), s.shared.offset) if s.shared else None,
+        (names.get(s.private.guest_memfd_id, s.private.guest_memfd_id), s.private.offset) if s.private else None,
+    )
 
 
 def _spec_key(s: MemslotSpec) -> tuple[Any, ...]:
-    return (s.guest_phys_addr, s.memory_size, tuple(sorted(s.flags)),
-            (s.shared.shared_memory, s.shared.offset) if s.shared else None,
-            (s.private.guest_memfd, s.private.offset) if s.private else None)
+    return (
+        s.guest_phys_addr,
+        s.memory_size,
+        tuple(sorted(s.flags)),
+        (s.shared.shared_memory, s.shared.offset) if s.shared else None,
+        (s.private.guest_memfd, s.private.offset) if s.private else None,
+    )
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -209,8 +236,10 @@ def dry_run_endpoints(client: Client) -> set[tuple[str, str]]:
 def _local_slot_rules(p: Plan, layout: Layout, caps: Any, file: str) -> None:
     """The daemon's memslot rules that need no kernel object, for slots a dry run cannot send."""
     page = caps.page_size
-    sizes = {**{("guest_memfd", g.name): g.size for g in layout.guest_memfds},
-             **{("shared_memory", m.name): m.size for m in layout.shared_memory}}
+    sizes = {
+        **{("guest_memfd", g.name): g.size for g in layout.guest_memfds},
+        **{("shared_memory", m.name): m.size for m in layout.shared_memory},
+    }
     problems: list[tuple[str, str]] = []
     index = {s.slot: i for i, s in enumerate(layout.memslots)}
     spans: list[tuple[int, int, int]] = []
@@ -226,40 +255,61 @@ def _local_slot_rules(p: Plan, layout: Layout, caps: Any, file: str) -> None:
             problems.append((where, f"ends at {end:#x}, above this host's GPA limit {caps.max_guest_phys_addr:#x}"))
         for r in caps.reserved_gpa_ranges:
             if s.guest_phys_addr < r.guest_phys_addr + r.size and r.guest_phys_addr < end:
-                problems.append((where, f"overlaps [{r.guest_phys_addr:#x}, {r.guest_phys_addr + r.size:#x}), "
-                                        f"reserved for {r.purpose}"))
-        for part, kind, name in (("shared", "shared_memory", s.shared.shared_memory if s.shared else None),
-                                 ("private", "guest_memfd", s.private.guest_memfd if s.private else None)):
+                problems.append(
+                    (
+                        where,
+                        f"overlaps [{r.guest_phys_addr:#x}, {r.guest_phys_addr + r.size:#x}), reserved for {r.purpose}",
+                    )
+                )
+        for part, kind, name in (
+            ("shared", "shared_memory", s.shared.shared_memory if s.shared else None),
+            ("private", "guest_memfd", s.private.guest_memfd if s.private else None),
+        ):
             if name is None:
                 continue
             offset = getattr(s, part).offset
             if offset % page:
                 problems.append((f"{where}.{part}.offset", f"{offset:#x} is not aligned to the page size {page:#x}"))
             if offset + s.memory_size > sizes[kind, name]:
-                problems.append((f"{where}.{part}", f"[{offset:#x}, {offset + s.memory_size:#x}) exceeds {kind} "
-                                                    f"{name!r} of {format_size(sizes[kind, name])}"))
+                problems.append(
+                    (
+                        f"{where}.{part}",
+                        f"[{offset:#x}, {offset + s.memory_size:#x}) exceeds {kind} "
+                        f"{name!r} of {format_size(sizes[kind, name])}",
+                    )
+                )
         spans.append((s.guest_phys_addr, end, s.slot))
     unchanged = {int(a.name) for a in p.actions if a.kind == "memslot" and a.action == "unchanged"}
-    spans += [(s.guest_phys_addr, s.guest_phys_addr + s.memory_size, s.slot) for s in layout.memslots
-              if s.slot in unchanged]
+    spans += [
+        (s.guest_phys_addr, s.guest_phys_addr + s.memory_size, s.slot) for s in layout.memslots if s.slot in unchanged
+    ]
     spans += [(s.guest_phys_addr, s.guest_phys_addr + s.memory_size, s.slot) for s in p.kept]
     spans.sort()
-    for (a_start, a_end, a_slot), (b_start, b_end, b_slot) in zip(spans, spans[1:]):
+    for (_, a_end, a_slot), (b_start, b_end, b_slot) in itertools.pairwise(spans):
         if b_start < a_end:
             i = index.get(b_slot, index.get(a_slot))
-            problems.append((f"memslots[{i}].guest_phys_addr",
-                             f"GPA range [{b_start:#x}, {b_end:#x}) of slot {b_slot} overlaps slot {a_slot}"))
+            problems.append(
+                (
+                    f"memslots[{i}].guest_phys_addr",
+                    f"GPA range [{b_start:#x}, {b_end:#x}) of slot {b_slot} overlaps slot {a_slot}",
+                )
+            )
     bound: dict[str, list[tuple[int, int, int]]] = {}  # a guest_memfd range backs one slot at most
     for s in layout.memslots:
         if s.private is not None:
-            bound.setdefault(s.private.guest_memfd, []).append((s.private.offset, s.private.offset + s.memory_size,
-                                                                 s.slot))
+            bound.setdefault(s.private.guest_memfd, []).append(
+                (s.private.offset, s.private.offset + s.memory_size, s.slot)
+            )
     for name, ranges in bound.items():
         ranges.sort()
-        for (_, a_end, a_slot), (b_start, b_end, b_slot) in zip(ranges, ranges[1:]):
+        for (_, a_end, a_slot), (b_start, b_end, b_slot) in itertools.pairwise(ranges):
             if b_start < a_end:
-                problems.append((f"memslots[{index[b_slot]}].private", f"guest_memfd {name!r} range "
-                                 f"[{b_start:#x}, {b_end:#x}) is also bound to slot {a_slot}"))
+                problems.append(
+                    (
+                        f"memslots[{index[b_slot]}].private",
+                        f"guest_memfd {name!r} range [{b_start:#x}, {b_end:#x}) is also bound to slot {a_slot}",
+                    )
+                )
     if problems:
         raise LayoutError(file, problems)
 
@@ -291,8 +341,13 @@ class _Step:
 
 
 def _slot_op(s: MemslotSpec, ids: dict[tuple[str, str], str]) -> dict[str, Any]:
-    op: dict[str, Any] = {"op": "create", "slot": s.slot, "guest_phys_addr": s.guest_phys_addr,
-                          "memory_size": s.memory_size, "flags": list(s.flags)}
+    op: dict[str, Any] = {
+        "op": "create",
+        "slot": s.slot,
+        "guest_phys_addr": s.guest_phys_addr,
+        "memory_size": s.memory_size,
+        "flags": list(s.flags),
+    }
     if s.shared:
         op["shared"] = {"shared_memory_id": ids["shared_memory", s.shared.shared_memory], "offset": s.shared.offset}
     if s.private:
@@ -302,8 +357,13 @@ def _slot_op(s: MemslotSpec, ids: dict[tuple[str, str], str]) -> dict[str, Any]:
 
 def _restore_op(s: Any) -> dict[str, Any]:
     """The create that brings back a slot this apply deleted (its objects still exist)."""
-    op: dict[str, Any] = {"op": "create", "slot": s.slot, "guest_phys_addr": s.guest_phys_addr,
-                          "memory_size": s.memory_size, "flags": list(s.flags)}
+    op: dict[str, Any] = {
+        "op": "create",
+        "slot": s.slot,
+        "guest_phys_addr": s.guest_phys_addr,
+        "memory_size": s.memory_size,
+        "flags": list(s.flags),
+    }
     if s.shared:
         op["shared"] = {"shared_memory_id": s.shared.shared_memory_id, "offset": s.shared.offset}
     if s.private:
@@ -318,37 +378,64 @@ def _steps(client: Client, p: Plan, *, dry_run: bool) -> list[_Step]:
     steps: list[_Step] = []
     no_vm = "" if p.vm is not None else "the VM is created by this plan"
     if p.vm is None:
+
         def make_vm() -> Any:
             vm = client.create_vm(name=p.vm_name, type=p.vm_type, dry_run=dry_run)
             if not dry_run:
                 state["vm_id"] = vm.id
             return vm
+
         steps.append(_Step("create_vm", f"create VM {p.vm_name}", make_vm, lambda vm: client.delete_vm(vm.id)))
     for g in p.create_gmems:
+
         def make_gmem(g: Any = g) -> Any:
             made = client.create_guest_memfd(state["vm_id"], g.size, list(g.flags), name=g.name, dry_run=dry_run)
             if not dry_run:
                 p.ids["guest_memfd", g.name] = made.id
             return made
-        steps.append(_Step("create_guest_memfd", f"create guest_memfd {g.name}", make_gmem,
-                           lambda made: client.delete_guest_memfd(state["vm_id"], made.id), no_vm))
+
+        steps.append(
+            _Step(
+                "create_guest_memfd",
+                f"create guest_memfd {g.name}",
+                make_gmem,
+                lambda made: client.delete_guest_memfd(state["vm_id"], made.id),
+                no_vm,
+            )
+        )
     for m in p.create_shms:
+
         def make_shm(m: Any = m) -> Any:
             made = client.create_shared_memory(state["vm_id"], m.size, m.hugepages, name=m.name, dry_run=dry_run)
             if not dry_run:
                 p.ids["shared_memory", m.name] = made.id
             return made
-        steps.append(_Step("create_shared_memory", f"create shared memory {m.name}", make_shm,
-                           lambda made: client.delete_shared_memory(state["vm_id"], made.id), no_vm))
+
+        steps.append(
+            _Step(
+                "create_shared_memory",
+                f"create shared memory {m.name}",
+                make_shm,
+                lambda made: client.delete_shared_memory(state["vm_id"], made.id),
+                no_vm,
+            )
+        )
     deletes = [{"op": "delete", "slot": s.slot} for s in p.delete_slots]
     restores = [_restore_op(s) for s in p.delete_slots]
-    batch_blocked = no_vm or ("its slots use objects this plan creates" if any(
-        (s.shared and ("shared_memory", s.shared.shared_memory) not in p.ids)
-        or (s.private and ("guest_memfd", s.private.guest_memfd) not in p.ids) for s in p.create_slots) else "")
+    batch_blocked = no_vm or (
+        "its slots use objects this plan creates"
+        if any(
+            (s.shared and ("shared_memory", s.shared.shared_memory) not in p.ids)
+            or (s.private and ("guest_memfd", s.private.guest_memfd) not in p.ids)
+            for s in p.create_slots
+        )
+        else ""
+    )
     n_ops = len(deletes) + len(p.create_slots)
     for start in range(0, n_ops, BATCH):
+
         def run_batch(start: int = start) -> Any:
-            ops = (deletes + [_slot_op(s, p.ids) for s in p.create_slots])[start:start + BATCH]
+            ops = (deletes + [_slot_op(s, p.ids) for s in p.create_slots])[start : start + BATCH]
             client.batch(state["vm_id"], ops, dry_run=dry_run)
             return ops
 
@@ -357,18 +444,36 @@ def _steps(client: Client, p: Plan, *, dry_run: bool) -> list[_Step]:
             undo += [r for r in restores if any(op["op"] == "delete" and op["slot"] == r["slot"] for op in ops)]
             if undo:
                 client.batch(state["vm_id"], undo)
+
         end = min(start + BATCH, n_ops)
-        steps.append(_Step("batch", f"memslot batch of {end - start} ops ({start + 1}..{end})", run_batch, undo_batch,
-                           batch_blocked))
+        steps.append(
+            _Step(
+                "batch",
+                f"memslot batch of {end - start} ops ({start + 1}..{end})",
+                run_batch,
+                undo_batch,
+                batch_blocked,
+            )
+        )
     bound = "its slots are deleted by this plan's batch"
     for g in p.delete_gmems:
-        steps.append(_Step("delete_guest_memfd", f"delete guest_memfd {g.name or g.id}",
-                           functools.partial(client.delete_guest_memfd, state["vm_id"], g.id, dry_run=dry_run),
-                           blocked=bound if g.bindings else ""))
+        steps.append(
+            _Step(
+                "delete_guest_memfd",
+                f"delete guest_memfd {g.name or g.id}",
+                functools.partial(client.delete_guest_memfd, state["vm_id"], g.id, dry_run=dry_run),
+                blocked=bound if g.bindings else "",
+            )
+        )
     for m in p.delete_shms:
-        steps.append(_Step("delete_shared_memory", f"delete shared memory {m.name or m.id}",
-                           functools.partial(client.delete_shared_memory, state["vm_id"], m.id, dry_run=dry_run),
-                           blocked=bound if m.used_by_slots else ""))
+        steps.append(
+            _Step(
+                "delete_shared_memory",
+                f"delete shared memory {m.name or m.id}",
+                functools.partial(client.delete_shared_memory, state["vm_id"], m.id, dry_run=dry_run),
+                blocked=bound if m.used_by_slots else "",
+            )
+        )
     return steps
 
 
@@ -390,8 +495,9 @@ def execute(client: Client, p: Plan, progress: Callable[[str], None] = lambda la
         note = f"; undone: {', '.join(undone)}" if undone else ""
         note += f"; COULD NOT UNDO: {', '.join(stuck)} (rerun apply to converge)" if stuck else ""
         failed = steps[len(done)].label if len(done) < len(steps) else "?"
-        raise type(exc)(f"{failed} failed: {exc.detail}{note}", status=exc.status, code=exc.code,
-                        problem=exc.problem) from exc
+        raise type(exc)(
+            f"{failed} failed: {exc.detail}{note}", status=exc.status, code=exc.code, problem=exc.problem
+        ) from exc
     return p.vm.id if p.vm else next((r.id for s, r in done if s.kind == "create_vm"), None)
 
 

@@ -25,9 +25,10 @@ from .sizes import SIZE_PATTERN, parse_size
 
 __all__ = ["Layout", "GuestMemfdSpec", "SharedMemorySpec", "MemslotSpec", "LayoutError", "load", "schema"]
 
-_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_JSON_INT},
-                          {"type": "string", "pattern": SIZE_PATTERN}],
-                "description": "bytes: 4096, 0x1000, 0x1_0000_0000, 2M, 4G"}
+_SIZE_SCHEMA = {
+    "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_JSON_INT}, {"type": "string", "pattern": SIZE_PATTERN}],
+    "description": "bytes: 4096, 0x1000, 0x1_0000_0000, 2M, 4G",
+}
 
 
 def _bytes(value: Any) -> Any:
@@ -83,8 +84,11 @@ class MemslotSpec(_Strict):
 class Layout(_Strict):
     """One VM's memory: what ``memslotctl apply`` converges the VM to."""
 
-    model_config = ConfigDict(extra="forbid", title="memslotd layout",
-                              json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"})
+    model_config = ConfigDict(
+        extra="forbid",
+        title="memslotd layout",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
 
     vm: Name = Field(description="the VM's name; created when no VM has it")
     guest_memfds: list[GuestMemfdSpec] = []
@@ -120,7 +124,10 @@ def _structure(layout: Layout) -> list[tuple[str, str]]:
     """Rules between entries: unique names and ids, references to declared objects, the
     slot rules that need no host facts (the plan checks the rest against the daemon)."""
     problems: list[tuple[str, str]] = []
-    groups: list[tuple[str, list[Any]]] = [("guest_memfds", layout.guest_memfds), ("shared_memory", layout.shared_memory)]
+    groups: list[tuple[str, list[Any]]] = [
+        ("guest_memfds", layout.guest_memfds),
+        ("shared_memory", layout.shared_memory),
+    ]
     for key, entries in groups:
         seen: set[str] = set()
         for i, entry in enumerate(entries):
@@ -140,11 +147,19 @@ def _structure(layout: Layout) -> list[tuple[str, str]]:
         if s.private is not None and s.flags:
             problems.append((f"{where}.flags", "flags cannot be combined with a private (guest_memfd) part"))
         if s.private is not None and s.private.guest_memfd not in gmems:
-            problems.append((f"{where}.private.guest_memfd",
-                             f"{s.private.guest_memfd!r} is not declared in guest_memfds ({_names(gmems)})"))
+            problems.append(
+                (
+                    f"{where}.private.guest_memfd",
+                    f"{s.private.guest_memfd!r} is not declared in guest_memfds ({_names(gmems)})",
+                )
+            )
         if s.shared is not None and s.shared.shared_memory not in shms:
-            problems.append((f"{where}.shared.shared_memory",
-                             f"{s.shared.shared_memory!r} is not declared in shared_memory ({_names(shms)})"))
+            problems.append(
+                (
+                    f"{where}.shared.shared_memory",
+                    f"{s.shared.shared_memory!r} is not declared in shared_memory ({_names(shms)})",
+                )
+            )
     return problems
 
 
@@ -179,4 +194,3 @@ def load(path: str) -> Layout:
 
 def schema() -> str:
     return json.dumps(Layout.model_json_schema(), indent=2) + "\n"
-

@@ -36,8 +36,14 @@ def caps(state: State) -> None:
 @click.argument("size", type=SIZE, metavar="SIZE")
 @click.option("--to", type=click.Choice(["private", "shared"]), required=True, help="the state to convert to")
 @click.option("--discard/--keep", default=True, show_default=True, help="discard the stale side")
-@click.option("--chunk", type=SIZE, default="64G", show_default=True, metavar="SIZE",
-              help="split large ranges into requests of this size (progress shown)")
+@click.option(
+    "--chunk",
+    type=SIZE,
+    default="64G",
+    show_default=True,
+    metavar="SIZE",
+    help="split large ranges into requests of this size (progress shown)",
+)
 @pass_state
 def convert(state: State, vm: str, gpa: int, size: int, to: str, discard: bool, chunk: int) -> None:
     """Make a GPA range private or shared (idempotent, so splitting into chunks is safe).
@@ -100,12 +106,23 @@ def probe(state: State, vm: str, reads: tuple[str, ...], writes: tuple[str, ...]
     try:
         for w in writes:
             gpa, _, data = w.partition(":")
-            ops.append({"op": "write", "guest_phys_addr": SIZE.convert(gpa, None, None), "length": len(data) // 2,
-                        "data_hex": data})
+            ops.append(
+                {
+                    "op": "write",
+                    "guest_phys_addr": SIZE.convert(gpa, None, None),
+                    "length": len(data) // 2,
+                    "data_hex": data,
+                }
+            )
         for r in reads:
             gpa, _, length = r.partition(":")
-            ops.append({"op": "read", "guest_phys_addr": SIZE.convert(gpa, None, None),
-                        "length": SIZE.convert(length or "8", None, None)})
+            ops.append(
+                {
+                    "op": "read",
+                    "guest_phys_addr": SIZE.convert(gpa, None, None),
+                    "length": SIZE.convert(length or "8", None, None),
+                }
+            )
     except click.BadParameter as exc:
         raise click.UsageError(exc.message) from None
     if not ops:
@@ -125,8 +142,9 @@ def probe(state: State, vm: str, reads: tuple[str, ...], writes: tuple[str, ...]
 @click.option("--initial-state", is_flag=True, help="first the current state (with --follow)")
 @click.option("-f", "--follow", is_flag=True, help="keep streaming (resumes by itself)")
 @pass_state
-def events(state: State, vm: str | None, types: tuple[str, ...], since: int | None, initial_state: bool,
-           follow: bool) -> None:
+def events(
+    state: State, vm: str | None, types: tuple[str, ...], since: int | None, initial_state: bool, follow: bool
+) -> None:
     """Print events: SEQ TIME TYPE VM DATA, or one JSON object per line with --json.
 
     \b
@@ -139,8 +157,9 @@ def events(state: State, vm: str | None, types: tuple[str, ...], since: int | No
         for line in text.splitlines():
             _print_event(state, json.loads(line))
         return
-    for event in state.client.events(since_seq=since, vm_id=vm_id, types=list(types) or None,
-                                     initial_state=initial_state):
+    for event in state.client.events(
+        since_seq=since, vm_id=vm_id, types=list(types) or None, initial_state=initial_state
+    ):
         _print_event(state, event)
 
 
@@ -148,11 +167,14 @@ def _print_event(state: State, event: dict[str, Any]) -> None:
     if state.json:
         sys.stdout.write(json.dumps(event) + "\n")
     else:
-        data = event.get("data") or {k: v for k, v in event.items() if k not in ("type", "boot_id", "time", "seq", "vm_id")}
+        data = event.get("data") or {
+            k: v for k, v in event.items() if k not in ("type", "boot_id", "time", "seq", "vm_id")
+        }
         when = output.iso_time(event["time"]) if isinstance(event.get("time"), (int, float)) else "-"
         fields = " ".join(f"{k}={output.cell(k, v)}" for k, v in data.items())
-        sys.stdout.write(f"{event.get('seq', '-')} {when} {event['type']} {event.get('vm_id') or '-'} {fields}".rstrip()
-                         + "\n")
+        sys.stdout.write(
+            f"{event.get('seq', '-')} {when} {event['type']} {event.get('vm_id') or '-'} {fields}".rstrip() + "\n"
+        )
     sys.stdout.flush()
 
 
@@ -189,9 +211,18 @@ def apply_layout(state: State, file: str, dry_run: bool, prune: bool, yes: bool)
     if not dry_run and not p.empty:
         vm_id = apply_mod.execute(state.client, p)
     if state.json:
-        output.print_json({"vm": p.vm_name, "vm_id": vm_id, "dry_run": dry_run, "changed": not p.empty and not dry_run,
-                           "summary": p.counts(), "actions": [a.as_dict() for a in p.actions],
-                           "checked_by_daemon": p.checked_by_daemon, "checked_by_memslotctl": p.checked_here})
+        output.print_json(
+            {
+                "vm": p.vm_name,
+                "vm_id": vm_id,
+                "dry_run": dry_run,
+                "changed": not p.empty and not dry_run,
+                "summary": p.counts(),
+                "actions": [a.as_dict() for a in p.actions],
+                "checked_by_daemon": p.checked_by_daemon,
+                "checked_by_memslotctl": p.checked_here,
+            }
+        )
     elif not p.empty:
         click.echo("Dry run: nothing changed." if dry_run else f"Applied to VM {vm_id}.")
 
@@ -207,8 +238,10 @@ def _print_plan(p: apply_mod.Plan, dry_run: bool) -> None:
         line += "  not in the layout: --prune deletes it" if a.action == "keep" else ""
         click.echo(line.rstrip())
     counts = p.counts()
-    click.echo(f"Plan: {counts['create']} to create, {counts['change']} to change, {counts['delete']} to delete, "
-               f"{counts['unchanged']} unchanged" + (f", {counts['keep']} kept" if counts["keep"] else "") + ".")
+    click.echo(
+        f"Plan: {counts['create']} to create, {counts['change']} to change, {counts['delete']} to delete, "
+        f"{counts['unchanged']} unchanged" + (f", {counts['keep']} kept" if counts["keep"] else "") + "."
+    )
     if p.empty:
         click.echo("Nothing to do: the VM matches the layout.")
     if dry_run:

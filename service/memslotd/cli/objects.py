@@ -15,8 +15,17 @@ from ._common import SIZE, State, done, emit, emit_show, pass_state, resolve_obj
 __all__ = ["vm", "gmem", "shm", "slot"]
 
 VM_ARG = click.argument("vm", metavar="VM")
-VM_COLUMNS = ["id", "name", "type", "memslots", "guest_memfds", "shared_memory_regions", "guest_memfd_bytes",
-              "shared_memory_bytes", "created_at"]
+VM_COLUMNS = [
+    "id",
+    "name",
+    "type",
+    "memslots",
+    "guest_memfds",
+    "shared_memory_regions",
+    "guest_memfd_bytes",
+    "shared_memory_bytes",
+    "created_at",
+]
 GMEM_COLUMNS = ["id", "name", "size", "flags", "bindings", "created_at"]
 SHM_COLUMNS = ["id", "name", "size", "hugepages", "used_by_slots", "created_at"]
 SLOT_COLUMNS = ["slot", "guest_phys_addr", "memory_size", "flags", "shared", "private", "guest_backing"]
@@ -44,8 +53,14 @@ def vm() -> None:
 
 @vm.command("create")
 @click.option("--name", metavar="NAME", help="unique name (commands accept it instead of the id)")
-@click.option("--type", "vm_type", default="default", show_default=True, metavar="TYPE",
-              help="KVM VM type: default, sw_protected, sev, sev_es, snp, tdx")
+@click.option(
+    "--type",
+    "vm_type",
+    default="default",
+    show_default=True,
+    metavar="TYPE",
+    help="KVM VM type: default, sw_protected, sev, sev_es, snp, tdx",
+)
 @pass_state
 def vm_create(state: State, name: str | None, vm_type: str) -> None:
     """Create a VM.
@@ -115,8 +130,13 @@ def gmem() -> None:
 @gmem.command("create")
 @VM_ARG
 @click.argument("size", type=SIZE, metavar="SIZE")
-@click.option("--flag", "flags", multiple=True, type=click.Choice(["mmap", "init_shared"]),
-              help="mmap: the host may map it; init_shared: starts shared (repeatable)")
+@click.option(
+    "--flag",
+    "flags",
+    multiple=True,
+    type=click.Choice(["mmap", "init_shared"]),
+    help="mmap: the host may map it; init_shared: starts shared (repeatable)",
+)
 @click.option("--name", metavar="NAME", help="unique name within the VM")
 @pass_state
 def gmem_create(state: State, vm: str, size: int, flags: tuple[str, ...], name: str | None) -> None:
@@ -140,8 +160,11 @@ def gmem_list(state: State, vm: str) -> None:
       memslotctl gmem list demo
     """
     items = state.client.list_guest_memfds(resolve_vm(state, vm)).items
-    rows = items if state.json else [{**g.model_dump(mode="json"), "bindings": [b.slot for b in g.bindings]}
-                                     for g in items]
+    rows = (
+        items
+        if state.json
+        else [{**g.model_dump(mode="json"), "bindings": [b.slot for b in g.bindings]} for g in items]
+    )
     emit(state, rows, GMEM_COLUMNS)
 
 
@@ -193,8 +216,13 @@ def gmem_allocate(state: State, vm: str, gmem_ref: str, offset: int, length: int
     vm_id = resolve_vm(state, vm)
     gmem_id = resolve_object(state, vm_id, gmem_ref, "gmem")
     state.client.allocate(vm_id, gmem_id, offset, length)
-    done(state, f"guest_memfd {gmem_id}: [{offset:#x}, {offset + length:#x}) allocated", guest_memfd_id=gmem_id,
-         offset=offset, length=length)
+    done(
+        state,
+        f"guest_memfd {gmem_id}: [{offset:#x}, {offset + length:#x}) allocated",
+        guest_memfd_id=gmem_id,
+        offset=offset,
+        length=length,
+    )
 
 
 @gmem.command("punch")
@@ -306,13 +334,26 @@ def slot() -> None:
 @click.option("--shm-offset", type=SIZE, default=0, metavar="OFFSET", help="offset in the shared memory")
 @click.option("--gmem", "gmem_ref", metavar="GMEM", help="guest_memfd (name or id): the private part")
 @click.option("--gmem-offset", type=SIZE, default=0, metavar="OFFSET", help="offset in the guest_memfd")
-@click.option("--flag", "flags", multiple=True, type=click.Choice(["log_dirty_pages", "readonly"]),
-              help="slot flag (repeatable)")
+@click.option(
+    "--flag", "flags", multiple=True, type=click.Choice(["log_dirty_pages", "readonly"]), help="slot flag (repeatable)"
+)
 @click.option("--dry-run", is_flag=True, help="check every rule, change nothing")
 @click.option("--if-match", metavar="ETAG", help="act only if the slot's ETag matches")
 @pass_state
-def slot_put(state: State, vm: str, slot_id: int | None, gpa: int, size: int, shm_ref: str | None, shm_offset: int,
-             gmem_ref: str | None, gmem_offset: int, flags: tuple[str, ...], dry_run: bool, if_match: str | None) -> None:
+def slot_put(
+    state: State,
+    vm: str,
+    slot_id: int | None,
+    gpa: int,
+    size: int,
+    shm_ref: str | None,
+    shm_offset: int,
+    gmem_ref: str | None,
+    gmem_offset: int,
+    flags: tuple[str, ...],
+    dry_run: bool,
+    if_match: str | None,
+) -> None:
     """Create a memslot (idempotent by SLOT id; omitted: the lowest free id).
 
     \b
@@ -335,8 +376,9 @@ def slot_put(state: State, vm: str, slot_id: int | None, gpa: int, size: int, sh
 @VM_ARG
 @click.option("--gpa-start", type=SIZE, default=0, metavar="ADDR", help="from this GPA")
 @click.option("--gpa-end", type=SIZE, metavar="ADDR", help="up to this GPA")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, metavar="N",
-              help="slots per page")
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=100, show_default=True, metavar="N", help="slots per page"
+)
 @click.option("--all", "all_pages", is_flag=True, help="every page")
 @pass_state
 def slot_list(state: State, vm: str, gpa_start: int, gpa_end: int | None, limit: int, all_pages: bool) -> None:
@@ -388,8 +430,12 @@ def slot_delete(state: State, vm: str, slot_id: int, dry_run: bool, if_match: st
       memslotctl slot delete demo 0
     """
     state.client.delete_memslot(resolve_vm(state, vm), slot_id, dry_run=dry_run, if_match=if_match)
-    done(state, f"memslot {slot_id} {'can be deleted (dry run)' if dry_run else 'deleted'}", slot=slot_id,
-         dry_run=dry_run)
+    done(
+        state,
+        f"memslot {slot_id} {'can be deleted (dry run)' if dry_run else 'deleted'}",
+        slot=slot_id,
+        dry_run=dry_run,
+    )
 
 
 @slot.command("dirty-log")
@@ -413,8 +459,15 @@ def slot_dirty_log(state: State, vm: str, slot_id: int) -> None:
 
 @slot.command("batch")
 @VM_ARG
-@click.option("-f", "--file", "file", type=click.File(), required=True, metavar="FILE",
-              help="YAML or JSON list of ops (or {ops: [...]}); - reads stdin")
+@click.option(
+    "-f",
+    "--file",
+    "file",
+    type=click.File(),
+    required=True,
+    metavar="FILE",
+    help="YAML or JSON list of ops (or {ops: [...]}); - reads stdin",
+)
 @click.option("--dry-run", is_flag=True, help="check every chunk, change nothing")
 @pass_state
 def slot_batch(state: State, vm: str, file: Any, dry_run: bool) -> None:
@@ -442,7 +495,7 @@ def slot_batch(state: State, vm: str, file: Any, dry_run: bool) -> None:
     with Progress(console=Console(stderr=True), disable=state.json, transient=True) as progress:
         task = progress.add_task("memslots", total=len(ops))
         for start in range(0, len(ops), MAX_BATCH_OPS):
-            chunk = ops[start:start + MAX_BATCH_OPS]
+            chunk = ops[start : start + MAX_BATCH_OPS]
             state.client.batch(vm_id, chunk, dry_run=dry_run)
             done_ops += len(chunk)
             progress.update(task, advance=len(chunk))

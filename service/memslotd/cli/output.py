@@ -30,8 +30,9 @@ def plain(value: Any) -> Any:
 
 
 def iso_time(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
+    return (
+        datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def cell(key: str, value: Any) -> str:
@@ -65,7 +66,7 @@ def table(rows: list[dict[str, Any]], columns: list[str], empty: str = "No resou
         return empty
     cells = [[c.upper() for c in columns]] + [[cell(c, row.get(c)) for c in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
 def show(data: dict[str, Any]) -> str:

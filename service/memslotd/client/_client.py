@@ -25,8 +25,15 @@ __all__ = ["Client", "AsyncClient"]
 
 
 class _Base(Operations):
-    def __init__(self, socket: str | None, url: str | None, token: str | None, verify: ssl.SSLContext | str | bool,
-                 cert: tuple[str, str] | None, timeout: float):
+    def __init__(
+        self,
+        socket: str | None,
+        url: str | None,
+        token: str | None,
+        verify: ssl.SSLContext | str | bool,
+        cert: tuple[str, str] | None,
+        timeout: float,
+    ):
         """``socket``: default $MEMSLOTD_SOCKET or the daemon's default path; ``url`` (or
         $MEMSLOTD_URL) selects TCP, with a bearer ``token`` ($MEMSLOTD_TOKEN)."""
         self.url = url or os.environ.get("MEMSLOTD_URL")
@@ -40,7 +47,9 @@ class _Base(Operations):
     def _prepare(self, call: Call) -> tuple[str, dict[str, str], bytes | None]:
         target = call.path
         if call.params:
-            target += "?" + urllib.parse.urlencode({k: _query_value(v) for k, v in call.params.items() if v is not None})
+            target += "?" + urllib.parse.urlencode(
+                {k: _query_value(v) for k, v in call.params.items() if v is not None}
+            )
         headers = {**self._headers, **call.headers} if call.headers else self._headers
         return target, headers, None if call.json is None else orjson.dumps(call.json)
 
@@ -66,8 +75,11 @@ def _result(call: Call, answer: Answer) -> Any:
         raise error_for(answer.status, body)
     if call.params and call.params.get("dry_run") == "true" and answer.headers.get("memslotd-dry-run") != "true":
         # A daemon that predates dry_run on this endpoint ignores the parameter: say so loudly.
-        raise ServerError(f"the daemon ignored dry_run on {call.method} {call.path}: the operation was carried out",
-                          status=answer.status, code="DRY_RUN_IGNORED")
+        raise ServerError(
+            f"the daemon ignored dry_run on {call.method} {call.path}: the operation was carried out",
+            status=answer.status,
+            code="DRY_RUN_IGNORED",
+        )
     if call.raw:
         return answer.body.decode()
     if call.model is None or answer.status == 204:
@@ -79,8 +91,16 @@ class Client(_Base):
     """Synchronous client. Every API operation is a method (see ``Operations``); a client may
     be shared between threads (each request takes an idle connection or opens one)."""
 
-    def __init__(self, socket: str | None = None, *, url: str | None = None, token: str | None = None,
-                 verify: ssl.SSLContext | str | bool = True, cert: tuple[str, str] | None = None, timeout: float = 60.0):
+    def __init__(
+        self,
+        socket: str | None = None,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: tuple[str, str] | None = None,
+        timeout: float = 60.0,
+    ):
         super().__init__(socket, url, token, verify, cert, timeout)
         self._transport = SyncTransport(self.endpoint)
 
@@ -92,17 +112,36 @@ class Client(_Base):
             raise self._unreachable(exc) from exc
         return _result(call, answer)
 
-    def events(self, *, since_seq: int | None = None, boot_id: str | None = None, vm_id: str | None = None,
-               types: list[str] | None = None, initial_state: bool = False, bookmarks: bool = False) -> EventStream:
+    def events(
+        self,
+        *,
+        since_seq: int | None = None,
+        boot_id: str | None = None,
+        vm_id: str | None = None,
+        types: list[str] | None = None,
+        initial_state: bool = False,
+        bookmarks: bool = False,
+    ) -> EventStream:
         """Events, resuming from the last seq after a disconnect; raises ``CursorGone`` when the
         daemon cannot resume (cursor expired, daemon restarted): re-list, then subscribe again."""
-        return EventStream(self.socket, self.url, self.token, self._verify, self._cert, since_seq=since_seq,
-                           boot_id=boot_id, vm_id=vm_id, types=types, initial_state=initial_state, bookmarks=bookmarks)
+        return EventStream(
+            self.socket,
+            self.url,
+            self.token,
+            self._verify,
+            self._cert,
+            since_seq=since_seq,
+            boot_id=boot_id,
+            vm_id=vm_id,
+            types=types,
+            initial_state=initial_state,
+            bookmarks=bookmarks,
+        )
 
     def close(self) -> None:
         self._transport.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -114,8 +153,16 @@ class AsyncClient(_Base):
     calls use separate connections, at most 16 (more calls wait for one). ``timeout`` bounds
     each call (``TransportError`` code ``TIMEOUT``). Used by one event loop at a time."""
 
-    def __init__(self, socket: str | None = None, *, url: str | None = None, token: str | None = None,
-                 verify: ssl.SSLContext | str | bool = True, cert: tuple[str, str] | None = None, timeout: float = 60.0):
+    def __init__(
+        self,
+        socket: str | None = None,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: tuple[str, str] | None = None,
+        timeout: float = 60.0,
+    ):
         super().__init__(socket, url, token, verify, cert, timeout)
         self._transport = AsyncTransport(self.endpoint)
 
@@ -139,10 +186,8 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._transport.close()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-

@@ -121,13 +121,18 @@ class Endpoint:
                 raise
         return sock
 
-    async def open(self) -> "_AsyncConnection":
+    async def open(self) -> _AsyncConnection:
         loop = asyncio.get_running_loop()
         if self.socket_path is not None:
             _, conn = await loop.create_unix_connection(lambda: _AsyncConnection(loop), self.socket_path)
         else:
-            _, conn = await loop.create_connection(lambda: _AsyncConnection(loop), self.host, self.port, ssl=self.tls,
-                                                   server_hostname=self.host if self.tls else None)
+            _, conn = await loop.create_connection(
+                lambda: _AsyncConnection(loop),
+                self.host,
+                self.port,
+                ssl=self.tls,
+                server_hostname=self.host if self.tls else None,
+            )
         return conn
 
     def head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
@@ -246,8 +251,9 @@ class _AsyncConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.closed = True
-        self._fail(ConnectionResetError("the daemon closed the connection"
-                                        + (" mid-answer" if self.reader.started else "")))
+        self._fail(
+            ConnectionResetError("the daemon closed the connection" + (" mid-answer" if self.reader.started else ""))
+        )
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:

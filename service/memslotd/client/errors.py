@@ -19,8 +19,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MemslotdError", "TransportError", "BadRequest", "Unauthorized", "NotFound", "Conflict", "CursorGone",
-           "QuotaExceeded", "CapabilityMissing", "ServerError", "error_for"]
+__all__ = [
+    "MemslotdError",
+    "TransportError",
+    "BadRequest",
+    "Unauthorized",
+    "NotFound",
+    "Conflict",
+    "CursorGone",
+    "QuotaExceeded",
+    "CapabilityMissing",
+    "ServerError",
+    "error_for",
+]
 
 
 class MemslotdError(Exception):
@@ -79,8 +90,18 @@ class ServerError(MemslotdError):
 
 
 _BY_STATUS: dict[int, type[MemslotdError]] = {
-    400: BadRequest, 413: BadRequest, 415: BadRequest, 422: BadRequest, 401: Unauthorized, 403: Unauthorized,
-    404: NotFound, 409: Conflict, 410: CursorGone, 429: QuotaExceeded, 507: QuotaExceeded, 501: CapabilityMissing,
+    400: BadRequest,
+    413: BadRequest,
+    415: BadRequest,
+    422: BadRequest,
+    401: Unauthorized,
+    403: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    410: CursorGone,
+    429: QuotaExceeded,
+    507: QuotaExceeded,
+    501: CapabilityMissing,
 }
 
 

@@ -32,10 +32,21 @@ MAX_RETRY_S = 5.0
 
 
 class EventStream:
-    def __init__(self, socket: str | None, url: str | None, token: str | None,
-                 verify: ssl.SSLContext | str | bool = True, cert: tuple[str, str] | None = None, *,
-                 since_seq: int | None = None, boot_id: str | None = None, vm_id: str | None = None,
-                 types: list[str] | None = None, initial_state: bool = False, bookmarks: bool = False):
+    def __init__(
+        self,
+        socket: str | None,
+        url: str | None,
+        token: str | None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: tuple[str, str] | None = None,
+        *,
+        since_seq: int | None = None,
+        boot_id: str | None = None,
+        vm_id: str | None = None,
+        types: list[str] | None = None,
+        initial_state: bool = False,
+        bookmarks: bool = False,
+    ):
         self.socket, self.url, self.token = socket, url, token
         self.verify, self.cert = verify, cert
         self.cursor, self.boot_id = since_seq, boot_id
@@ -69,10 +80,22 @@ class EventStream:
         if self.url:
             base = self.url.replace("https://", "wss://").replace("http://", "ws://")
             ctx = tls_context(self.verify, self.cert) if base.startswith("wss://") else None
-            return connect(base + self._query(), additional_headers=headers, ssl=ctx, subprotocols=[SUBPROTOCOL],
-                           open_timeout=10, max_size=None)
-        return unix_connect(self.socket, "ws://memslotd" + self._query(), additional_headers=headers,
-                            subprotocols=[SUBPROTOCOL], open_timeout=10, max_size=None)
+            return connect(
+                base + self._query(),
+                additional_headers=headers,
+                ssl=ctx,
+                subprotocols=[SUBPROTOCOL],
+                open_timeout=10,
+                max_size=None,
+            )
+        return unix_connect(
+            self.socket,
+            "ws://memslotd" + self._query(),
+            additional_headers=headers,
+            subprotocols=[SUBPROTOCOL],
+            open_timeout=10,
+            max_size=None,
+        )
 
     def _handle(self, message: Event) -> Event | None:
         """Track the cursor; return what the caller should see (None: nothing)."""
@@ -112,8 +135,11 @@ class EventStream:
                 if exc.rcvd is not None and exc.rcvd.code == GONE:
                     raise CursorGone(f"cursor gone: {exc.rcvd.reason}", status=410, code="CURSOR_GONE") from exc
             except InvalidStatus as exc:
-                raise Unauthorized(f"event stream refused: HTTP {exc.response.status_code}",
-                                   status=exc.response.status_code, code="EVENTS_REFUSED") from exc
+                raise Unauthorized(
+                    f"event stream refused: HTTP {exc.response.status_code}",
+                    status=exc.response.status_code,
+                    code="EVENTS_REFUSED",
+                ) from exc
             except OSError as exc:
                 if self.reconnects > 50:
                     raise TransportError(f"event stream lost: {exc}", code="UNREACHABLE") from exc

@@ -96,8 +96,11 @@ class BatchService:
             changes = [(index, step) for index, step in changes if step.op != "unchanged"]
         region_args = self.memslots.region_args
         applied, error = vm.port.set_user_memory_regions(
-            [region_args(vm, step.slot, step.flags) if step.op == "create" else (step.slot.slot_id, 0, 0, 0, 0, 0, 0)
-             for _, step in changes])
+            [
+                region_args(vm, step.slot, step.flags) if step.op == "create" else (step.slot.slot_id, 0, 0, 0, 0, 0, 0)
+                for _, step in changes
+            ]
+        )
         if not error:
             return
         self._undo_kernel(vm, steps, [step for _, step in changes[:applied]])
@@ -110,7 +113,7 @@ class BatchService:
         undo = [self._region(vm, step, forward=False) for step in reversed(applied)]
         while undo:  # undoing what the kernel just took; should it refuse one, go on with the rest
             undone, undo_error = vm.port.set_user_memory_regions(undo)
-            undo = undo[undone + 1:] if undo_error else []
+            undo = undo[undone + 1 :] if undo_error else []
         self._undo_tables(vm, steps)
 
     def _mirror_attributes_in_kernel(self, vm: VMRecord, steps: list[_Step]) -> None:
@@ -144,8 +147,11 @@ class BatchService:
                 return _Step("unchanged", existing, flags)
             raise Conflict(f"slot {slot_id} exists", code="SLOT_EXISTS", slot=slot_id)
         if len(vm.slots) >= self.reg.limits.max_slots_per_vm:
-            raise QuotaExceeded(f"VM {vm.id} already has {len(vm.slots)} memslots", code="SLOT_QUOTA",
-                                limit=self.reg.limits.max_slots_per_vm)
+            raise QuotaExceeded(
+                f"VM {vm.id} already has {len(vm.slots)} memslots",
+                code="SLOT_QUOTA",
+                limit=self.reg.limits.max_slots_per_vm,
+            )
         if slot.userspace_addr_source == "guest_memfd_mmap":
             slot = ms.resolve_userspace_addr(vm, slot)
         ms.commit_create(vm, slot, attributes=False)
@@ -165,11 +171,20 @@ class BatchService:
         disjoint, so each run is one bulk update."""
         for op, run in itertools.groupby(steps, key=lambda step: step.op):
             if op == "create":
-                vm.attributes.add_many([(step.slot.guest_phys_addr, step.slot.guest_phys_addr + step.slot.memory_size,
-                                         slot_start_state(vm, step.slot)) for step in run])
+                vm.attributes.add_many(
+                    [
+                        (
+                            step.slot.guest_phys_addr,
+                            step.slot.guest_phys_addr + step.slot.memory_size,
+                            slot_start_state(vm, step.slot),
+                        )
+                        for step in run
+                    ]
+                )
             elif op == "delete":
-                vm.attributes.remove_many([(step.slot.guest_phys_addr, step.slot.guest_phys_addr + step.slot.memory_size)
-                                           for step in run])
+                vm.attributes.remove_many(
+                    [(step.slot.guest_phys_addr, step.slot.guest_phys_addr + step.slot.memory_size) for step in run]
+                )
 
     def _region(self, vm: VMRecord, step: _Step, *, forward: bool) -> RegionArgs:
         """The ioctl arguments that apply ``step`` (or, not ``forward``, undo it)."""

@@ -34,7 +34,7 @@ class HostMemoryLow(HostResourcesExhausted):
 
 
 class MemoryBudget:
-    def __init__(self, registry: "Registry", limits: Limits, meminfo: Callable[[], MemInfo] = read_meminfo):
+    def __init__(self, registry: Registry, limits: Limits, meminfo: Callable[[], MemInfo] = read_meminfo):
         self.reg = registry
         self.limits = limits
         self.meminfo = meminfo
@@ -46,8 +46,9 @@ class MemoryBudget:
 
     @staticmethod
     def committed_in(vm: VMRecord) -> int:
-        return sum(g.populated.private_bytes for g in vm.gmems.values()) + \
-            sum(s.populated.private_bytes for s in vm.shms.values())
+        return sum(g.populated.private_bytes for g in vm.gmems.values()) + sum(
+            s.populated.private_bytes for s in vm.shms.values()
+        )
 
     def committed(self) -> int:
         return sum(self.committed_in(vm) for vm in self.reg.vms.values())
@@ -59,28 +60,47 @@ class MemoryBudget:
         limits = self.limits
         in_vm = self.committed_in(vm)
         if in_vm + new > limits.max_bytes_per_vm:
-            raise QuotaExceeded(f"{what} would commit {new} bytes; VM {vm.id} holds {in_vm} of its "
-                                f"{limits.max_bytes_per_vm}", bytes_quota=True, code="VM_MEMORY_QUOTA",
-                                limit=limits.max_bytes_per_vm, committed=in_vm, requested=new)
+            raise QuotaExceeded(
+                f"{what} would commit {new} bytes; VM {vm.id} holds {in_vm} of its {limits.max_bytes_per_vm}",
+                bytes_quota=True,
+                code="VM_MEMORY_QUOTA",
+                limit=limits.max_bytes_per_vm,
+                committed=in_vm,
+                requested=new,
+            )
         total = self.committed()
         if total + new > limits.max_bytes_total:
-            raise QuotaExceeded(f"{what} would commit {new} bytes; the daemon holds {total} of its "
-                                f"{limits.max_bytes_total}", bytes_quota=True, code="DAEMON_MEMORY_QUOTA",
-                                limit=limits.max_bytes_total, committed=total, requested=new)
+            raise QuotaExceeded(
+                f"{what} would commit {new} bytes; the daemon holds {total} of its {limits.max_bytes_total}",
+                bytes_quota=True,
+                code="DAEMON_MEMORY_QUOTA",
+                limit=limits.max_bytes_total,
+                committed=total,
+                requested=new,
+            )
         info = self.meminfo()
         if info.available - new < limits.memory_reserve_bytes:
-            raise HostMemoryLow(f"{what} needs {new} bytes; the host has {info.available} available and keeps "
-                                f"{limits.memory_reserve_bytes} in reserve", requested=new,
-                                mem_available=info.available, mem_total=info.total,
-                                reserve=limits.memory_reserve_bytes)
+            raise HostMemoryLow(
+                f"{what} needs {new} bytes; the host has {info.available} available and keeps "
+                f"{limits.memory_reserve_bytes} in reserve",
+                requested=new,
+                mem_available=info.available,
+                mem_total=info.total,
+                reserve=limits.memory_reserve_bytes,
+            )
 
     def check_size(self, vm: VMRecord, size: int, what: str) -> None:
         """An object that could never be populated within the quota is refused outright."""
         limit = min(self.limits.max_bytes_per_vm, self.limits.max_bytes_total)
         if size > limit:
             code = "VM_MEMORY_QUOTA" if limit == self.limits.max_bytes_per_vm else "DAEMON_MEMORY_QUOTA"
-            raise QuotaExceeded(f"{what} of {size} bytes exceeds the byte quota of {limit}", bytes_quota=True,
-                                code=code, limit=limit, requested=size)
+            raise QuotaExceeded(
+                f"{what} of {size} bytes exceeds the byte quota of {limit}",
+                bytes_quota=True,
+                code=code,
+                limit=limit,
+                requested=size,
+            )
 
     @staticmethod
     def mark(pieces: Iterable[tuple[Backing, Range]]) -> None:
@@ -93,8 +113,11 @@ class MemoryBudget:
 
     def release_discarded(self, vm: VMRecord, invalidation: dict[str, Any]) -> None:
         """A conversion punched the stale side (its ``memory.invalidate_*`` payload)."""
-        obj: Backing | None = (vm.gmems.get(invalidation["guest_memfd_id"]) if "guest_memfd_id" in invalidation
-                               else vm.shms.get(invalidation.get("shared_memory_id", "")))
+        obj: Backing | None = (
+            vm.gmems.get(invalidation["guest_memfd_id"])
+            if "guest_memfd_id" in invalidation
+            else vm.shms.get(invalidation.get("shared_memory_id", ""))
+        )
         if obj is not None:
             self.release(obj, Range.of(invalidation["offset"], invalidation["length"]))
 

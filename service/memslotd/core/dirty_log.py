@@ -26,5 +26,6 @@ def dirty_ranges(bitmap: bytes, base_gpa: int, page_size: int, pages: int) -> li
                 runs.append((first, ones))
             word >>= ones
             bit += ones
-    return [(base_gpa + first * page_size, min(count, pages - first) * page_size)
-            for first, count in runs if first < pages]
+    return [
+        (base_gpa + first * page_size, min(count, pages - first) * page_size) for first, count in runs if first < pages
+    ]

@@ -24,8 +24,18 @@ import errno as _errno
 from typing import Any
 
 __all__ = [
-    "DomainError", "InvalidRequest", "NotFound", "Conflict", "PreconditionFailed", "CapabilityMissing", "QuotaExceeded",
-    "VMBusy", "HostResourcesExhausted", "ShuttingDown", "KernelError", "kernel_error",
+    "DomainError",
+    "InvalidRequest",
+    "NotFound",
+    "Conflict",
+    "PreconditionFailed",
+    "CapabilityMissing",
+    "QuotaExceeded",
+    "VMBusy",
+    "HostResourcesExhausted",
+    "ShuttingDown",
+    "KernelError",
+    "kernel_error",
 ]
 
 

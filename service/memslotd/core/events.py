@@ -21,12 +21,21 @@ from typing import Any
 __all__ = ["Event", "EventLog", "Subscriber", "CursorGone", "EVENT_TYPES", "STREAM_TYPES"]
 
 EVENT_TYPES = (
-    "vm.created", "vm.deleted",
-    "guest_memfd.created", "guest_memfd.deleted",
-    "shared_memory.created", "shared_memory.deleted",
-    "memslot.created", "memslot.updated", "memslot.deleted",
-    "memory.invalidate_start", "memory.invalidate_end",
-    "memory.converted", "memory.allocated", "memory.error", "memory.fault",
+    "vm.created",
+    "vm.deleted",
+    "guest_memfd.created",
+    "guest_memfd.deleted",
+    "shared_memory.created",
+    "shared_memory.deleted",
+    "memslot.created",
+    "memslot.updated",
+    "memslot.deleted",
+    "memory.invalidate_start",
+    "memory.invalidate_end",
+    "memory.converted",
+    "memory.allocated",
+    "memory.error",
+    "memory.fault",
 )
 #: Only in streams: the state snapshot, cursor bookmarks, the greeting and the "gone" notice.
 STREAM_TYPES = ("memory.attributes", "bookmark", "hello", "gone")
@@ -84,7 +93,7 @@ class Subscriber:
     batch its consumer is sending, and the transport's write buffer (flow-controlled).
     """
 
-    def __init__(self, log: "EventLog", accept: Callable[[Event], bool], next_seq: int):
+    def __init__(self, log: EventLog, accept: Callable[[Event], bool], next_seq: int):
         self._log = log
         self._accept = accept
         self.next_seq = next_seq  # the first seq this subscriber has not yet been given
@@ -158,8 +167,13 @@ class EventLog:
     """The retained window: a list with a moving head (O(1) access by seq, amortized O(1)
     trim), bounded by ``max_events`` and ``max_bytes``; subscribers read it by cursor."""
 
-    def __init__(self, *, max_events: int = 100_000, max_bytes: int = 64 << 20,
-                 encode_data: Callable[[dict[str, Any]], str] = _default_encode):
+    def __init__(
+        self,
+        *,
+        max_events: int = 100_000,
+        max_bytes: int = 64 << 20,
+        encode_data: Callable[[dict[str, Any]], str] = _default_encode,
+    ):
         self.boot_id = uuid.uuid4().hex
         self.seq = 0
         self._retained: list[Event] = []
@@ -210,8 +224,9 @@ class EventLog:
                 last_data, data_json = data, encode_data(data)
             head = heads.get((type_, vm_id))
             if head is None:
-                head = heads[type_, vm_id] = (f',"boot_id":"{self.boot_id}","time":{now!r},"type":"{type_}",'
-                                              f'"vm_id":{_json_string(vm_id)},"data":')
+                head = heads[type_, vm_id] = (
+                    f',"boot_id":"{self.boot_id}","time":{now!r},"type":"{type_}","vm_id":{_json_string(vm_id)},"data":'
+                )
             encoded = f'{{"seq":{seq}{head}{data_json}}}'
             events.append(Event(seq, now, type_, vm_id, encoded))
             added += len(encoded)

@@ -34,8 +34,10 @@ class HostViewService:
         if not 0 < length <= MAX_PROBE_BYTES:
             raise InvalidRequest(f"length must be 1..{MAX_PROBE_BYTES}", code="HOST_VIEW_OUT_OF_BOUNDS")
         if offset < 0 or offset + length > obj.size:
-            raise InvalidRequest(f"[{offset:#x}, {offset + length:#x}) is outside {obj.id} (size {obj.size:#x})",
-                                 code="RANGE_OUTSIDE_BACKING")
+            raise InvalidRequest(
+                f"[{offset:#x}, {offset + length:#x}) is outside {obj.id} (size {obj.size:#x})",
+                code="RANGE_OUTSIDE_BACKING",
+            )
         return Range(offset, offset + length)
 
     @staticmethod
@@ -44,8 +46,11 @@ class HostViewService:
         if isinstance(obj, GmemRecord):
             bound = [(slot_id, b.start) for slot_id, b in obj.bindings]
         else:
-            bound = [(slot_id, slot.shared.offset) for slot_id in sorted(obj.users)
-                     if (slot := vm.slots.get(slot_id)) is not None and slot.shared is not None]
+            bound = [
+                (slot_id, slot.shared.offset)
+                for slot_id in sorted(obj.users)
+                if (slot := vm.slots.get(slot_id)) is not None and slot.shared is not None
+            ]
         pieces: list[dict[str, Any]] = []
         for slot_id, part_offset in bound:
             slot = vm.slots.get(slot_id)
@@ -59,18 +64,25 @@ class HostViewService:
                 pieces.append({"slot": slot_id, "guest_phys_addr": run.start, "size": run.size, "state": state})
         return pieces
 
-    def _plan(self, vm: VMRecord, kind: str, object_id: str, offset: int, length: int
-              ) -> tuple[GmemRecord | ShmRecord, Range, list[dict[str, Any]]]:
+    def _plan(
+        self, vm: VMRecord, kind: str, object_id: str, offset: int, length: int
+    ) -> tuple[GmemRecord | ShmRecord, Range, list[dict[str, Any]]]:
         obj = self._object(vm, kind, object_id)
         r = self._check_range(obj, offset, length)
         if isinstance(obj, GmemRecord) and "mmap" not in obj.flags:
-            raise Conflict(f"guest_memfd {obj.id} was created without mmap: the host cannot map it "
-                           "(the kernel answers mmap with ENODEV and read() with an error)", code="GMEM_NOT_MAPPABLE")
+            raise Conflict(
+                f"guest_memfd {obj.id} was created without mmap: the host cannot map it "
+                "(the kernel answers mmap with ENODEV and read() with an error)",
+                code="GMEM_NOT_MAPPABLE",
+            )
         backs = self.backs(vm, obj, r)
         private = [p for p in backs if p["state"] == PRIVATE]
         if isinstance(obj, GmemRecord) and private:
-            raise Conflict(f"{obj.id} [{offset:#x}, {r.end:#x}) backs private guest memory: the host may not access it",
-                           code="HOST_ACCESS_PRIVATE", private=private[:64])
+            raise Conflict(
+                f"{obj.id} [{offset:#x}, {r.end:#x}) backs private guest memory: the host may not access it",
+                code="HOST_ACCESS_PRIVATE",
+                private=private[:64],
+            )
         # a shared-mapping access populates the pages it touches, reads included (shmem and
         # guest_memfd map no zero page): counted against the byte quotas before the copy
         self.reg.budget.check(vm, self.reg.budget.unpopulated(obj, self._pages(r)), "the host access")
@@ -102,8 +114,9 @@ class HostViewService:
                 raise self._refused(exc, obj) from exc
             finally:
                 self.reg.budget.mark([(obj, self._pages(r))])
-            self.reg.emit("memory.host_write", vm.id, **{f"{kind}_id": obj.id}, offset=r.start, length=r.size,
-                          gpa_ranges=backs)
+            self.reg.emit(
+                "memory.host_write", vm.id, **{f"{kind}_id": obj.id}, offset=r.start, length=r.size, gpa_ranges=backs
+            )
             return {"offset": r.start, "length": r.size, "backs": backs}
 
     @staticmethod
@@ -119,5 +132,9 @@ class HostViewService:
     @staticmethod
     def _refused(exc: OSError, obj: GmemRecord | ShmRecord) -> Exception:
         cause = kernel_error(exc, f"host access to {obj.id}")
-        return Conflict(f"the kernel refused the host access: {cause.detail} (a guest_memfd without init_shared "
-                        "serves no host faults)", code="HOST_ACCESS_REFUSED", **cause.extra)
+        return Conflict(
+            f"the kernel refused the host access: {cause.detail} (a guest_memfd without init_shared "
+            "serves no host faults)",
+            code="HOST_ACCESS_REFUSED",
+            **cause.extra,
+        )

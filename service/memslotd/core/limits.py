@@ -43,8 +43,9 @@ def default_reserve(mem_total: int) -> int:
     return min(max(mem_total // 10, GiB), mem_total // 2)
 
 
-def derive_byte_quotas(mem_total: int, reserve: int | None = None, per_vm: int | None = None,
-                       total: int | None = None) -> tuple[int, int, int]:
+def derive_byte_quotas(
+    mem_total: int, reserve: int | None = None, per_vm: int | None = None, total: int | None = None
+) -> tuple[int, int, int]:
     """(reserve, max_bytes_per_vm, max_bytes_total): configured values win, the rest derive
     from ``MemTotal``. The derived daemon total is ``MemTotal - reserve``; a VM may use all of it."""
     reserve = default_reserve(mem_total) if reserve is None else reserve

@@ -67,7 +67,9 @@ class MemoryService:
     def __init__(self, registry: Registry):
         self.reg = registry
 
-    def attributes(self, vm_id: str, gpa_start: int, gpa_end: int, limit: int, after: int | None = None) -> AttributePage:
+    def attributes(
+        self, vm_id: str, gpa_start: int, gpa_end: int, limit: int, after: int | None = None
+    ) -> AttributePage:
         """Up to ``limit`` run-length private/shared ranges in ``[gpa_start, gpa_end)`` from
         ``after`` (a previous page's ``next_gpa``) on; gaps between slots are not guest memory."""
         vm = self.reg.vm(vm_id)
@@ -84,8 +86,10 @@ class MemoryService:
     def _plan(self, vm: VMRecord, r: Range, to: str) -> tuple[list[Piece], list[Range]]:
         """Check coverage and private parts; return the pieces that change and those already in state."""
         slots = list(vm.slots.overlapping(r))
-        covered = sum(s.gpa_range.end - s.gpa_range.start - max(0, r.start - s.guest_phys_addr)
-                      - max(0, s.gpa_range.end - r.end) for s in slots)
+        covered = sum(
+            s.gpa_range.end - s.gpa_range.start - max(0, r.start - s.guest_phys_addr) - max(0, s.gpa_range.end - r.end)
+            for s in slots
+        )
         if covered != r.size:
             gaps: list[dict[str, int]] = []
             cursor = r.start
@@ -95,13 +99,17 @@ class MemoryService:
                 cursor = max(cursor, s.gpa_range.end)
             if cursor < r.end:
                 gaps.append({"guest_phys_addr": cursor, "size": r.end - cursor})
-            raise Conflict(f"[{r.start:#x}, {r.end:#x}) is not fully covered by memslots", code="RANGE_NOT_COVERED",
-                           gaps=gaps[:64])
+            raise Conflict(
+                f"[{r.start:#x}, {r.end:#x}) is not fully covered by memslots", code="RANGE_NOT_COVERED", gaps=gaps[:64]
+            )
         if to == PRIVATE:
             lacking = [s.slot_id for s in slots if s.private is None]
             if lacking:
-                raise Conflict(f"slots {lacking[:16]} have no private part: they cannot hold private memory",
-                               code="NO_PRIVATE_PART", slots=lacking[:64])
+                raise Conflict(
+                    f"slots {lacking[:16]} have no private part: they cannot hold private memory",
+                    code="NO_PRIVATE_PART",
+                    slots=lacking[:64],
+                )
         pieces: list[Piece] = []
         unchanged: list[Range] = []
         for slot in slots:
@@ -121,7 +129,7 @@ class MemoryService:
             pieces, unchanged = self._plan(vm, r, to)
             result = ConversionResult(unchanged=[_range(u) for u in _merge(unchanged)], enforcement=vm.enforcement)
             for start in range(0, len(pieces), CHUNK):
-                await self._convert_chunk(vm, pieces[start:start + CHUNK], to, discard, result)
+                await self._convert_chunk(vm, pieces[start : start + CHUNK], to, discard, result)
             return result
 
     async def preview(self, vm_id: str, gpa: int, size: int, to: str, discard: bool = True) -> ConversionResult:
@@ -142,27 +150,33 @@ class MemoryService:
                 result.discarded.append({k: v for k, v in info.items() if k != "gpa_ranges"} | _range(piece.gpa))
         return result
 
-    async def _convert_chunk(self, vm: VMRecord, chunk: list[Piece], to: str, discard: bool,
-                             result: ConversionResult) -> None:
+    async def _convert_chunk(
+        self, vm: VMRecord, chunk: list[Piece], to: str, discard: bool, result: ConversionResult
+    ) -> None:
         invalidations = [self._invalidation(vm, p, to) if discard else None for p in chunk]
         for info in invalidations:
             if info is not None:
                 self.reg.emit("memory.invalidate_start", vm.id, **info)
         done, error = await self.reg.blocking(self._apply, vm, chunk, to, discard)
-        for piece, info in zip(chunk[:done], invalidations):
+        # invalidations cover the whole chunk, only its first ``done`` pieces were applied
+        for piece, info in zip(chunk[:done], invalidations, strict=False):
             self._commit(vm, piece, to, info, result)
         if error is not None:
             failed = invalidations[done]
             if failed is not None:
                 self.reg.emit("memory.invalidate_end", vm.id, **failed, error=error.errno)
-            for info in invalidations[done + 1:]:  # announced with the chunk, never attempted
+            for info in invalidations[done + 1 :]:  # announced with the chunk, never attempted
                 if info is not None:
                     self.reg.emit("memory.invalidate_end", vm.id, **info, cancelled=True)
             cause = kernel_error(error, "convert")
             failure = ConversionFailed(
                 f"stopped at [{chunk[done].gpa.start:#x}, {chunk[done].gpa.end:#x}): {cause.detail}",
-                changed=result.changed, discarded=result.discarded, failed_at=_range(chunk[done].gpa),
-                errno=cause.extra.get("errno"), errno_name=cause.extra.get("errno_name"), ioctl=cause.extra.get("ioctl"),
+                changed=result.changed,
+                discarded=result.discarded,
+                failed_at=_range(chunk[done].gpa),
+                errno=cause.extra.get("errno"),
+                errno_name=cause.extra.get("errno_name"),
+                ioctl=cause.extra.get("ioctl"),
             )
             failure.status = 503 if isinstance(cause, HostResourcesExhausted) else 500
             raise failure from error
@@ -200,14 +214,26 @@ class MemoryService:
         slot = piece.slot
         gpa = [{"slot": slot.slot_id, "guest_phys_addr": piece.gpa.start, "size": piece.gpa.size}]
         if to == SHARED and slot.private is not None:
-            return {"reason": "convert_to_shared", "guest_memfd_id": slot.private.object_id,
-                    "offset": piece.backing_offset(slot.private.offset), "length": piece.gpa.size, "gpa_ranges": gpa}
+            return {
+                "reason": "convert_to_shared",
+                "guest_memfd_id": slot.private.object_id,
+                "offset": piece.backing_offset(slot.private.offset),
+                "length": piece.gpa.size,
+                "gpa_ranges": gpa,
+            }
         if to == PRIVATE and slot.shared is not None:
-            return {"reason": "convert_to_private", "shared_memory_id": slot.shared.object_id,
-                    "offset": piece.backing_offset(slot.shared.offset), "length": piece.gpa.size, "gpa_ranges": gpa}
+            return {
+                "reason": "convert_to_private",
+                "shared_memory_id": slot.shared.object_id,
+                "offset": piece.backing_offset(slot.shared.offset),
+                "length": piece.gpa.size,
+                "gpa_ranges": gpa,
+            }
         return None
 
-    def _commit(self, vm: VMRecord, piece: Piece, to: str, info: dict[str, Any] | None, result: ConversionResult) -> None:
+    def _commit(
+        self, vm: VMRecord, piece: Piece, to: str, info: dict[str, Any] | None, result: ConversionResult
+    ) -> None:
         vm.attributes.assign(piece.gpa, to)
         self.reg.stats.conversions += 1
         self.reg.stats.converted_bytes += piece.gpa.size

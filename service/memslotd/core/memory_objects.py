@@ -48,10 +48,13 @@ class MemoryObjectService:
         objects: list[GmemRecord | ShmRecord] = [*vm.gmems.values(), *vm.shms.values()]
         for obj in objects:
             if obj.name == name:
-                raise Conflict(f"VM {vm.id} already has an object named {name!r} ({obj.id})", code="NAME_TAKEN", id=obj.id)
+                raise Conflict(
+                    f"VM {vm.id} already has an object named {name!r} ({obj.id})", code="NAME_TAKEN", id=obj.id
+                )
 
-    async def create_gmem(self, vm_id: str, size: int, flags: list[str], name: str | None = None, *,
-                          dry_run: bool = False) -> GuestMemfdView:
+    async def create_gmem(
+        self, vm_id: str, size: int, flags: list[str], name: str | None = None, *, dry_run: bool = False
+    ) -> GuestMemfdView:
         """The new guest_memfd; for a dry run that passed every rule, the one it would make (no id)."""
         vm = self.reg.vm(vm_id)
         check_aligned_range(0, size, self.reg.page_size, what="guest_memfd size")
@@ -60,11 +63,17 @@ class MemoryObjectService:
             bits |= GMEM_FLAG_BITS[flag]
         if bits & ~vm.guest_memfd_flags:  # GC1: the flags a VM of this type accepts
             supported = [n for n, b in GMEM_FLAG_BITS.items() if b & vm.guest_memfd_flags]
-            raise CapabilityMissing(f"guest_memfd flags {sorted(flags)} are not all supported by {vm.type} VMs here",
-                                    required=sorted(flags), supported=supported, vm_type=vm.type)
+            raise CapabilityMissing(
+                f"guest_memfd flags {sorted(flags)} are not all supported by {vm.type} VMs here",
+                required=sorted(flags),
+                supported=supported,
+                vm_type=vm.type,
+            )
         if bits == GMEM_FLAG_BITS["init_shared"]:
-            raise InvalidRequest("init_shared needs mmap (host faults are only served on mappable guest_memfds)",
-                                 code="FLAGS_INCOMPATIBLE")
+            raise InvalidRequest(
+                "init_shared needs mmap (host faults are only served on mappable guest_memfds)",
+                code="FLAGS_INCOMPATIBLE",
+            )
         async with vm.mutation():
             self._check_name_free(vm, name)
             self.reg.budget.check_size(vm, size, "a guest_memfd")
@@ -82,12 +91,15 @@ class MemoryObjectService:
     def _file_range(self, gmem_size: int, offset: int, length: int) -> Range:
         r = check_aligned_range(offset, length, self.reg.page_size, what="guest_memfd range")
         if r.end > gmem_size:
-            raise InvalidRequest(f"range [{offset:#x}, {r.end:#x}) exceeds the guest_memfd size {gmem_size:#x}",
-                                 code="RANGE_OUTSIDE_BACKING")
+            raise InvalidRequest(
+                f"range [{offset:#x}, {r.end:#x}) exceeds the guest_memfd size {gmem_size:#x}",
+                code="RANGE_OUTSIDE_BACKING",
+            )
         return r
 
-    async def punch_gmem(self, vm_id: str, gmem_id: str, offset: int, length: int, *,
-                         dry_run: bool = False) -> dict[str, Any]:
+    async def punch_gmem(
+        self, vm_id: str, gmem_id: str, offset: int, length: int, *, dry_run: bool = False
+    ) -> dict[str, Any]:
         """The invalidated ranges (for a dry run: those it would invalidate)."""
         vm = self.reg.vm(vm_id)
         async with vm.mutation():
@@ -130,8 +142,9 @@ class MemoryObjectService:
             gmem = self.reg.gmem(vm, gmem_id)
             r = self._file_range(gmem.size, offset, self.reg.page_size)
             if not gmem.port.mappable:
-                raise Conflict(f"guest_memfd {gmem.id} has no host mapping (needs mmap and init_shared)",
-                               code="GMEM_NOT_MAPPABLE")
+                raise Conflict(
+                    f"guest_memfd {gmem.id} has no host mapping (needs mmap and init_shared)", code="GMEM_NOT_MAPPABLE"
+                )
             try:
                 code, how = await self.reg.blocking(gmem.port.inject_hwpoison, r.start)
             except OSError as exc:
@@ -139,11 +152,18 @@ class MemoryObjectService:
             if code in (_errno.EINVAL, _errno.EPERM, _errno.ENOSYS):
                 raise CapabilityMissing(
                     f"the kernel refused madvise(MADV_HWPOISON) with {_errno.errorcode[code]}: memory-failure "
-                    "injection needs CONFIG_MEMORY_FAILURE and CAP_SYS_ADMIN", errno=code,
-                    errno_name=_errno.errorcode[code], ioctl="madvise(MADV_HWPOISON)")
+                    "injection needs CONFIG_MEMORY_FAILURE and CAP_SYS_ADMIN",
+                    errno=code,
+                    errno_name=_errno.errorcode[code],
+                    ioctl="madvise(MADV_HWPOISON)",
+                )
             info = self.reg.gmem_invalidation(vm, gmem, r, "memory_error")
-            info.update(kernel_errno=code or None, kernel_errno_name=_errno.errorcode.get(code), injector=how,
-                        action="page poisoned; guest access gets EHWPOISON; punch-hole recovers it")
+            info.update(
+                kernel_errno=code or None,
+                kernel_errno_name=_errno.errorcode.get(code),
+                injector=how,
+                action="page poisoned; guest access gets EHWPOISON; punch-hole recovers it",
+            )
             self.reg.emit("memory.error", vm.id, **info)
             return info
 
@@ -153,7 +173,9 @@ class MemoryObjectService:
             gmem = self.reg.gmem(vm, gmem_id)
             if len(gmem.bindings):
                 slots = sorted(s for s, _ in gmem.bindings)
-                raise Conflict(f"guest_memfd {gmem.id} is bound to slots {slots[:16]}", code="GMEM_BOUND", slots=slots[:64])
+                raise Conflict(
+                    f"guest_memfd {gmem.id} is bound to slots {slots[:16]}", code="GMEM_BOUND", slots=slots[:64]
+                )
             if dry_run:
                 return
             info = self.reg.gmem_invalidation(vm, gmem, Range(0, gmem.size), "guest_memfd_close")
@@ -163,10 +185,10 @@ class MemoryObjectService:
             self.reg.emit("memory.invalidate_end", vm.id, **info)
             self.reg.emit("guest_memfd.deleted", vm.id, id=gmem.id)
 
-
     # -- shared memory --------------------------------------------------------------
-    async def create_shm(self, vm_id: str, size: int, hugepages: str | None, name: str | None = None, *,
-                         dry_run: bool = False) -> SharedMemoryView:
+    async def create_shm(
+        self, vm_id: str, size: int, hugepages: str | None, name: str | None = None, *, dry_run: bool = False
+    ) -> SharedMemoryView:
         """The new region; for a dry run that passed every rule, the one it would make (no id)."""
         vm = self.reg.vm(vm_id)
         page = HUGEPAGE_SIZES[hugepages] if hugepages else self.reg.page_size
@@ -180,8 +202,12 @@ class MemoryObjectService:
                 return SharedMemoryView(None, name, size, hugepages, page, None, ())
             shm_id = new_id("shm")
             try:
-                port = await self.reg.blocking(self.reg.kernel.create_shared_memory, f"memslotd-{vm.id}-{shm_id}", size,
-                                           HUGEPAGE_SIZES.get(hugepages or ""))
+                port = await self.reg.blocking(
+                    self.reg.kernel.create_shared_memory,
+                    f"memslotd-{vm.id}-{shm_id}",
+                    size,
+                    HUGEPAGE_SIZES.get(hugepages or ""),
+                )
             except OSError as exc:
                 if hugepages and exc.errno == _errno.ENOMEM:
                     raise self._hugepages_refused(hugepages, size, exc) from exc
@@ -198,24 +224,45 @@ class MemoryObjectService:
         """ENOMEM from a hugetlb mapping: no pool reserved (configuration), or too few free pages."""
         page = HUGEPAGE_SIZES[hugepages]
         reserved, free = hugepage_pool(page)
-        knob = "sysctl vm.nr_hugepages=N" if page == 2 << 20 else \
-            f"echo N > /sys/kernel/mm/hugepages/hugepages-{page >> 10}kB/nr_hugepages"
+        knob = (
+            "sysctl vm.nr_hugepages=N"
+            if page == 2 << 20
+            else f"echo N > /sys/kernel/mm/hugepages/hugepages-{page >> 10}kB/nr_hugepages"
+        )
         needed = -(-size // page)
-        extra = {"hugepage_size": page, "hugepages_needed": needed, "hugepages_reserved": reserved,
-                 "hugepages_free": free, "errno": exc.errno, "errno_name": "ENOMEM", "ioctl": "mmap(MAP_HUGETLB)"}
+        extra = {
+            "hugepage_size": page,
+            "hugepages_needed": needed,
+            "hugepages_reserved": reserved,
+            "hugepages_free": free,
+            "errno": exc.errno,
+            "errno_name": "ENOMEM",
+            "ioctl": "mmap(MAP_HUGETLB)",
+        }
         if not reserved:
-            return CapabilityMissing(f"no {hugepages} huge pages are reserved on this host: reserve a pool first "
-                                     f"({knob})", code="HUGEPAGES_NOT_RESERVED", **extra)
-        return QuotaExceeded(f"{needed} {hugepages} huge pages needed, {free} of the {reserved} reserved are free "
-                             f"(grow the pool: {knob})", bytes_quota=True, code="HUGEPAGES_EXHAUSTED", **extra)
+            return CapabilityMissing(
+                f"no {hugepages} huge pages are reserved on this host: reserve a pool first ({knob})",
+                code="HUGEPAGES_NOT_RESERVED",
+                **extra,
+            )
+        return QuotaExceeded(
+            f"{needed} {hugepages} huge pages needed, {free} of the {reserved} reserved are free "
+            f"(grow the pool: {knob})",
+            bytes_quota=True,
+            code="HUGEPAGES_EXHAUSTED",
+            **extra,
+        )
 
     async def delete_shm(self, vm_id: str, shm_id: str, *, dry_run: bool = False) -> None:
         vm = self.reg.vm(vm_id)
         async with vm.mutation():
             shm = self.reg.shm(vm, shm_id)
             if shm.users:
-                raise Conflict(f"shared memory {shm.id} backs slots {sorted(shm.users)[:16]}", code="SHARED_MEMORY_IN_USE",
-                               slots=sorted(shm.users)[:64])
+                raise Conflict(
+                    f"shared memory {shm.id} backs slots {sorted(shm.users)[:16]}",
+                    code="SHARED_MEMORY_IN_USE",
+                    slots=sorted(shm.users)[:64],
+                )
             if dry_run:
                 return
             del vm.shms[shm.id]

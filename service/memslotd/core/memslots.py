@@ -10,23 +10,38 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from ..uapi import KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_MAX_NR_PAGES, KVM_MEM_READONLY
+from ..uapi import (
+    KVM_MEM_GUEST_MEMFD,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_MAX_NR_PAGES,
+    KVM_MEM_READONLY,
+    PROBE_WINDOW_GPA,
+    PROBE_WINDOW_SIZE,
+    RegionArgs,
+)
 from ..uapi import MMU_MAX_GPA as GPA_LIMIT
-from ..uapi import PROBE_WINDOW_GPA, PROBE_WINDOW_SIZE, RegionArgs
 from .attributes import PRIVATE, SHARED, attribute_bits
 from .backing import guest_backing
-from .errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, QuotaExceeded, kernel_error
 from .dirty_log import dirty_ranges
-from .read_models import DirtyLog, SlotPage, SlotView
+from .errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, QuotaExceeded, kernel_error
 from .ranges import Range, check_aligned_range
+from .read_models import DirtyLog, SlotPage, SlotView
 from .records import VMRecord
 from .registry import Registry
 from .slot_events import invalidation_of_run, slot_event
 from .slot_table import Backing, Slot
 from .value_type import value_type
 
-__all__ = ["SlotRequest", "MemslotService", "slot_start_state", "set_kernel_attributes", "check_preconditions",
-           "RESERVED_GPA", "GPA_LIMIT", "SLOT_FLAG_BITS"]
+__all__ = [
+    "SlotRequest",
+    "MemslotService",
+    "slot_start_state",
+    "set_kernel_attributes",
+    "check_preconditions",
+    "RESERVED_GPA",
+    "GPA_LIMIT",
+    "SLOT_FLAG_BITS",
+]
 
 SLOT_FLAG_BITS = {"log_dirty_pages": KVM_MEM_LOG_DIRTY_PAGES, "readonly": KVM_MEM_READONLY}
 #: The probe's window (see memslotd.kvm.probe_guest): no user slot may overlap it.
@@ -76,10 +91,14 @@ class MemslotService:
             flags |= SLOT_FLAG_BITS[name]
         if req.private is not None:  # M3
             if req.flags:
-                raise InvalidRequest(f"flags {list(req.flags)} cannot be combined with a private (guest_memfd) part",
-                                     code="FLAGS_INCOMPATIBLE")
+                raise InvalidRequest(
+                    f"flags {list(req.flags)} cannot be combined with a private (guest_memfd) part",
+                    code="FLAGS_INCOMPATIBLE",
+                )
             flags |= KVM_MEM_GUEST_MEMFD
-        gpa = check_aligned_range(req.guest_phys_addr, req.memory_size, page, what="memslot", limit=GPA_LIMIT)  # M4 M5 M9 X1
+        gpa = check_aligned_range(
+            req.guest_phys_addr, req.memory_size, page, what="memslot", limit=GPA_LIMIT
+        )  # M4 M5 M9 X1
         if req.memory_size // page > KVM_MEM_MAX_NR_PAGES:  # M10
             raise InvalidRequest(f"a slot holds at most {KVM_MEM_MAX_NR_PAGES} pages", code="SLOT_TOO_LARGE")
         if req.shared is None and req.private is None:
@@ -95,12 +114,25 @@ class MemslotService:
             r = Range.of(req.private.offset, req.memory_size)
             bound = gmem.bindings.overlapping(r, ignore=slot_id)
             if bound is not None:  # B5 (the kernel says EINVAL; it is a conflict)
-                raise Conflict(f"guest_memfd {gmem.id} range [{r.start:#x}, {r.end:#x}) overlaps the range bound to slot {bound[0]}",
-                               code="GMEM_RANGE_BOUND", slot=bound[0])
+                raise Conflict(
+                    f"guest_memfd {gmem.id} range [{r.start:#x}, {r.end:#x}) "
+                    f"overlaps the range bound to slot {bound[0]}",
+                    code="GMEM_RANGE_BOUND",
+                    slot=bound[0],
+                )
             if req.shared is None and gmem.port.mappable:
                 source = "guest_memfd_mmap"  # shadow paging reads guest memory through userspace_addr
-        slot = Slot(slot_id, req.guest_phys_addr, req.memory_size, req.flags, req.shared, req.private, uaddr, source,
-                    time.time())
+        slot = Slot(
+            slot_id,
+            req.guest_phys_addr,
+            req.memory_size,
+            req.flags,
+            req.shared,
+            req.private,
+            uaddr,
+            source,
+            time.time(),
+        )
         self._check_gpa_free(vm, slot_id, gpa)
         return slot, flags
 
@@ -109,22 +141,36 @@ class MemslotService:
         if offset % page:
             raise InvalidRequest(f"{what} offset {offset:#x} is not aligned to {page:#x}", code="RANGE_NOT_ALIGNED")
         if offset + size > backing_size:
-            raise InvalidRequest(f"{what} range [{offset:#x}, {offset + size:#x}) exceeds its size {backing_size:#x}",
-                                 code="RANGE_OUTSIDE_BACKING")
+            raise InvalidRequest(
+                f"{what} range [{offset:#x}, {offset + size:#x}) exceeds its size {backing_size:#x}",
+                code="RANGE_OUTSIDE_BACKING",
+            )
 
     @staticmethod
     def _check_gpa_free(vm: VMRecord, slot_id: int, gpa: Range) -> None:
         if gpa.overlaps(RESERVED_GPA):
-            raise Conflict(f"[{RESERVED_GPA.start:#x}, {RESERVED_GPA.end:#x}) is reserved for the guest probe",
-                           code="GPA_RESERVED")
+            raise Conflict(
+                f"[{RESERVED_GPA.start:#x}, {RESERVED_GPA.end:#x}) is reserved for the guest probe", code="GPA_RESERVED"
+            )
         other = vm.slots.first_overlap(gpa, ignore=slot_id)  # O1
         if other is not None:
-            raise Conflict(f"GPA range [{gpa.start:#x}, {gpa.end:#x}) overlaps slot {other.slot_id}",
-                           code="SLOT_OVERLAP", slot=other.slot_id)
+            raise Conflict(
+                f"GPA range [{gpa.start:#x}, {gpa.end:#x}) overlaps slot {other.slot_id}",
+                code="SLOT_OVERLAP",
+                slot=other.slot_id,
+            )
 
     # -- create / modify --------------------------------------------------------------
-    async def put(self, vm_id: str, slot_id: int | str | None, req: SlotRequest, *, dry_run: bool = False,
-                  if_match: str | None = None, if_none_match: str | None = None) -> tuple[SlotView, bool]:
+    async def put(
+        self,
+        vm_id: str,
+        slot_id: int | str | None,
+        req: SlotRequest,
+        *,
+        dry_run: bool = False,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+    ) -> tuple[SlotView, bool]:
         """Create (True) or return the identical existing slot / apply a move or flags change (False).
 
         ``slot_id`` may be the id as a client wrote it (422 ``SLOT_ID_OUT_OF_RANGE`` unless a
@@ -140,12 +186,17 @@ class MemslotService:
                 slot_id = self.lowest_free_id(vm)
             existing = vm.slots.get(slot_id)
             check_preconditions(existing, if_match, if_none_match)
-            slot, flags = self._validate(vm, slot_id, req) if existing is None else self._validate_modify(vm, existing, req)
+            slot, flags = (
+                self._validate(vm, slot_id, req) if existing is None else self._validate_modify(vm, existing, req)
+            )
             if existing is not None and existing.same_request(slot):
                 return self.view(vm, existing), False
             if existing is None and len(vm.slots) >= self.reg.limits.max_slots_per_vm:
-                raise QuotaExceeded(f"VM {vm.id} already has {len(vm.slots)} memslots", code="SLOT_QUOTA",
-                                    limit=self.reg.limits.max_slots_per_vm)
+                raise QuotaExceeded(
+                    f"VM {vm.id} already has {len(vm.slots)} memslots",
+                    code="SLOT_QUOTA",
+                    limit=self.reg.limits.max_slots_per_vm,
+                )
             if dry_run:
                 return self.view(vm, slot), existing is None
             try:
@@ -162,7 +213,9 @@ class MemslotService:
                 self.reg.emit("memslot.created", vm.id, **slot_event(slot))
                 return self.view(vm, slot), True
             self._commit_modify(vm, existing, slot)
-            self.reg.emit("memslot.updated", vm.id, **slot_event(slot), previous_guest_phys_addr=existing.guest_phys_addr)
+            self.reg.emit(
+                "memslot.updated", vm.id, **slot_event(slot), previous_guest_phys_addr=existing.guest_phys_addr
+            )
             return self.view(vm, slot), False
 
     @staticmethod
@@ -178,8 +231,11 @@ class MemslotService:
             if slot_start_state(vm, slot) != PRIVATE:
                 return []
             return [(slot.guest_phys_addr, slot.memory_size, attribute_bits(PRIVATE), 0)]
-        return [(r.start, r.size, 0, attribute_bits(PRIVATE))
-                for r, state in vm.attributes.runs(slot.gpa_range) if state == PRIVATE]
+        return [
+            (r.start, r.size, 0, attribute_bits(PRIVATE))
+            for r, state in vm.attributes.runs(slot.gpa_range)
+            if state == PRIVATE
+        ]
 
     def _mark_private_in_kernel(self, vm: VMRecord, slot: Slot) -> None:
         """After creating ``slot``: set its initial attribute; should the kernel refuse, the slot
@@ -211,8 +267,15 @@ class MemslotService:
     def region_args(vm: VMRecord, slot: Slot, flags: int) -> RegionArgs:
         """Arguments of KVM_SET_USER_MEMORY_REGION2 that create ``slot``."""
         gmem = vm.gmems[slot.private.object_id] if slot.private else None
-        return (slot.slot_id, flags, slot.guest_phys_addr, slot.memory_size, slot.userspace_addr,
-                slot.private.offset if slot.private else 0, gmem.port.fd if gmem else 0)
+        return (
+            slot.slot_id,
+            flags,
+            slot.guest_phys_addr,
+            slot.memory_size,
+            slot.userspace_addr,
+            slot.private.offset if slot.private else 0,
+            gmem.port.fd if gmem else 0,
+        )
 
     @staticmethod
     def kernel_flags(slot: Slot) -> int:
@@ -231,12 +294,19 @@ class MemslotService:
         if existing.same_request(slot):
             return existing, flags
         if existing.immutable or req.private is not None:
-            raise Conflict(f"slot {existing.slot_id} has a private part: it can only be deleted", code="SLOT_IMMUTABLE",
-                           slot=existing.slot_id)
-        if (slot.memory_size, slot.shared) != (existing.memory_size, existing.shared) or \
-                ("readonly" in slot.flags) != ("readonly" in existing.flags):
-            raise Conflict(f"slot {existing.slot_id} exists; only its guest_phys_addr and log_dirty_pages may change",
-                           code="SLOT_EXISTS", slot=existing.slot_id)
+            raise Conflict(
+                f"slot {existing.slot_id} has a private part: it can only be deleted",
+                code="SLOT_IMMUTABLE",
+                slot=existing.slot_id,
+            )
+        if (slot.memory_size, slot.shared) != (existing.memory_size, existing.shared) or ("readonly" in slot.flags) != (
+            "readonly" in existing.flags
+        ):
+            raise Conflict(
+                f"slot {existing.slot_id} exists; only its guest_phys_addr and log_dirty_pages may change",
+                code="SLOT_EXISTS",
+                slot=existing.slot_id,
+            )
         return dataclasses.replace(slot, created_at=existing.created_at, generation=existing.generation + 1), flags
 
     @staticmethod
@@ -245,7 +315,9 @@ class MemslotService:
         caller (a batch updates it once, for everything that stands)."""
         vm.slots.add(slot)
         if slot.private is not None:
-            vm.gmems[slot.private.object_id].bindings.bind(Range.of(slot.private.offset, slot.memory_size), slot.slot_id)
+            vm.gmems[slot.private.object_id].bindings.bind(
+                Range.of(slot.private.offset, slot.memory_size), slot.slot_id
+            )
         if slot.shared is not None:
             vm.shms[slot.shared.object_id].users.add(slot.slot_id)
         if attributes:
@@ -269,7 +341,9 @@ class MemslotService:
             vm.attributes.add(new.gpa_range, SHARED)  # only shared-only slots can move
 
     # -- delete -------------------------------------------------------------------------
-    async def delete(self, vm_id: str, slot_id: int | str, *, dry_run: bool = False, if_match: str | None = None) -> Slot:
+    async def delete(
+        self, vm_id: str, slot_id: int | str, *, dry_run: bool = False, if_match: str | None = None
+    ) -> Slot:
         vm = self.reg.vm(vm_id)
         slot_id = self._slot_key(vm, slot_id)
         async with vm.mutation():
@@ -307,8 +381,9 @@ class MemslotService:
         async with vm.mutation():
             slot = self.find(vm, slot_id)
             if "log_dirty_pages" not in slot.flags:
-                raise Conflict(f"slot {slot_id} was not created with log_dirty_pages", code="DIRTY_LOGGING_OFF",
-                               slot=slot_id)
+                raise Conflict(
+                    f"slot {slot_id} was not created with log_dirty_pages", code="DIRTY_LOGGING_OFF", slot=slot_id
+                )
             pages = slot.memory_size // page
             try:
                 bitmap = await self.reg.blocking(vm.port.get_dirty_log, slot.slot_id, pages)
@@ -346,8 +421,11 @@ class MemslotService:
             return slot_id
         if slot_id.isascii() and slot_id.isdigit() and len(slot_id) <= 5 and int(slot_id) <= 65535:
             return int(slot_id)
-        raise NotFound(f"no slot {slot_id[:64]!r} in VM {vm.id} (slot ids are integers 0..65535)", code="SLOT_NOT_FOUND",
-                       slot=slot_id[:64])
+        raise NotFound(
+            f"no slot {slot_id[:64]!r} in VM {vm.id} (slot ids are integers 0..65535)",
+            code="SLOT_NOT_FOUND",
+            slot=slot_id[:64],
+        )
 
     @staticmethod
     def find(vm: VMRecord, slot_id: int) -> Slot:
@@ -382,8 +460,10 @@ def check_preconditions(slot: Slot | None, if_match: str | None, if_none_match: 
     if if_match is not None:
         tags = {t.strip() for t in if_match.split(",")}
         if slot is None or ("*" not in tags and slot.etag not in tags):
-            raise PreconditionFailed(f"If-Match {if_match} does not match the slot's ETag "
-                                     f"{slot.etag if slot else '(no slot)'}", etag=slot.etag if slot else None)
+            raise PreconditionFailed(
+                f"If-Match {if_match} does not match the slot's ETag {slot.etag if slot else '(no slot)'}",
+                etag=slot.etag if slot else None,
+            )
     if if_none_match is not None and slot is not None:
         tags = {t.strip() for t in if_none_match.split(",")}
         if "*" in tags or slot.etag in tags:

@@ -12,8 +12,15 @@ from typing import Any, Protocol
 
 from ..uapi import HostCapabilities, RegionArgs
 
-__all__ = ["KernelPort", "VMPort", "GuestMemfdPort", "SharedMemoryPort", "MappingPort", "GuestRunnerPort",
-           "ProbeOutcome"]
+__all__ = [
+    "KernelPort",
+    "VMPort",
+    "GuestMemfdPort",
+    "SharedMemoryPort",
+    "MappingPort",
+    "GuestRunnerPort",
+    "ProbeOutcome",
+]
 
 
 class MappingPort(Protocol):
@@ -64,12 +71,21 @@ class GuestRunnerPort(_Closable, Protocol):
 
 class VMPort(_Closable, Protocol):
     def create_guest_memfd(self, size: int, flags: int) -> GuestMemfdPort: ...
-    def set_user_memory_region2(self, slot: int, flags: int, guest_phys_addr: int, memory_size: int,
-                                userspace_addr: int, guest_memfd_offset: int = 0, guest_memfd: int = 0) -> None: ...
+    def set_user_memory_region2(
+        self,
+        slot: int,
+        flags: int,
+        guest_phys_addr: int,
+        memory_size: int,
+        userspace_addr: int,
+        guest_memfd_offset: int = 0,
+        guest_memfd: int = 0,
+    ) -> None: ...
     def delete_user_memory_region(self, slot: int) -> None: ...
     def set_user_memory_regions(self, regions: Sequence[RegionArgs]) -> tuple[int, int]:
         """In order, stopping at the first failure: (how many applied, errno of the failed one or 0)."""
         ...
+
     def set_memory_attributes(self, address: int, size: int, attributes: int) -> None: ...
     def get_dirty_log(self, slot: int, pages: int) -> bytes: ...
 

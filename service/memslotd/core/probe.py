@@ -69,16 +69,23 @@ class ProbeService:
         for i, op in enumerate(ops):
             r = Range.of(op.guest_phys_addr, op.length)
             if not 0 < op.length <= MAX_PROBE_BYTES:
-                raise InvalidRequest(f"op {i}: length must be 1..{MAX_PROBE_BYTES}", code="PROBE_OUT_OF_BOUNDS", index=i)
+                raise InvalidRequest(
+                    f"op {i}: length must be 1..{MAX_PROBE_BYTES}", code="PROBE_OUT_OF_BOUNDS", index=i
+                )
             if r.end > self.max_gpa:
-                raise InvalidRequest(f"op {i}: the probe reaches GPAs below {self.max_gpa:#x}", code="PROBE_OUT_OF_BOUNDS",
-                                     index=i)
+                raise InvalidRequest(
+                    f"op {i}: the probe reaches GPAs below {self.max_gpa:#x}", code="PROBE_OUT_OF_BOUNDS", index=i
+                )
             if r.overlaps(RESERVED_GPA):
-                raise InvalidRequest(f"op {i}: the probe window [{RESERVED_GPA.start:#x}, {RESERVED_GPA.end:#x}) "
-                                     "is not guest memory", code="PROBE_OUT_OF_BOUNDS", index=i)
+                raise InvalidRequest(
+                    f"op {i}: the probe window [{RESERVED_GPA.start:#x}, {RESERVED_GPA.end:#x}) is not guest memory",
+                    code="PROBE_OUT_OF_BOUNDS",
+                    index=i,
+                )
             if op.op == "write" and (op.data is None or len(op.data) != op.length):
-                raise InvalidRequest(f"op {i}: a write needs data_hex of exactly length bytes", code="PROBE_DATA_LENGTH",
-                                     index=i)
+                raise InvalidRequest(
+                    f"op {i}: a write needs data_hex of exactly length bytes", code="PROBE_DATA_LENGTH", index=i
+                )
 
     async def probe(self, vm_id: str, ops: list[ProbeOp]) -> ProbeReport:
         """What the guest saw at each op (or the exit it took), and who enforces private/shared."""
@@ -88,8 +95,9 @@ class ProbeService:
         async with vm.mutation():
             window_slot = vm.slots.highest_free_id()
             if window_slot is None:
-                raise QuotaExceeded(f"VM {vm.id} uses all memslots; the probe needs one for its window",
-                                    code="SLOT_BUDGET_EXHAUSTED")
+                raise QuotaExceeded(
+                    f"VM {vm.id} uses all memslots; the probe needs one for its window", code="SLOT_BUDGET_EXHAUSTED"
+                )
             budget = self.reg.budget
             touched = [p for op in ops for p in budget.touched(vm, op.guest_phys_addr, op.length, self.reg.page_size)]
             budget.check(vm, sum(budget.unpopulated(obj, r) for obj, r in touched), "the probe")
@@ -101,7 +109,9 @@ class ProbeService:
                 budget.mark(touched)
             self.reg.stats.probes += 1
             self.reg.stats.probe_ops += len(ops)
-            return ProbeReport([self._report(vm, op, outcome) for op, outcome in zip(ops, raw)], vm.enforcement)
+            return ProbeReport(
+                [self._report(vm, op, outcome) for op, outcome in zip(ops, raw, strict=True)], vm.enforcement
+            )
 
     def _run(self, vm: VMRecord, window_slot: int, ops: list[ProbeOp]) -> list[Any]:
         """Worker thread: install the window, run every op, always remove the window."""
@@ -110,26 +120,49 @@ class ProbeService:
         runner = vm.runner
         runner.install(window_slot)
         try:
-            return [runner.read(op.guest_phys_addr, op.length) if op.op == "read"
-                    else runner.write(op.guest_phys_addr, op.data or b"") for op in ops]
+            return [
+                runner.read(op.guest_phys_addr, op.length)
+                if op.op == "read"
+                else runner.write(op.guest_phys_addr, op.data or b"")
+                for op in ops
+            ]
         finally:
             runner.uninstall(window_slot)
 
     def _report(self, vm: VMRecord, op: ProbeOp, outcome: Any) -> dict[str, Any]:
-        result: dict[str, Any] = {"op": op.op, "guest_phys_addr": op.guest_phys_addr, "length": op.length,
-                                  "ok": bool(outcome.ok), "state": vm.attributes.state_at(op.guest_phys_addr)}
+        result: dict[str, Any] = {
+            "op": op.op,
+            "guest_phys_addr": op.guest_phys_addr,
+            "length": op.length,
+            "ok": bool(outcome.ok),
+            "state": vm.attributes.state_at(op.guest_phys_addr),
+        }
         if outcome.ok and op.op == "read":
             result["data_hex"] = outcome.data.hex()
         if outcome.exit is not None:
             ex = outcome.exit
-            result["exit"] = {"reason": ex.reason, "gpa": ex.gpa, "size": ex.size, "flags": ex.flags,
-                              "is_write": ex.is_write, "errno": ex.errno or None,
-                              "errno_name": errno_name(ex.errno) if ex.errno else None}
+            result["exit"] = {
+                "reason": ex.reason,
+                "gpa": ex.gpa,
+                "size": ex.size,
+                "flags": ex.flags,
+                "is_write": ex.is_write,
+                "errno": ex.errno or None,
+                "errno_name": errno_name(ex.errno) if ex.errno else None,
+            }
             if ex.reason in ("memory_fault", "fault"):
                 # "fault": KVM_RUN failed with EFAULT/EHWPOISON but filled in no memory_fault
                 # details; the access's own range is what faulted
-                self.reg.emit("memory.fault", vm.id, gpa=ex.gpa if ex.gpa is not None else op.guest_phys_addr,
-                              size=ex.size if ex.size is not None else op.length, flags=ex.flags,
-                              private=bool((ex.flags or 0) & MEMORY_EXIT_FLAG_PRIVATE), errno=ex.errno,
-                              errno_name=errno_name(ex.errno), exit_reason=ex.reason, source="probe")
+                self.reg.emit(
+                    "memory.fault",
+                    vm.id,
+                    gpa=ex.gpa if ex.gpa is not None else op.guest_phys_addr,
+                    size=ex.size if ex.size is not None else op.length,
+                    flags=ex.flags,
+                    private=bool((ex.flags or 0) & MEMORY_EXIT_FLAG_PRIVATE),
+                    errno=ex.errno,
+                    errno_name=errno_name(ex.errno),
+                    exit_reason=ex.reason,
+                    source="probe",
+                )
         return result

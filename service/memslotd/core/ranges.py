@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from .errors import InvalidRequest
 from .value_type import value_type
 
@@ -21,13 +20,13 @@ class Range:
         return self.end - self.start
 
     @classmethod
-    def of(cls, start: int, size: int) -> "Range":
+    def of(cls, start: int, size: int) -> Range:
         return cls(start, start + size)
 
-    def overlaps(self, other: "Range") -> bool:
+    def overlaps(self, other: Range) -> bool:
         return self.start < other.end and other.start < self.end
 
-    def intersection(self, other: "Range") -> "Range | None":
+    def intersection(self, other: Range) -> Range | None:
         start, end = max(self.start, other.start), min(self.end, other.end)
         return Range(start, end) if start < end else None
 

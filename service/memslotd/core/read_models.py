@@ -11,8 +11,22 @@ from .records import GmemRecord, ShmRecord, VMRecord
 from .slot_table import Slot
 from .value_type import value_type
 
-__all__ = ["VMView", "GuestMemfdView", "GmemBindingView", "SharedMemoryView", "SlotView", "SlotPage", "AttributeRun",
-           "AttributePage", "DirtyLog", "ProbeReport", "HostUsage", "vm_view", "gmem_view", "shm_view"]
+__all__ = [
+    "VMView",
+    "GuestMemfdView",
+    "GmemBindingView",
+    "SharedMemoryView",
+    "SlotView",
+    "SlotPage",
+    "AttributeRun",
+    "AttributePage",
+    "DirtyLog",
+    "ProbeReport",
+    "HostUsage",
+    "vm_view",
+    "gmem_view",
+    "shm_view",
+]
 
 
 @value_type
@@ -113,9 +127,21 @@ class HostUsage:
 
 
 def vm_view(vm: VMRecord) -> VMView:
-    return VMView(vm.id, vm.type, vm.name, vm.created_at, vm.enforcement, len(vm.slots), vm.slots.max_slots,
-                  len(vm.gmems), len(vm.shms), vm.slots.total_bytes, vm.attributes.private_bytes,
-                  sum(g.size for g in vm.gmems.values()), sum(m.size for m in vm.shms.values()))
+    return VMView(
+        vm.id,
+        vm.type,
+        vm.name,
+        vm.created_at,
+        vm.enforcement,
+        len(vm.slots),
+        vm.slots.max_slots,
+        len(vm.gmems),
+        len(vm.shms),
+        vm.slots.total_bytes,
+        vm.attributes.private_bytes,
+        sum(g.size for g in vm.gmems.values()),
+        sum(m.size for m in vm.shms.values()),
+    )
 
 
 def gmem_view(vm: VMRecord, gmem: GmemRecord) -> GuestMemfdView:
@@ -127,5 +153,6 @@ def gmem_view(vm: VMRecord, gmem: GmemRecord) -> GuestMemfdView:
 
 
 def shm_view(shm: ShmRecord) -> SharedMemoryView:
-    return SharedMemoryView(shm.id, shm.name, shm.size, shm.hugepages, shm.page_size, shm.created_at,
-                            tuple(sorted(shm.users)))
+    return SharedMemoryView(
+        shm.id, shm.name, shm.size, shm.hugepages, shm.page_size, shm.created_at, tuple(sorted(shm.users))
+    )

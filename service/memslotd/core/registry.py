@@ -65,7 +65,11 @@ class Registry:
         """KVM enforces private/shared on VMs of ``vm_type`` only when such a VM reports
         KVM_MEMORY_ATTRIBUTE_PRIVATE and has the ioctl built in."""
         caps = self.host.per_vm_type.get(vm_type)
-        return caps is not None and bool(caps.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE) and caps.memory_attributes_ioctl
+        return (
+            caps is not None
+            and bool(caps.memory_attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE)
+            and caps.memory_attributes_ioctl
+        )
 
     def enforcement_for(self, vm_type: str) -> str:
         return "kernel" if self.kernel_attributes_for(vm_type) else "daemon"
@@ -109,5 +113,10 @@ class Registry:
             if piece is not None and slot is not None:
                 gpa = slot.guest_phys_addr + piece.start - bound.start
                 gpa_ranges.append({"slot": slot_id, "guest_phys_addr": gpa, "size": piece.size})
-        return {"reason": reason, "guest_memfd_id": gmem.id, "offset": file_range.start,
-                "length": file_range.size, "gpa_ranges": gpa_ranges}
+        return {
+            "reason": reason,
+            "guest_memfd_id": gmem.id,
+            "offset": file_range.start,
+            "length": file_range.size,
+            "gpa_ranges": gpa_ranges,
+        }

@@ -26,8 +26,12 @@ def invalidation_of_run(run: list[Slot], *, batch: bool = False) -> dict[str, An
     the backing file range(s) once, and the GPA range of every slot."""
     first = run[0]
     length = sum(slot.memory_size for slot in run)
-    info: dict[str, Any] = {"reason": "slot_delete", "gpa_ranges": [
-        {"slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "size": slot.memory_size} for slot in run]}
+    info: dict[str, Any] = {
+        "reason": "slot_delete",
+        "gpa_ranges": [
+            {"slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "size": slot.memory_size} for slot in run
+        ],
+    }
     if first.private is not None:
         info["guest_memfd_id"], info["offset"], info["length"] = first.private.object_id, first.private.offset, length
     if first.shared is not None:
@@ -40,7 +44,9 @@ def invalidation_of_run(run: list[Slot], *, batch: bool = False) -> dict[str, An
 
 def slot_event(slot: Slot, *, batch: bool = False) -> dict[str, Any]:
     data = {
-        "slot": slot.slot_id, "guest_phys_addr": slot.guest_phys_addr, "memory_size": slot.memory_size,
+        "slot": slot.slot_id,
+        "guest_phys_addr": slot.guest_phys_addr,
+        "memory_size": slot.memory_size,
         "flags": list(slot.flags),
         "shared": {"shared_memory_id": slot.shared.object_id, "offset": slot.shared.offset} if slot.shared else None,
         "private": {"guest_memfd_id": slot.private.object_id, "offset": slot.private.offset} if slot.private else None,
@@ -48,4 +54,3 @@ def slot_event(slot: Slot, *, batch: bool = False) -> dict[str, Any]:
     if batch:
         data["batch"] = True
     return data
-

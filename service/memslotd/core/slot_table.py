@@ -49,9 +49,14 @@ class Slot:
         """guest_memfd slots can only be deleted (kernel M11; older 6.18.y would allow a UAF)."""
         return self.private is not None
 
-    def same_request(self, other: "Slot") -> bool:
+    def same_request(self, other: Slot) -> bool:
         return (self.guest_phys_addr, self.memory_size, self.flags, self.shared, self.private) == (
-            other.guest_phys_addr, other.memory_size, other.flags, other.shared, other.private)
+            other.guest_phys_addr,
+            other.memory_size,
+            other.flags,
+            other.shared,
+            other.private,
+        )
 
 
 class FreeIds:

@@ -23,8 +23,9 @@ class VMService:
     def _check_name_free(self, name: str | None) -> None:
         for other in self.reg.vms.values():
             if name is not None and other.name == name:
-                raise Conflict(f"a VM named {name!r} exists ({other.id}): VM names are unique", code="NAME_TAKEN",
-                               id=other.id)
+                raise Conflict(
+                    f"a VM named {name!r} exists ({other.id}): VM names are unique", code="NAME_TAKEN", id=other.id
+                )
 
     def _check_quota(self) -> None:
         vms, limit = self.reg.vms, self.reg.limits.max_vms
@@ -35,8 +36,11 @@ class VMService:
         """The new VM; for a dry run that passed every rule, the VM it would make (no id)."""
         reg = self.reg
         if vm_type not in reg.host.vm_types:
-            raise CapabilityMissing(f"VM type {vm_type!r} is not supported by this host",
-                                    required=vm_type, supported=list(reg.host.vm_types))
+            raise CapabilityMissing(
+                f"VM type {vm_type!r} is not supported by this host",
+                required=vm_type,
+                supported=list(reg.host.vm_types),
+            )
         reg.refuse_if_closing()
         self._check_quota()
         self._check_name_free(name)
@@ -55,9 +59,16 @@ class VMService:
         if reg.closing:  # the stop began while the kernel made it: never announce it
             await reg.blocking(port.close)
             reg.refuse_if_closing()
-        vm = VMRecord(new_id("vm"), vm_type, name, port, MemslotTable(reg.max_slots), reg.limits.max_pending_per_vm,
-                      kernel_attributes=reg.kernel_attributes_for(vm_type),
-                      guest_memfd_flags=reg.guest_memfd_flags_for(vm_type))
+        vm = VMRecord(
+            new_id("vm"),
+            vm_type,
+            name,
+            port,
+            MemslotTable(reg.max_slots),
+            reg.limits.max_pending_per_vm,
+            kernel_attributes=reg.kernel_attributes_for(vm_type),
+            guest_memfd_flags=reg.guest_memfd_flags_for(vm_type),
+        )
         reg.vms[vm.id] = vm
         reg.emit("vm.created", vm.id, type=vm_type, name=name, enforcement=vm.enforcement)
         return vm_view(vm)
@@ -76,8 +87,11 @@ class VMService:
         reg = self.reg
         vm = reg.vm(vm_id)
         return {
-            "vm_id": vm.id, "memslots": [s.slot_id for s in vm.slots], "guest_memfds": list(vm.gmems),
-            "shared_memory": list(vm.shms), "slot_bytes": vm.slots.total_bytes,
+            "vm_id": vm.id,
+            "memslots": [s.slot_id for s in vm.slots],
+            "guest_memfds": list(vm.gmems),
+            "shared_memory": list(vm.shms),
+            "slot_bytes": vm.slots.total_bytes,
             "guest_memfd_bytes": sum(g.size for g in vm.gmems.values()),
             "shared_memory_bytes": sum(m.size for m in vm.shms.values()),
             "invalidations": [reg.gmem_invalidation(vm, g, Range(0, g.size), "vm_delete") for g in vm.gmems.values()],
@@ -89,7 +103,9 @@ class VMService:
         async with vm.mutation(teardown=teardown):
             vm.deleted = True
             del reg.vms[vm.id]
-            invalidations = [reg.gmem_invalidation(vm, gmem, Range(0, gmem.size), "vm_delete") for gmem in vm.gmems.values()]
+            invalidations = [
+                reg.gmem_invalidation(vm, gmem, Range(0, gmem.size), "vm_delete") for gmem in vm.gmems.values()
+            ]
             for info in invalidations:
                 reg.emit("memory.invalidate_start", vm.id, **info)
             await reg.blocking(self._close_vm_objects, vm)

@@ -5,11 +5,21 @@ The constants they take and the values they return (flags, capability numbers, V
 """
 
 from .errors import FdClosedError, KVMError
-from .mapping import Mapping
 from .guest_memfd import GuestMemfd
+from .mapping import Mapping
 from .shared_memory import SharedMemory
 from .system import KVMSystem
 from .vcpu import VCPUExit, VCPUFd
 from .vm import VMFd
 
-__all__ = ["FdClosedError", "GuestMemfd", "KVMError", "KVMSystem", "Mapping", "SharedMemory", "VCPUExit", "VCPUFd", "VMFd"]
+__all__ = [
+    "FdClosedError",
+    "GuestMemfd",
+    "KVMError",
+    "KVMSystem",
+    "Mapping",
+    "SharedMemory",
+    "VCPUExit",
+    "VCPUFd",
+    "VMFd",
+]

@@ -22,7 +22,11 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
 SHIM_VERSION: int = lib.MSD_SHIM_VERSION
 
 
-def checkout_version(native: Path = Path(__file__).resolve().parents[3] / "native") -> int | None:
+#: where a source checkout keeps the C sources (absent in an installed wheel)
+CHECKOUT_NATIVE = Path(__file__).resolve().parents[3] / "native"
+
+
+def checkout_version(native: Path = CHECKOUT_NATIVE) -> int | None:
     """The version the checkout's native/ sources would build (build_shim.py's formula), or
     None in an installed wheel, which ships the module built from its own sources."""
     header, source = native / "memslotd_shim.h", native / "memslotd_shim.c"

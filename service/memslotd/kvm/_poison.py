@@ -15,7 +15,7 @@ import sys
 def main() -> int:
     fd, size, offset = (int(a) for a in sys.argv[1:4])
     m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    m[offset:offset + 1] = m[offset:offset + 1]  # fault the page in
+    m[offset : offset + 1] = m[offset : offset + 1]  # fault the page in
     try:
         m.madvise(mmap.MADV_HWPOISON, offset, mmap.PAGESIZE)
     except OSError as exc:

@@ -37,10 +37,17 @@ class GuestMemfd(FileBacked):
         Raises :class:`KVMError` if the child could not run at all.
         """
         fd = self._fd_or_raise("madvise(MADV_HWPOISON)")
-        proc = subprocess.run([sys.executable, "-m", "memslotd.kvm._poison", str(fd), str(self.size), str(offset)],
-                              pass_fds=[fd], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [sys.executable, "-m", "memslotd.kvm._poison", str(fd), str(self.size), str(offset)],
+            pass_fds=[fd],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if proc.returncode == -signal.SIGBUS:
             return errno.EBUSY, "sigbus"
         if proc.returncode != 0 or not proc.stdout.strip().isdigit():
-            raise KVMError(errno.EIO, f"poison helper failed: {proc.stderr.strip()[-200:]}", ioctl="madvise(MADV_HWPOISON)")
+            raise KVMError(
+                errno.EIO, f"poison helper failed: {proc.stderr.strip()[-200:]}", ioctl="madvise(MADV_HWPOISON)"
+            )
         return int(proc.stdout.strip()), "madvise"

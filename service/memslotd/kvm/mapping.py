@@ -66,5 +66,3 @@ class Mapping:
     def __del__(self) -> None:
         if getattr(self, "_mapped", False):
             warnings.warn(f"unclosed mapping at {self.address:#x}", ResourceWarning, stacklevel=1)
-
-

@@ -33,8 +33,15 @@ from .shared_memory import SharedMemory
 from .vcpu import VCPUExit, VCPUFd
 from .vm import VMFd
 
-__all__ = ["GuestRunner", "ProbeAccess", "WINDOW_GPA", "WINDOW_SIZE", "MAX_OP_BYTES", "GuestTablesExhausted",
-           "guest_memfd_only_is_honoured"]
+__all__ = [
+    "GuestRunner",
+    "ProbeAccess",
+    "WINDOW_GPA",
+    "WINDOW_SIZE",
+    "MAX_OP_BYTES",
+    "GuestTablesExhausted",
+    "guest_memfd_only_is_honoured",
+]
 
 _CODE, _PML4, _BUFFER, _POOL = 0x0, 0x1000, 0x40000, 0x80000
 _GUEST_CODE = bytes([0xF3, 0xA4, 0xF4])  # rep movsb; hlt
@@ -201,8 +208,6 @@ class GuestRunner:
     def close(self) -> None:
         self._retire_vcpu()
         self._window.close()
-
-
 
 
 def guest_memfd_only_is_honoured(vm: VMFd) -> bool | None:

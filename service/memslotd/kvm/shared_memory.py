@@ -18,7 +18,7 @@ class SharedMemory(FileBacked):
     kind = "shared_memory"
 
     @classmethod
-    def create(cls, name: str, size: int, hugepage_size: int | None = None) -> "SharedMemory":
+    def create(cls, name: str, size: int, hugepage_size: int | None = None) -> SharedMemory:
         flags = 0
         if hugepage_size == 2 << 20:
             flags = MFD_HUGETLB | MFD_HUGE_2MB

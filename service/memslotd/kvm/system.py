@@ -27,7 +27,7 @@ class KVMSystem(OwnedFd):
         self._vcpu_setup: tuple[int, SupportedCPUID] | None = None  # read at the first create_vm
 
     @classmethod
-    def open(cls) -> "KVMSystem":
+    def open(cls) -> KVMSystem:
         return cls(check(lib.msd_open_kvm(), "open(/dev/kvm)"))
 
     def api_version(self) -> int:

@@ -15,6 +15,7 @@ __all__ = ["VCPUFd", "VCPUExit", "SupportedCPUID"]
 
 EHWPOISON = getattr(errno, "EHWPOISON", 133)  # Linux's; Python's errno module lacks it
 
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SupportedCPUID:
     """``KVM_GET_SUPPORTED_CPUID``'s answer (:meth:`KVMSystem.get_supported_cpuid`), read once

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ... import __version__
 from ...core import EVENT_TYPES, STREAM_TYPES, VM_ID_PATTERN, CursorGone, Event, MemoryCore, Subscriber
 from ..problems import describe_errors, problem_response
-from ._common import problems, router as _router
+from ._common import problems
+from ._common import router as _router
 
 router = _router("/v1", "events")
 
@@ -65,8 +66,14 @@ class StreamQuery(BaseModel):
 
 
 def _gone(exc: CursorGone, last_seq: int | None = None) -> dict[str, Any]:
-    return {"type": "gone", "reason": exc.reason, "oldest_seq": exc.oldest_seq, "current_seq": exc.current_seq,
-            "last_seq": last_seq, "detail": "re-list the state over REST, then resubscribe (initial_state=true works)"}
+    return {
+        "type": "gone",
+        "reason": exc.reason,
+        "oldest_seq": exc.oldest_seq,
+        "current_seq": exc.current_seq,
+        "last_seq": last_seq,
+        "detail": "re-list the state over REST, then resubscribe (initial_state=true works)",
+    }
 
 
 def _json(obj: Any) -> str:
@@ -107,8 +114,17 @@ class EventStream:
         """Subscribe and compute what precedes live events, without awaiting (atomic with the
         subscription): the greeting, the seq the backlog ends at, and the initial state."""
         log = self.core.events
-        hello = [_frame(self.core, "hello", seq=log.seq, oldest_seq=log.oldest_seq, version=__version__,
-                        bookmark_interval_s=self.bookmark_s, enforcement=self.core.host.enforcement)]
+        hello = [
+            _frame(
+                self.core,
+                "hello",
+                seq=log.seq,
+                oldest_seq=log.oldest_seq,
+                version=__version__,
+                bookmark_interval_s=self.bookmark_s,
+                enforcement=self.core.host.enforcement,
+            )
+        ]
         if self.query.since_seq is not None:
             try:
                 log.check_cursor(self.query.since_seq, self.query.boot_id)
@@ -121,8 +137,19 @@ class EventStream:
             now = time.time()
             for type_, vm_id, data in self.core.initial_state(self.query.vm_id):
                 if self.accept(type_, vm_id):
-                    state.append(_json({"seq": log.seq, "boot_id": log.boot_id, "time": now, "type": type_,
-                                        "vm_id": vm_id, "data": data, "initial": True}))
+                    state.append(
+                        _json(
+                            {
+                                "seq": log.seq,
+                                "boot_id": log.boot_id,
+                                "time": now,
+                                "type": type_,
+                                "vm_id": vm_id,
+                                "data": data,
+                                "initial": True,
+                            }
+                        )
+                    )
             state.append(_frame(self.core, "bookmark", seq=log.seq, initial_state_end=True))
         return hello, log.seq, state, None
 
@@ -169,8 +196,10 @@ class EventStream:
                 await self.ws.close(CLOSE_GONE, gone.reason if gone else "gone")
                 return
             sub = self.sub
-            tasks = [asyncio.create_task(c) for c in (self.pump(hello, backlog_end, state), self.drain_client(),
-                                                      sub.overflow_event.wait())]
+            tasks = [
+                asyncio.create_task(c)
+                for c in (self.pump(hello, backlog_end, state), self.drain_client(), sub.overflow_event.wait())
+            ]
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in pending:
                 t.cancel()
@@ -239,9 +268,16 @@ async def _first_message_auth(websocket: WebSocket) -> bool:
     return True
 
 
-@router.get("/events", responses={200: {"content": {"application/x-ndjson": {}},
-                                        "description": "one event envelope per line, then a bookmark line"},
-                                   **problems(410, 422)})
+@router.get(
+    "/events",
+    responses={
+        200: {
+            "content": {"application/x-ndjson": {}},
+            "description": "one event envelope per line, then a bookmark line",
+        },
+        **problems(410, 422),
+    },
+)
 async def events_longpoll(
     request: Request,
     since_seq: Annotated[int | None, Query(ge=0, le=(1 << 63) - 1, description="resume after this seq")] = None,
@@ -288,5 +324,6 @@ async def events_longpoll(
 
 def _gone_response(exc: CursorGone, request: Request) -> Response:
     gone = _gone(exc)
-    return problem_response(410, "CURSOR_GONE", "Cursor gone", gone.pop("detail"), request,
-                            **{k: v for k, v in gone.items() if k != "type"})
+    return problem_response(
+        410, "CURSOR_GONE", "Cursor gone", gone.pop("detail"), request, **{k: v for k, v in gone.items() if k != "type"}
+    )

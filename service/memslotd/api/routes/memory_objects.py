@@ -7,13 +7,23 @@ from typing import Any
 from fastapi import HTTPException, Response
 from fastapi.responses import JSONResponse
 
-from ..views import gmem_plan, gmem_read, shm_plan, shm_read
 from ..deps import CoreDep, SettingsDep
 from ..routing import DRY_RUN_HEADER
 from ..schemas import (
-    FileRange, GuestMemfdCreate, GuestMemfdList, GuestMemfdPlan, GuestMemfdRead, InjectErrorRequest, Invalidation,
-    MemoryErrorRead, SharedMemoryCreate, SharedMemoryList, SharedMemoryPlan, SharedMemoryRead,
+    FileRange,
+    GuestMemfdCreate,
+    GuestMemfdList,
+    GuestMemfdPlan,
+    GuestMemfdRead,
+    InjectErrorRequest,
+    Invalidation,
+    MemoryErrorRead,
+    SharedMemoryCreate,
+    SharedMemoryList,
+    SharedMemoryPlan,
+    SharedMemoryRead,
 )
+from ..views import gmem_plan, gmem_read, shm_plan, shm_read
 from ._common import DryRun, ObjectIdPath, VMId, problems, router
 
 gmem_router = router("/v1/vms/{vm_id}/guest-memfds", "guest_memfd")
@@ -25,11 +35,21 @@ def _done(dry_run: bool) -> Response:
     return Response(status_code=204, headers=DRY if dry_run else None)
 
 
-@gmem_router.post("", status_code=201, response_model=GuestMemfdRead, responses={
-    200: {"model": GuestMemfdPlan, "description": "dry run: every rule held; the guest_memfd that would be created"},
-    **problems(400, 404, 409, 422, 429, 501, 503, 507)})
-async def create_gmem(vm_id: VMId, body: GuestMemfdCreate, core: CoreDep, response: Response,
-                      dry_run: DryRun = False) -> Any:
+@gmem_router.post(
+    "",
+    status_code=201,
+    response_model=GuestMemfdRead,
+    responses={
+        200: {
+            "model": GuestMemfdPlan,
+            "description": "dry run: every rule held; the guest_memfd that would be created",
+        },
+        **problems(400, 404, 409, 422, 429, 501, 503, 507),
+    },
+)
+async def create_gmem(
+    vm_id: VMId, body: GuestMemfdCreate, core: CoreDep, response: Response, dry_run: DryRun = False
+) -> Any:
     """KVM_CREATE_GUEST_MEMFD (the fd is owned by the daemon, close-on-exec)."""
     gmem = await core.memory_objects.create_gmem(vm_id, body.size, list(body.flags), body.name, dry_run=dry_run)
     if dry_run:
@@ -56,16 +76,18 @@ async def delete_gmem(vm_id: VMId, gmem_id: ObjectIdPath, core: CoreDep, dry_run
 
 
 @gmem_router.post("/{gmem_id}/allocate", status_code=204, responses=problems(400, 404, 422, 429, 503, 507))
-async def allocate_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep,
-                        dry_run: DryRun = False) -> Response:
+async def allocate_gmem(
+    vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep, dry_run: DryRun = False
+) -> Response:
     """fallocate(KEEP_SIZE): back the range with memory now."""
     await core.memory_objects.allocate_gmem(vm_id, gmem_id, body.offset, body.length, dry_run=dry_run)
     return _done(dry_run)
 
 
 @gmem_router.post("/{gmem_id}/punch-hole", response_model=Invalidation, responses=problems(400, 404, 422, 429))
-async def punch_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep, response: Response,
-                     dry_run: DryRun = False) -> Any:
+async def punch_gmem(
+    vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: CoreDep, response: Response, dry_run: DryRun = False
+) -> Any:
     """fallocate(PUNCH_HOLE|KEEP_SIZE), bracketed by invalidate events; returns the invalidated ranges
     (with ``dry_run``: the ranges it would invalidate)."""
     if dry_run:
@@ -73,9 +95,12 @@ async def punch_gmem(vm_id: VMId, gmem_id: ObjectIdPath, body: FileRange, core: 
     return await core.memory_objects.punch_gmem(vm_id, gmem_id, body.offset, body.length, dry_run=dry_run)
 
 
-@gmem_router.post("/{gmem_id}/inject-error", response_model=MemoryErrorRead, responses=problems(403, 404, 409, 422, 501))
-async def inject_error(vm_id: VMId, gmem_id: ObjectIdPath, body: InjectErrorRequest, core: CoreDep,
-                       settings: SettingsDep) -> Any:
+@gmem_router.post(
+    "/{gmem_id}/inject-error", response_model=MemoryErrorRead, responses=problems(403, 404, 409, 422, 501)
+)
+async def inject_error(
+    vm_id: VMId, gmem_id: ObjectIdPath, body: InjectErrorRequest, core: CoreDep, settings: SettingsDep
+) -> Any:
     """Test rig (off by default: ``--enable-memory-error-injection``): poison one page for real
     with madvise(MADV_HWPOISON) from a sacrificial child process, then emit ``memory.error``.
     Hosts without CONFIG_MEMORY_FAILURE answer 501 with the kernel's errno."""
@@ -84,11 +109,18 @@ async def inject_error(vm_id: VMId, gmem_id: ObjectIdPath, body: InjectErrorRequ
     return await core.memory_objects.inject_memory_error(vm_id, gmem_id, body.offset)
 
 
-@shm_router.post("", status_code=201, response_model=SharedMemoryRead, responses={
-    200: {"model": SharedMemoryPlan, "description": "dry run: every rule held; the region that would be created"},
-    **problems(400, 404, 409, 422, 429, 501, 503, 507)})
-async def create_shm(vm_id: VMId, body: SharedMemoryCreate, core: CoreDep, response: Response,
-                     dry_run: DryRun = False) -> Any:
+@shm_router.post(
+    "",
+    status_code=201,
+    response_model=SharedMemoryRead,
+    responses={
+        200: {"model": SharedMemoryPlan, "description": "dry run: every rule held; the region that would be created"},
+        **problems(400, 404, 409, 422, 429, 501, 503, 507),
+    },
+)
+async def create_shm(
+    vm_id: VMId, body: SharedMemoryCreate, core: CoreDep, response: Response, dry_run: DryRun = False
+) -> Any:
     """A memfd owned and mapped by the daemon (the ``userspace_addr`` side of slots)."""
     shm = await core.memory_objects.create_shm(vm_id, body.size, body.hugepages, body.name, dry_run=dry_run)
     if dry_run:

@@ -38,17 +38,22 @@ class CoreCollector(Collector):
         yield from (slots, gmem, shm)
         st = core.host.stats
         for name, doc, value in (
-            ("conversions", "converted ranges", st.conversions), ("converted_bytes", "bytes converted", st.converted_bytes),
+            ("conversions", "converted ranges", st.conversions),
+            ("converted_bytes", "bytes converted", st.converted_bytes),
             ("discarded_bytes", "bytes discarded by conversions", st.discarded_bytes),
             ("punched_bytes", "bytes punched by punch-hole requests", st.punched_bytes),
-            ("probes", "probe requests", st.probes), ("probe_ops", "probe guest accesses", st.probe_ops),
+            ("probes", "probe requests", st.probes),
+            ("probe_ops", "probe guest accesses", st.probe_ops),
             ("events", "events emitted", core.events.seq),
             ("event_subscribers_dropped", "subscribers cut off for falling behind", core.events.dropped_subscribers),
         ):
             yield CounterMetricFamily(f"memslotd_{name}", doc, value=value)
-        yield GaugeMetricFamily("memslotd_event_subscribers", "live event subscribers", value=core.events.subscriber_count)
-        yield GaugeMetricFamily("memslotd_events_retained_bytes", "bytes of the resume window",
-                                value=core.events.retained_bytes)
+        yield GaugeMetricFamily(
+            "memslotd_event_subscribers", "live event subscribers", value=core.events.subscriber_count
+        )
+        yield GaugeMetricFamily(
+            "memslotd_events_retained_bytes", "bytes of the resume window", value=core.events.retained_bytes
+        )
 
 
 COLLECTOR = CoreCollector()

@@ -7,7 +7,8 @@ from typing import Any
 from ...core import ProbeOp
 from ..deps import CoreDep
 from ..schemas import ProbeRequest, ProbeResponse
-from ._common import VMId, problems, router as _router
+from ._common import VMId, problems
+from ._common import router as _router
 
 router = _router("/v1/vms/{vm_id}", "memory")
 
@@ -20,7 +21,9 @@ async def probe(vm_id: VMId, body: ProbeRequest, core: CoreDep) -> Any:
     memslot maps the GPA, ``memory_fault`` (with errno EFAULT/EHWPOISON) where KVM could not
     fault the page in. Writes change guest memory at exactly the requested bytes.
     """
-    ops = [ProbeOp(o.op, o.guest_phys_addr, o.length, bytes.fromhex(o.data_hex) if o.data_hex is not None else None)
-           for o in body.ops]
+    ops = [
+        ProbeOp(o.op, o.guest_phys_addr, o.length, bytes.fromhex(o.data_hex) if o.data_hex is not None else None)
+        for o in body.ops
+    ]
     report = await core.probe.probe(vm_id, ops)
     return {"results": report.results, "enforcement": report.enforcement}
