@@ -58,8 +58,14 @@ def client(sock: Path) -> httpx.Client:
     return httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://memslotd", timeout=60)
 
 
-def churn(sock: Path, stop: threading.Event, seed: int, statuses: collections.Counter[int], ops: list[int]) -> None:
+def churn(
+    sock: Path, stop: threading.Event, seed: int, statuses: collections.Counter[int], ops: list[int], keep: int
+) -> None:
+    """One client's loop. It keeps at most ``keep`` of its VMs alive (the oldest goes first), so
+    the clients together stay under the daemon's VM quota and keep churning instead of
+    collecting 429s once the quota is full."""
     rng = random.Random(seed)
+    mine: list[str] = []
     with client(sock) as c:
 
         def call(method: str, url: str, **kw: object) -> httpx.Response:
@@ -121,8 +127,9 @@ def churn(sock: Path, stop: threading.Event, seed: int, statuses: collections.Co
                     call("POST", f"{base}/guest-memfds/{g}/punch-hole", json={"offset": i * 2 * MiB, "length": 4096})
                 else:
                     call("POST", f"{base}/probe", json={"ops": [{"op": "read", "guest_phys_addr": gpa, "length": 8}]})
-            if rng.random() < 0.5:
-                call("DELETE", base)
+            mine.append(vm)
+            if rng.random() < 0.5 or len(mine) > keep:
+                call("DELETE", f"/v1/vms/{mine.pop(0 if len(mine) > keep else -1)}")
 
 
 def follow(sock: Path, seqs: list[int], events: list[dict[str, object]], stop: threading.Event) -> None:
@@ -283,7 +290,9 @@ def main() -> int:
     stop, stop_follow = threading.Event(), threading.Event()
     follower = threading.Thread(target=follow, args=(sock, seqs, events, stop_follow), daemon=True)
     follower.start()
-    workers = [threading.Thread(target=churn, args=(sock, stop, i, statuses, ops)) for i in range(args.clients)]
+    with client(sock) as c:  # each client's share of the VM quota, one left for the others' turnover
+        keep = max(1, c.get("/v1/limits").json()["max_vms"] // args.clients - 1)
+    workers = [threading.Thread(target=churn, args=(sock, stop, i, statuses, ops, keep)) for i in range(args.clients)]
     started = time.monotonic()
     for w in workers:
         w.start()
