@@ -340,7 +340,8 @@ class _Step:
     blocked: str = ""  # why a dry run cannot send it: it depends on an earlier step's effect
 
 
-def _slot_op(s: MemslotSpec, ids: dict[tuple[str, str], str]) -> dict[str, Any]:
+def _create_op(s: Any, shared_memory_id: str | None, guest_memfd_id: str | None) -> dict[str, Any]:
+    """A batch create of slot ``s`` (a layout spec or a slot the daemon answered) on these objects."""
     op: dict[str, Any] = {
         "op": "create",
         "slot": s.slot,
@@ -348,27 +349,25 @@ def _slot_op(s: MemslotSpec, ids: dict[tuple[str, str], str]) -> dict[str, Any]:
         "memory_size": s.memory_size,
         "flags": list(s.flags),
     }
-    if s.shared:
-        op["shared"] = {"shared_memory_id": ids["shared_memory", s.shared.shared_memory], "offset": s.shared.offset}
-    if s.private:
-        op["private"] = {"guest_memfd_id": ids["guest_memfd", s.private.guest_memfd], "offset": s.private.offset}
+    if shared_memory_id is not None:
+        op["shared"] = {"shared_memory_id": shared_memory_id, "offset": s.shared.offset}
+    if guest_memfd_id is not None:
+        op["private"] = {"guest_memfd_id": guest_memfd_id, "offset": s.private.offset}
     return op
+
+
+def _slot_op(s: MemslotSpec, ids: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """The create of a layout's slot, its objects named in the layout resolved to their ids."""
+    shared = ids["shared_memory", s.shared.shared_memory] if s.shared else None
+    private = ids["guest_memfd", s.private.guest_memfd] if s.private else None
+    return _create_op(s, shared, private)
 
 
 def _restore_op(s: Any) -> dict[str, Any]:
     """The create that brings back a slot this apply deleted (its objects still exist)."""
-    op: dict[str, Any] = {
-        "op": "create",
-        "slot": s.slot,
-        "guest_phys_addr": s.guest_phys_addr,
-        "memory_size": s.memory_size,
-        "flags": list(s.flags),
-    }
-    if s.shared:
-        op["shared"] = {"shared_memory_id": s.shared.shared_memory_id, "offset": s.shared.offset}
-    if s.private:
-        op["private"] = {"guest_memfd_id": s.private.guest_memfd_id, "offset": s.private.offset}
-    return op
+    shared = s.shared.shared_memory_id if s.shared else None
+    private = s.private.guest_memfd_id if s.private else None
+    return _create_op(s, shared, private)
 
 
 def _steps(client: Client, p: Plan, *, dry_run: bool) -> list[_Step]:
