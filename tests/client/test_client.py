@@ -10,7 +10,7 @@ import time
 import pytest
 
 from memslotd.client import AsyncClient, BadRequest, Client, Conflict, CursorGone, NotFound
-from tests.helpers import start_daemon
+from tests.helpers import patience, start_daemon
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -93,7 +93,7 @@ def test_event_iterator_resumes_after_a_dropped_connection(daemon):
         stream.connection.socket.shutdown(2)  # the network drops the connection mid-stream
         for g in c.list_guest_memfds(vm.id).items:
             c.delete_guest_memfd(vm.id, g.id)
-        t.join(20)
+        t.join(patience(20))
         assert len(seen) == 20 and seen == sorted(set(seen)), "each event once, in order, across the reconnect"
         assert stream.reconnects >= 1
 
@@ -174,7 +174,7 @@ def test_one_client_serves_threads_and_tasks_at_once(daemon):
         for t in threads:
             t.start()
         for t in threads:
-            t.join(60)
+            t.join(patience(60))
         assert not errors and len(c.list_shared_memory(vm.id).items) == 40
 
     async def tasks() -> None:

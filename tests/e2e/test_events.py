@@ -69,7 +69,7 @@ class Mutator(threading.Thread):
 
     def stop(self) -> None:
         self.stop_flag.set()
-        self.join(30)
+        self.join(patience(30))
         self.client.close()
 
 
@@ -283,7 +283,7 @@ def test_ndjson_long_poll_resumes_and_waits(daemon):
         t.start()
         time.sleep(0.3)
         c.delete(f"/v1/vms/{vm}")
-        t.join(15)
+        t.join(patience(15))
         assert [json.loads(x)["type"] for x in result["lines"]] == ["vm.deleted", "bookmark"]
         page = c.get("/v1/events", params={"since_seq": 0, "wait": 0, "limit": 1}).text.splitlines()
         assert json.loads(page[-1])["seq"] == 1  # truncated: the bookmark is the last delivered event
@@ -318,7 +318,7 @@ def test_a_long_poll_woken_by_more_events_than_its_limit_loses_none(daemon):
             for i in range(4)
         ]
         assert c.post(f"/v1/vms/{vm}/memslots:batch", json={"ops": ops}).status_code == 200
-        t.join(15)
+        t.join(patience(15))
         first = [json.loads(x) for x in result["lines"]]
         assert [(e["type"], e.get("data", {}).get("slot")) for e in first[:-1]] == [
             ("memslot.created", 0),
@@ -386,8 +386,13 @@ def test_no_legal_request_disconnects_an_up_to_date_subscriber(short_tmp):
 
             async def follow() -> None:
                 pattern = re.compile(r'^\{"seq":(\d+),')
+                # No keepalive pings from this side: under TCG the test's own loop, parsing
+                # 450,000 frames, answers pongs too late and the client would hang up itself (1011).
+                # Whether the daemon disconnects is the question; the frame timeout bounds the wait.
                 conns = [
-                    await async_unix_connect(str(d.socket_path), "ws://memslotd/v1/events", max_queue=None)
+                    await async_unix_connect(
+                        str(d.socket_path), "ws://memslotd/v1/events", max_queue=None, ping_interval=None
+                    )
                     for _ in seqs
                 ]
                 for ws in conns:
@@ -396,7 +401,7 @@ def test_no_legal_request_disconnects_an_up_to_date_subscriber(short_tmp):
 
                 async def one(ws, out: list[int]) -> None:
                     while not end_seq or not out or out[-1] < end_seq[0]:
-                        frame = await asyncio.wait_for(ws.recv(), 60)
+                        frame = await asyncio.wait_for(ws.recv(), patience(60))
                         m = pattern.match(frame)
                         if m:
                             out.append(int(m.group(1)))
@@ -416,7 +421,7 @@ def test_no_legal_request_disconnects_an_up_to_date_subscriber(short_tmp):
             assert r.status_code == 200, r.text
             assert c.delete(f"/v1/vms/{big}").status_code == 204
             end_seq.append(json.loads(c.get("/v1/events", params={"wait": 0}).text.splitlines()[-1])["seq"])
-            thread.join(300)
+            thread.join(patience(300))
             assert not thread.is_alive()
             rss_growth_mib = (_rss_kib(d.proc.pid) - rss_before) / 1024
             assert end_seq[0] - start_seq > 12_288 + 32_764

@@ -102,7 +102,7 @@ def test_sigterm_announces_every_vm_deleted_then_closes(short_tmp):
     t.start()
     time.sleep(0.3)
     assert d.stop(signal.SIGTERM) == 0
-    t.join(20)
+    t.join(patience(20))
     assert {e["vm_id"] for e in seen if e["type"] == "vm.deleted"} == vms
     assert any(e["type"] == "guest_memfd.deleted" for e in seen)
     assert not d.socket_path.exists()

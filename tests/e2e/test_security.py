@@ -332,8 +332,8 @@ def test_tcp_subscribers_also_hear_the_graceful_stop(short_tmp):
     while "memory.invalidate_start" not in seen:  # the punch has started
         time.sleep(0.001)
     assert d.stop(signal.SIGTERM) == 0
-    converter.join(30)
-    listener.join(30)
+    converter.join(patience(30))
+    listener.join(patience(30))
     assert seen.index("memory.converted") < seen.index("vm.deleted"), seen  # in-flight work finished first
 
 
