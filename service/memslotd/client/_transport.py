@@ -26,6 +26,7 @@ import collections
 import select
 import socket
 import ssl
+import struct
 import urllib.parse
 
 import httptools
@@ -38,12 +39,20 @@ READ_SIZE = 256 << 10
 
 
 class Answer:
-    """Status, lower-cased headers and the whole body of one response."""
+    """Status, lower-cased headers and the whole body of one response. The headers are decoded
+    on first use: most calls never read one, and decoding them all was half the parse."""
 
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("status", "_raw_headers", "_headers", "body")
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes):
-        self.status, self.headers, self.body = status, headers, body
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes):
+        self.status, self._raw_headers, self.body = status, raw_headers, body
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in self._raw_headers}
+        return self._headers
 
 
 class _Reader:
@@ -53,17 +62,17 @@ class _Reader:
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
-        self.headers: dict[str, str] = {}
+        self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.done = False
         self.started = False
         self.keep_alive = False
 
     def reset(self) -> None:
-        self.headers, self.chunks, self.done, self.started = {}, [], False, False
+        self.headers, self.chunks, self.done, self.started = [], [], False, False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self.headers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -107,18 +116,21 @@ class Endpoint:
             try:
                 sock.settimeout(self.timeout)
                 sock.connect(self.socket_path)
+                _kernel_timeouts(sock, self.timeout)
             except BaseException:
                 sock.close()
                 raise
             return sock
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls is not None:
-            try:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is None:
+                _kernel_timeouts(sock, self.timeout)
+            else:  # ssl reads its own way on a timed-out blocking socket: keep Python's timeout
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-            except BaseException:
-                sock.close()
-                raise
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     async def open(self) -> _AsyncConnection:
@@ -149,6 +161,18 @@ class Endpoint:
         return "".join(lines).encode("latin-1")
 
 
+def _kernel_timeouts(sock: socket.socket, timeout: float) -> None:
+    """A blocking socket whose every send and recv the kernel bounds (SO_SNDTIMEO/SO_RCVTIMEO):
+    with ``settimeout`` CPython polls before each of them, two syscalls more per call. A
+    timed-out operation raises ``BlockingIOError`` (EAGAIN), which the exchange reports as
+    ``TimeoutError``."""
+    whole = int(timeout)
+    timeval = struct.pack("ll", whole, int((timeout - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    sock.settimeout(None)
+
+
 def _idle_connection_is_dead(sock: socket.socket) -> bool:
     """A connection nobody is reading from is readable only when the daemon closed it."""
     try:
@@ -158,18 +182,21 @@ def _idle_connection_is_dead(sock: socket.socket) -> bool:
 
 
 class _SyncConnection:
-    __slots__ = ("sock", "reader")
+    __slots__ = ("sock", "reader", "timeout")
 
-    def __init__(self, sock: socket.socket):
-        self.sock, self.reader = sock, _Reader()
+    def __init__(self, sock: socket.socket, timeout: float):
+        self.sock, self.reader, self.timeout = sock, _Reader(), timeout
 
     def exchange(self, data: bytes) -> Answer:
         reader = self.reader
         reader.reset()
-        self.sock.sendall(data)
-        recv = self.sock.recv
-        while not reader.done:
-            reader.feed(recv(READ_SIZE))
+        try:
+            self.sock.sendall(data)
+            recv = self.sock.recv
+            while not reader.done:
+                reader.feed(recv(READ_SIZE))
+        except BlockingIOError as exc:  # SO_RCVTIMEO/SO_SNDTIMEO expired
+            raise TimeoutError(f"no answer within {self.timeout:g} s") from exc
         return reader.answer()
 
 
@@ -188,7 +215,7 @@ class SyncTransport:
                 if not reused or conn.reader.started:
                     raise
                 conn.sock.close()
-                conn, reused = _SyncConnection(self.endpoint.connect()), False
+                conn, reused = self._connect(), False
                 answer = conn.exchange(data)
         except BaseException:
             conn.sock.close()
@@ -208,7 +235,10 @@ class SyncTransport:
             if not _idle_connection_is_dead(conn.sock):
                 return conn, True
             conn.sock.close()
-        return _SyncConnection(self.endpoint.connect()), False
+        return self._connect(), False
+
+    def _connect(self) -> _SyncConnection:
+        return _SyncConnection(self.endpoint.connect(), self.endpoint.timeout)
 
     def close(self) -> None:
         while self._idle:
