@@ -103,6 +103,15 @@ class Settings(BaseSettings):
         5.0, gt=0, le=600, description="seconds a TCP connection may stay open before it presents a valid token"
     )
     idle_timeout_s: float = Field(5.0, gt=0, le=3600, description="seconds an idle keep-alive connection stays open")
+    ws_ping_interval_s: float = Field(
+        20.0, gt=0, le=3600, description="seconds between the keepalive pings an event stream sends its subscriber"
+    )
+    ws_ping_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        description="seconds a subscriber has to answer a ping (it reads frames in order: a backlog delays the pong)",
+    )
     fd_reserve: int | None = Field(
         None,
         ge=64,
