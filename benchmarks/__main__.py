@@ -23,6 +23,8 @@ def main() -> None:
         "memslots.single_requests_cpu0": lambda: memslots.single_requests(3000, cpu=0),
         "memslots.single_requests_unpinned": lambda: memslots.single_requests(3000, cpu=None),
         "client.overhead_vs_raw_socket": lambda: client.overhead(1000),
+        "client.paired_call_by_call": lambda: client.paired(3000),
+        "client.idle_wakeup": lambda: client.idle_wakeup(2000),
         "memslots.raw_batch_floor_1000": lambda: memslots.raw_batch_floor(1000),
         "memslots.batch_1000": lambda: memslots.batches(1000),
         "memslots.existing_100": lambda: memslots.single_requests(2000, existing=100),

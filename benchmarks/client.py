@@ -220,3 +220,140 @@ def table(out: dict[str, Any]) -> str:
         for k in ("client", "async_client")
     ]
     return "\n".join(lines)
+
+
+def _spin(seconds: float) -> None:
+    """Stand-in for a client's own work between calls: the CPU stays busy, as it would."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def idle_wakeup(n: int = 2000, spins_us: tuple[int, ...] = (0, 10, 25, 50, 100), cpu: int = 0) -> dict[str, Any]:
+    """The raw socket client with ``spin`` µs of busy work before each healthz, in blocks.
+
+    If wall-clock p50 grows by much more than the spin, the extra is not the client's work but
+    the daemon's vCPU waking from idle: the longer the client works between calls, the deeper
+    the daemon's CPU sleeps. Any client that works between calls pays it, so it is the yardstick
+    for the wall-clock part of ``overhead`` that the client's CPU time does not explain."""
+    with daemon(cpu=cpu) as (_, proc):
+        path = _socket_path(proc)
+        _pin_self(1 - cpu)
+        raw = RawHTTP(path)
+        walls: dict[int, list[float]] = {s: [] for s in spins_us}
+        try:
+            for r in range(6):  # blocks alternate, round 0 warms up
+                for s in spins_us:
+                    for _ in range(100 if r == 0 else n // 5):
+                        _spin(s / 1e6)
+                        t = time.perf_counter()
+                        raw.request("GET", "/v1/healthz")
+                        if r:
+                            walls[s].append(time.perf_counter() - t)
+        finally:
+            raw.close()
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    base = statistics.median(walls[0]) * 1e6
+    out: dict[str, Any] = {"n": n, "load_1min": round(os.getloadavg()[0], 1)}
+    for s in spins_us:
+        p50 = statistics.median(walls[s]) * 1e6
+        out[f"spin_{s}us"] = {"healthz_p50_us": round(p50, 1), "adds_p50_us": round(p50 - base, 1)}
+    print("\nraw healthz p50 after a client's busy work between calls (µs):")
+    print(
+        "  ".join(
+            f"spin {s}: {out[f'spin_{s}us']['healthz_p50_us']:.0f} (+{out[f'spin_{s}us']['adds_p50_us']:.0f})"
+            for s in spins_us
+        )
+    )
+    return out
+
+
+def paired(n: int = 3000, cpu: int = 0) -> dict[str, Any]:
+    """Raw socket, raw asyncio, ``Client`` and ``AsyncClient`` alternating call by call in one
+    event loop (the order rotates), so that every client meets the same machine at the same
+    moment: the paired difference is what the client itself adds, free of the drift between
+    blocks that a shared machine brings. (Blocks, in ``overhead``, are what a rig making
+    thousands of calls in a row sees.)"""
+    with daemon(cpu=cpu) as (setup, proc):
+        path = _socket_path(proc)
+        vm = setup.post("/v1/vms", json={}).json()["id"]
+        shm = setup.post(f"/v1/vms/{vm}/shared-memory", json={"size": 8 * MiB}).json()["id"]
+        _pin_self(1 - cpu)
+        names = ("raw", "raw_asyncio", "client", "async_client")
+        # a slot of its own per client, so that every create creates and every delete deletes
+        gpa = {k: (1 << 32) + i * 2 * MiB for i, k in enumerate(names)}
+        slot = {k: f"/v1/vms/{vm}/memslots/{i + 1}" for i, k in enumerate(names)}
+        raw_body = {
+            k: json.dumps(
+                {
+                    "guest_phys_addr": gpa[k],
+                    "memory_size": 2 * MiB,
+                    "shared": {"shared_memory_id": shm, "offset": i * 2 * MiB},
+                }
+            ).encode()
+            for i, k in enumerate(names)
+        }
+        walls = {k: {op: [] for op in OPS} for k in names}
+
+        async def run() -> None:
+            raw = RawHTTP(path)
+            _, ra = await asyncio.get_running_loop().create_unix_connection(_RawAsyncHTTP, path)
+            with Client(path) as c:
+                async with AsyncClient(path) as a:
+
+                    def shared(i: int) -> dict[str, Any]:
+                        return {"shared_memory_id": shm, "shared_offset": i * 2 * MiB}
+
+                    async def sync(fn: Callable[[], Any]) -> Any:
+                        return fn()
+
+                    steps = {
+                        "raw": [
+                            ("healthz", lambda: sync(lambda: raw.request("GET", "/v1/healthz"))),
+                            ("create", lambda: sync(lambda: raw.request("PUT", slot["raw"], raw_body["raw"]))),
+                            ("delete", lambda: sync(lambda: raw.request("DELETE", slot["raw"]))),
+                        ],
+                        "raw_asyncio": [
+                            ("healthz", lambda: ra.request("GET", "/v1/healthz")),
+                            ("create", lambda: ra.request("PUT", slot["raw_asyncio"], raw_body["raw_asyncio"])),
+                            ("delete", lambda: ra.request("DELETE", slot["raw_asyncio"])),
+                        ],
+                        "client": [
+                            ("healthz", lambda: sync(c.health)),
+                            ("create", lambda: sync(lambda: c.put_memslot(vm, 3, gpa["client"], 2 * MiB, **shared(2)))),
+                            ("delete", lambda: sync(lambda: c.delete_memslot(vm, 3))),
+                        ],
+                        "async_client": [
+                            ("healthz", a.health),
+                            ("create", lambda: a.put_memslot(vm, 4, gpa["async_client"], 2 * MiB, **shared(3))),
+                            ("delete", lambda: a.delete_memslot(vm, 4)),
+                        ],
+                    }
+                    for i in range(n + 100):  # the first 100 warm up
+                        order = names[i % 4 :] + names[: i % 4]
+                        for step in range(3):  # create then delete by every client in turn
+                            for k in order:
+                                op, fn = steps[k][step]
+                                t = time.perf_counter()
+                                await fn()
+                                if i >= 100:
+                                    walls[k][op].append(time.perf_counter() - t)
+            raw.close()
+            assert ra.transport is not None
+            ra.transport.close()
+
+        try:
+            asyncio.run(run())
+        finally:
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    out: dict[str, Any] = {"n": n, "load_1min": round(os.getloadavg()[0], 1)}
+    for k in names:
+        out[k] = {f"{op}_p50_us": round(statistics.median(walls[k][op]) * 1e6, 1) for op in OPS}
+    for k in names[1:]:
+        out[f"{k}_adds_over_raw_us"] = {op: round(out[k][f"{op}_p50_us"] - out["raw"][f"{op}_p50_us"], 1) for op in OPS}
+    print("\npaired, call by call, p50 µs:  " + "   ".join(f"{op}" for op in OPS))
+    for k in names:
+        print(f"  {k:<14}" + "".join(f"{out[k][op + '_p50_us']:>10.0f}" for op in OPS))
+    for k in names[1:]:
+        print(f"  {k + ' adds':<14}" + "".join(f"{out[k + '_adds_over_raw_us'][op]:>+10.0f}" for op in OPS))
+    return out
