@@ -150,12 +150,14 @@ def test_fd_exhaustion_is_503_with_errno_and_leaks_nothing(short_tmp):
 
 def test_a_toml_configuration_file_sets_the_limits(short_tmp):
     cfg = short_tmp / "memslotd.toml"
-    cfg.write_text('max_vms = 1\nlog_format = "text"\n')
+    cfg.write_text('max_vms = 1\nlog_format = "text"\nws_ping_timeout_s = 45.0\n')
     d = start_daemon(short_tmp, "--config", str(cfg))
     try:
         with d.client() as c:
             assert c.post("/v1/vms", json={}).status_code == 201
             assert c.post("/v1/vms", json={}).json()["code"] == "VM_QUOTA"
+            limits = c.get("/v1/limits").json()
+            assert (limits["max_vms"], limits["ws_ping_timeout_s"], limits["ws_ping_interval_s"]) == (1, 45.0, 20.0)
     finally:
         d.stop()
 

@@ -143,6 +143,8 @@ class LimitsRead(Response):
     request_timeout_s: float
     tcp_auth_timeout_s: float
     idle_timeout_s: float
+    ws_ping_interval_s: float = Field(description="seconds between an event stream's keepalive pings")
+    ws_ping_timeout_s: float = Field(description="seconds a subscriber has to answer one before it is closed (1011)")
     idempotency_cache_bytes: int
     event_retention_count: int
     event_retention_bytes: int

@@ -87,6 +87,8 @@ async def limits(core: CoreDep, settings: SettingsDep, request: Request) -> Any:
         "request_timeout_s": settings.request_timeout_s,
         "tcp_auth_timeout_s": settings.tcp_auth_timeout_s,
         "idle_timeout_s": settings.idle_timeout_s,
+        "ws_ping_interval_s": settings.ws_ping_interval_s,
+        "ws_ping_timeout_s": settings.ws_ping_timeout_s,
         "idempotency_cache_bytes": settings.idempotency_cache_bytes,
         "event_retention_count": settings.event_retention_count,
         "event_retention_bytes": settings.event_retention_bytes,
