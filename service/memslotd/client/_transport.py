@@ -167,7 +167,8 @@ def _kernel_timeouts(sock: socket.socket, timeout: float) -> None:
     timed-out operation raises ``BlockingIOError`` (EAGAIN), which the exchange reports as
     ``TimeoutError``."""
     whole = int(timeout)
-    timeval = struct.pack("ll", whole, int((timeout - whole) * 1_000_000))
+    micro = int((timeout - whole) * 1_000_000)
+    timeval = struct.pack("ll", whole, micro if whole or micro else 1)  # a zero timeval would mean "never"
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
     sock.settimeout(None)
