@@ -24,6 +24,13 @@ def patience(seconds: float) -> float:
     return seconds * SLOWDOWN
 
 
+def run_daemon(*args: str) -> subprocess.CompletedProcess[str]:
+    """memslotd run to its end with ``args`` (a start it must refuse, or ``--help``): exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "memslotd.daemon", *args], capture_output=True, text=True, timeout=patience(30)
+    )
+
+
 def fd_count(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers import fd_count, guest_memory_mappings, patience, start_daemon
+from tests.helpers import fd_count, guest_memory_mappings, patience, run_daemon, start_daemon
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -105,12 +105,7 @@ def test_a_stop_at_any_point_of_start_up_is_honoured(short_tmp, delay):
 
 
 def test_invalid_configuration_fails_at_start(short_tmp):
-    r = subprocess.run(
-        [sys.executable, "-m", "memslotd.daemon", "--socket", "relative.sock"],
-        capture_output=True,
-        text=True,
-        timeout=patience(30),
-    )
+    r = run_daemon("--socket", "relative.sock")
     assert r.returncode != 0 and "invalid configuration" in r.stderr
 
 
@@ -118,22 +113,12 @@ def test_a_socket_directory_others_can_write_is_refused(short_tmp):
     shared = short_tmp / "shared"
     shared.mkdir()
     shared.chmod(0o777)  # e.g. planted in /tmp by another user: they could swap the socket
-    r = subprocess.run(
-        [sys.executable, "-m", "memslotd.daemon", "--socket", str(shared / "api.sock")],
-        capture_output=True,
-        text=True,
-        timeout=patience(30),
-    )
+    r = run_daemon("--socket", str(shared / "api.sock"))
     assert r.returncode != 0 and "not writable by group or others" in r.stderr
     assert not (shared / "api.sock").exists()
 
 
 def test_second_daemon_on_a_live_socket_refuses(daemon):
-    r = subprocess.run(
-        [sys.executable, "-m", "memslotd.daemon", "--socket", str(daemon.socket_path)],
-        capture_output=True,
-        text=True,
-        timeout=patience(30),
-    )
+    r = run_daemon("--socket", str(daemon.socket_path))
     assert r.returncode != 0 and "another daemon is listening" in r.stderr
     assert "removed" not in r.stdout + r.stderr and daemon.socket_path.exists()  # it removed nothing

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import unix_connect
 
 from memslotd.api.event_schemas import EVENT, EVENT_DATA, STREAM_FRAMES
-from tests.helpers import patience
+from tests.helpers import run_daemon
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -91,12 +89,7 @@ def test_websocket_error_frames_name_the_parameter_in_one_sentence(daemon, query
 
 
 def _daemon_refusal(tmp, *args: str) -> str:
-    r = subprocess.run(
-        [sys.executable, "-m", "memslotd.daemon", "--socket", str(tmp / "s.sock"), *args],
-        capture_output=True,
-        text=True,
-        timeout=patience(30),
-    )
+    r = run_daemon("--socket", str(tmp / "s.sock"), *args)
     assert r.returncode != 0
     return r.stderr.strip()
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from websockets.sync.client import unix_connect
 
-from tests.helpers import Daemon, fd_count, patience, start_daemon
+from tests.helpers import Daemon, fd_count, patience, run_daemon, start_daemon
 
 MiB = 1 << 20
 
@@ -165,19 +165,12 @@ def test_a_toml_configuration_file_sets_the_limits(short_tmp):
 def test_a_toml_value_of_the_wrong_type_stops_the_start_naming_the_option(short_tmp):
     bad = short_tmp / "bad.toml"
     bad.write_text("max_vms = 'many'\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "memslotd.daemon", "--config", str(bad), "--socket", str(short_tmp / "b.sock")],
-        capture_output=True,
-        text=True,
-        timeout=patience(30),
-    )
+    r = run_daemon("--config", str(bad), "--socket", str(short_tmp / "b.sock"))
     assert r.returncode != 0 and "max_vms" in r.stderr
 
 
 def test_help_documents_every_option():
-    r = subprocess.run(
-        [sys.executable, "-m", "memslotd.daemon", "--help"], capture_output=True, text=True, timeout=patience(30)
-    )
+    r = run_daemon("--help")
     from memslotd.settings import Settings
 
     for name in Settings.model_fields:

@@ -7,7 +7,6 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect, unix_connect
 
 from memslotd.client import Client
-from tests.helpers import Daemon, patience, start_daemon
+from tests.helpers import Daemon, patience, run_daemon, start_daemon
 
 MiB = 1 << 20
 ADMIN, READER = "admin-token-0123456789", "reader-token-0123456789"
@@ -80,39 +79,18 @@ def test_read_only_socket_serves_reads_and_events_but_refuses_mutations(short_tm
 
 
 def test_tcp_refuses_to_start_without_a_token_file(short_tmp):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "memslotd.daemon",
-            "--socket",
-            str(short_tmp / "s.sock"),
-            "--tcp",
-            f"127.0.0.1:{free_port()}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=patience(30),
-    )
+    r = run_daemon("--socket", str(short_tmp / "s.sock"), "--tcp", f"127.0.0.1:{free_port()}")
     assert r.returncode != 0 and "needs --token-file" in r.stderr
 
 
 def test_token_file_readable_by_others_is_refused(short_tmp):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "memslotd.daemon",
-            "--socket",
-            str(short_tmp / "s.sock"),
-            "--tcp",
-            f"127.0.0.1:{free_port()}",
-            "--token-file",
-            str(token_file(short_tmp, 0o644)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=patience(30),
+    r = run_daemon(
+        "--socket",
+        str(short_tmp / "s.sock"),
+        "--tcp",
+        f"127.0.0.1:{free_port()}",
+        "--token-file",
+        str(token_file(short_tmp, 0o644)),
     )
     assert r.returncode != 0 and "chmod 600" in r.stderr
 

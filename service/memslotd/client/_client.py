@@ -25,14 +25,17 @@ __all__ = ["Client", "AsyncClient"]
 
 
 class _Base(Operations):
+    _transport_type: type[SyncTransport] | type[AsyncTransport]
+
     def __init__(
         self,
-        socket: str | None,
-        url: str | None,
-        token: str | None,
-        verify: ssl.SSLContext | str | bool,
-        cert: tuple[str, str] | None,
-        timeout: float,
+        socket: str | None = None,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: tuple[str, str] | None = None,
+        timeout: float = 60.0,
     ):
         """``socket``: default $MEMSLOTD_SOCKET or the daemon's default path; ``url`` (or
         $MEMSLOTD_URL) selects TCP, with a bearer ``token`` ($MEMSLOTD_TOKEN)."""
@@ -43,6 +46,7 @@ class _Base(Operations):
         tls = tls_context(verify, cert) if self.url and self.url.startswith("https:") else None
         self.endpoint = Endpoint(self.socket, self.url, tls, timeout)
         self._headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        self._transport: Any = self._transport_type(self.endpoint)
 
     def _prepare(self, call: Call) -> tuple[str, dict[str, str], bytes | None]:
         target = call.path
@@ -91,18 +95,7 @@ class Client(_Base):
     """Synchronous client. Every API operation is a method (see ``Operations``); a client may
     be shared between threads (each request takes an idle connection or opens one)."""
 
-    def __init__(
-        self,
-        socket: str | None = None,
-        *,
-        url: str | None = None,
-        token: str | None = None,
-        verify: ssl.SSLContext | str | bool = True,
-        cert: tuple[str, str] | None = None,
-        timeout: float = 60.0,
-    ):
-        super().__init__(socket, url, token, verify, cert, timeout)
-        self._transport = SyncTransport(self.endpoint)
+    _transport_type = SyncTransport
 
     def _execute(self, call: Call) -> Any:
         target, headers, body = self._prepare(call)
@@ -153,18 +146,7 @@ class AsyncClient(_Base):
     calls use separate connections, at most 16 (more calls wait for one). ``timeout`` bounds
     each call (``TransportError`` code ``TIMEOUT``). Used by one event loop at a time."""
 
-    def __init__(
-        self,
-        socket: str | None = None,
-        *,
-        url: str | None = None,
-        token: str | None = None,
-        verify: ssl.SSLContext | str | bool = True,
-        cert: tuple[str, str] | None = None,
-        timeout: float = 60.0,
-    ):
-        super().__init__(socket, url, token, verify, cert, timeout)
-        self._transport = AsyncTransport(self.endpoint)
+    _transport_type = AsyncTransport
 
     async def _run(self, call: Call) -> Any:
         target, headers, body = self._prepare(call)
