@@ -103,7 +103,7 @@ def test_the_event_stream_is_described_in_both_documents():
     assert asyncapi["asyncapi"].startswith("3.")
     channel = asyncapi["channels"]["events"]
     assert channel["address"] == "/v1/events" and "memslotd.v1" in channel["description"]
-    assert set(channel["x-close-codes"]) == {"1012", "4400", "4401", "4403", "4410"}
+    assert set(channel["x-close-codes"]) == {"1011", "1012", "4400", "4401", "4403", "4410"}
     messages = asyncapi["components"]["messages"]
     assert {"Hello", "Bookmark", "Gone", "ErrorFrame", "AuthMessage"} <= set(messages)
     assert len(messages) == len(mapping) + 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -234,6 +235,20 @@ def _stalled_subscriber(path) -> socket.socket:
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     return s
+
+
+def test_a_subscriber_that_answers_no_ping_within_ws_ping_timeout_is_closed_with_1011(short_tmp):
+    d = start_daemon(short_tmp, "--ws-ping-interval-s", str(patience(0.2)), "--ws-ping-timeout-s", str(patience(0.3)))
+    silent = _stalled_subscriber(d.socket_path)  # reads nothing, so it never pongs
+    try:
+        silent.settimeout(patience(10))
+        data = b""
+        while chunk := silent.recv(1 << 16):  # EOF: the daemon hung up
+            data += chunk
+        assert re.search(rb"\x88[\x02-\x7d]\x03\xf3", data), data[-64:]  # a close frame, code 1011
+    finally:
+        silent.close()
+        d.stop()
 
 
 def test_a_stalled_subscriber_is_cut_off_and_never_delays_others(short_tmp):

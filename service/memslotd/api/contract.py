@@ -170,6 +170,8 @@ def _complete_operation(path: str, method: str, op: dict[str, Any]) -> None:
 
 # -- AsyncAPI ------------------------------------------------------------------------------
 CLOSE_CODES = {
+    1011: "keepalive ping timeout: no pong within ws_ping_timeout_s (GET /v1/limits); a backlog delays "
+    "the pong, so read faster or resume with since_seq",
     1012: "the daemon is restarting or stopping (RFC 6455 'service restart'): reconnect with since_seq",
     4400: "bad subscription query: the error frame before it names the parameter and why",
     4401: "unauthorized: TCP without a valid token (header, subprotocol memslotd.token.<token>, or auth message)",
