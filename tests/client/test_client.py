@@ -158,6 +158,24 @@ def test_a_connection_the_daemon_closed_while_idle_is_replaced(daemon):
         asyncio.run(later())
 
 
+def test_a_request_on_a_connection_closed_while_unprobed_is_sent_again_once(short_tmp):
+    # A connection idle for less than probe_idle_after_s is reused without a probe: if the
+    # daemon closed it meanwhile, the request (a POST here, not idempotent) goes out again on
+    # a fresh connection, and exactly once.
+    d = start_daemon(short_tmp, "--idle-timeout-s", "0.5")
+    try:
+        with Client(str(d.socket_path)) as c:
+            c._transport.probe_idle_after_s = 3600.0
+            vm = c.create_vm()
+            (stale,) = c._transport._idle
+            time.sleep(1.0)  # the daemon closes the connection; nobody probes it
+            shm = c.create_shared_memory(vm.id, 2 * MiB, name="once")
+            assert c._transport._idle[0] is not stale and stale.sock.fileno() == -1
+            assert [s.id for s in c.list_shared_memory(vm.id).items] == [shm.id], "created exactly once"
+    finally:
+        d.stop()
+
+
 def test_one_client_serves_threads_and_tasks_at_once(daemon):
     with Client(str(daemon.socket_path)) as c:
         vm = c.create_vm()

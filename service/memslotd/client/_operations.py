@@ -13,7 +13,7 @@ from ..api import schemas as s
 __all__ = ["Call", "Operations"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: a frozen __init__ costs a setattr call per field
 class Call:
     method: str
     path: str

@@ -11,7 +11,8 @@ bounded pool, so tasks may share one client; httpcore's async pool (anyio undern
 ~10x and asyncio streams with h11 ~2x the client CPU of a raw asyncio protocol, this ~1.1x.
 
 A reused connection the daemon closed while idle (keep-alive timeout, or evicted at its
-connection cap) is detected before sending, and a request that got no byte of answer on a
+connection cap) is detected before sending (sync: when it idled for ``PROBE_IDLE_AFTER_S``
+or more; async: the loop sees the close), and a request that got no byte of answer on a
 reused connection is sent once more on a fresh one (as urllib3 and httpcore do): the daemon
 never read it.
 
@@ -27,6 +28,7 @@ import select
 import socket
 import ssl
 import struct
+import time
 import urllib.parse
 
 import httptools
@@ -34,45 +36,55 @@ import httptools
 __all__ = ["Answer", "Endpoint", "SyncTransport", "AsyncTransport"]
 
 MAX_IDLE = 8  # idle connections a sync client keeps
+# A connection idle this long is probed (one select) before it is reused. One idle for less is
+# sent on directly: were it closed in between, the request gets no byte of answer and is sent
+# again on a fresh connection, which is safe because the daemon never read it.
+PROBE_IDLE_AFTER_S = 1.0
 MAX_CONNECTIONS = 16  # open connections an async client may have (calls beyond wait for one)
 READ_SIZE = 256 << 10
 
 
 class Answer:
-    """Status, lower-cased headers and the whole body of one response. The headers are decoded
-    on first use: most calls never read one, and decoding them all was half the parse."""
+    """Status, lower-cased headers and the whole body of one response. The headers are split
+    from the raw head on first use: most calls never read one, so no parser callback runs per
+    header."""
 
-    __slots__ = ("status", "_raw_headers", "_headers", "body")
+    __slots__ = ("status", "_head", "_headers", "body")
 
-    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes):
-        self.status, self._raw_headers, self.body = status, raw_headers, body
+    def __init__(self, status: int, head: bytes, body: bytes):
+        self.status, self._head, self.body = status, head, body
         self._headers: dict[str, str] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
         if self._headers is None:
-            self._headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in self._raw_headers}
+            lines = self._head.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]  # after the status line
+            fields = (line.partition(b":") for line in lines)
+            self._headers = {n.decode("latin-1").lower(): v.decode("latin-1").strip() for n, _, v in fields}
         return self._headers
 
 
 class _Reader:
-    """httptools callbacks collecting one response at a time."""
+    """httptools callbacks collecting one response at a time. The head's bytes are kept as they
+    arrived (llhttp has checked them) for ``Answer.headers``: an answer starts a read, since a
+    connection carries one request at a time."""
 
-    __slots__ = ("parser", "headers", "chunks", "done", "started", "keep_alive")
+    __slots__ = ("parser", "head", "in_head", "chunks", "done", "started", "keep_alive")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: list[bytes] = []
+        self.in_head = True
         self.chunks: list[bytes] = []
         self.done = False
         self.started = False
         self.keep_alive = False
 
     def reset(self) -> None:
-        self.headers, self.chunks, self.done, self.started = [], [], False, False
+        self.head, self.in_head, self.chunks, self.done, self.started = [], True, [], False, False
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+    def on_headers_complete(self) -> None:
+        self.in_head = False
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -85,10 +97,13 @@ class _Reader:
         if not data:
             raise ConnectionResetError("the daemon closed the connection" + (" mid-answer" if self.started else ""))
         self.started = True
+        if self.in_head:
+            self.head.append(data)
         self.parser.feed_data(data)
 
     def answer(self) -> Answer:
-        return Answer(self.parser.get_status_code(), self.headers, b"".join(self.chunks))
+        head = self.head[0] if len(self.head) == 1 else b"".join(self.head)
+        return Answer(self.parser.get_status_code(), head, b"".join(self.chunks))
 
 
 class Endpoint:
@@ -183,10 +198,11 @@ def _idle_connection_is_dead(sock: socket.socket) -> bool:
 
 
 class _SyncConnection:
-    __slots__ = ("sock", "reader", "timeout")
+    __slots__ = ("sock", "reader", "timeout", "idle_since")
 
     def __init__(self, sock: socket.socket, timeout: float):
         self.sock, self.reader, self.timeout = sock, _Reader(), timeout
+        self.idle_since = 0.0
 
     def exchange(self, data: bytes) -> Answer:
         reader = self.reader
@@ -205,6 +221,7 @@ class SyncTransport:
     def __init__(self, endpoint: Endpoint):
         self.endpoint = endpoint
         self._idle: list[_SyncConnection] = []
+        self.probe_idle_after_s = PROBE_IDLE_AFTER_S
 
     def request(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> Answer:
         data = self.endpoint.head(method, target, headers, body) + (body or b"")
@@ -212,7 +229,7 @@ class SyncTransport:
         try:
             try:
                 answer = conn.exchange(data)
-            except ConnectionError:
+            except (ConnectionError, ssl.SSLEOFError):  # a TLS peer that closed may end in an EOF error
                 if not reused or conn.reader.started:
                     raise
                 conn.sock.close()
@@ -222,6 +239,7 @@ class SyncTransport:
             conn.sock.close()
             raise
         if conn.reader.keep_alive and len(self._idle) < MAX_IDLE:
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.sock.close()
@@ -233,7 +251,7 @@ class SyncTransport:
                 conn = self._idle.pop()
             except IndexError:  # another thread took the last one
                 break
-            if not _idle_connection_is_dead(conn.sock):
+            if time.monotonic() - conn.idle_since < self.probe_idle_after_s or not _idle_connection_is_dead(conn.sock):
                 return conn, True
             conn.sock.close()
         return self._connect(), False
