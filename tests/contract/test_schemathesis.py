@@ -59,7 +59,7 @@ def test_every_operation_honours_its_contract(app):
 
 
 TOKEN = "contract-token-0123456789abcdef"
-#: a whole ``st run`` (~600 cases in four phases): under TCG it outlasts the lab's default per-test timeout
+#: a whole ``st run`` (about 2000 cases in four phases): under TCG it outlasts the lab's default per-test timeout
 ST_RUN_S = patience(240)
 
 
