@@ -150,7 +150,7 @@ need_packages() {
         exit 1
     fi
     say "installing ${missing[*]} from Debian's archive"
-    if ((!APT_UPDATED)); then apt-get update -qq; APT_UPDATED=1; fi
+    if ((!APT_UPDATED)); then apt-get update -qq >&2; APT_UPDATED=1; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
