@@ -119,6 +119,38 @@ def test_dry_run_changes_nothing_and_asks_the_daemon(short_tmp):
         d.stop()
 
 
+def test_a_dry_run_of_a_new_vm_checks_the_daemons_limits_and_shows_the_plan(short_tmp):
+    """On a VM the plan creates, the daemon cannot dry-run the slot batch (its objects do not
+    exist yet): memslotctl checks the slot count and the byte quota against ``GET /v1/limits``,
+    so that what the dry run approves the real apply does not refuse half-way."""
+    d = start_daemon(short_tmp, "--max-slots-per-vm", "1")
+    try:
+        layout = short_tmp / "layout.yaml"
+        layout.write_text(LAYOUT.replace("size: 16M}", "size: 1P}"))
+        r = ctl(d, "apply", "-f", str(layout), "--dry-run")
+        assert r.returncode == 6 and r.stdout.startswith("Plan for VM layout-vm:\n"), "the plan comes first"
+        assert r.stderr.splitlines() == [
+            f"error: LAYOUT_INVALID: {layout}: memslots: the VM would have 2 memslots; the daemon allows 1 per VM",
+            f"error: LAYOUT_INVALID: {layout}: shared_memory[0].size: 1P exceeds the daemon's byte quota of "
+            + r.stderr.split("byte quota of ")[-1].split()[0]
+            + " per VM",
+        ]
+        assert ctl(d, "apply", "-f", str(layout)).returncode == 6
+        assert json.loads(ctl(d, "--json", "vm", "list").stdout) == [], "nothing was made"
+    finally:
+        d.stop()
+
+
+def test_prune_without_a_terminal_needs_yes(daemon, tmp_path):
+    layout = tmp_path / "layout.yaml"
+    layout.write_text(LAYOUT)
+    apply(daemon, layout)
+    layout.write_text(LAYOUT.split("memslots:")[0] + "memslots: []\n")
+    r = ctl(daemon, "apply", "-f", str(layout), "--prune", stdin="")
+    assert r.returncode == 2 and "error: USAGE: --prune would delete 2 slot(s)/object(s)" in r.stderr
+    assert slots(daemon) == [(1, 0), (0, 4 << 30)], "nothing was deleted"
+
+
 def test_a_failing_apply_undoes_what_it_did_and_a_rerun_converges(short_tmp):
     """A step only the kernel can refuse: 2M hugetlb shared memory on a host with no huge pages
     reserved passes every dry run (the daemon cannot know before it maps) and fails for real."""
@@ -151,22 +183,64 @@ def test_layout_schema_is_checked_in_and_the_example_follows_it():
     assert load(str(example)).memslots[1].guest_phys_addr == 4 << 30
 
 
-def test_layout_rules_name_the_key_path():
-    try:
+def test_layout_rules_name_the_key_path_and_are_reported_in_one_run():
+    with pytest.raises(LayoutError) as caught:
         parse(
             "vm: v\nguest_memfds: [{name: g, size: 4K}, {name: g, size: 1X}]\n"
             "memslots: [{slot: 0, guest_phys_addr: 0, memory_size: 4K}]\n",
             "f.yaml",
         )
-    except LayoutError as exc:
-        assert exc.problems == [("guest_memfds[1].size", "not a size: '1X' (try 4096, 0x1000, 2M, 1G)")]
-    try:
+    assert caught.value.problems == [
+        ("guest_memfds[1].size", "not a size: '1X' (try 4096, 0x1000, 2M, 1G)"),
+        ("guest_memfds[1].name", "'g' is declared twice"),
+        ("memslots[0]", "a memslot needs a shared part, a private part, or both"),
+    ]
+    with pytest.raises(LayoutError) as caught:
         parse(
             "vm: v\nguest_memfds: [{name: g, size: 4K}, {name: g, size: 4K}]\n"
             "memslots: [{slot: 0, guest_phys_addr: 0, memory_size: 4K, flags: [readonly],"
             " private: {guest_memfd: g}}]\n",
             "f.yaml",
         )
-    except LayoutError as exc:
-        assert [p for p, _ in exc.problems] == ["guest_memfds[1].name", "memslots[0].flags"]
-        assert str(exc).startswith("f.yaml: guest_memfds[1].name: 'g' is declared twice")
+    assert [p for p, _ in caught.value.problems] == ["guest_memfds[1].name", "memslots[0].flags"]
+    assert str(caught.value).startswith("f.yaml: guest_memfds[1].name: 'g' is declared twice")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("vm: a\nvm: b\n", ("line 2, column 1", "not valid YAML: key 'vm' is given twice")),
+        (
+            "vm: a\nmemslots: [\n",
+            (
+                "line 3, column 1",
+                "not valid YAML: expected the node content, but found '<stream end>' (while parsing a flow node)",
+            ),
+        ),
+        (
+            "vm: a\nguest_memfds: [{name: g, size: true}]\n",
+            ("guest_memfds[0].size", "not a size: true (try 4096, 0x1000, 2M, 1G)"),
+        ),
+        (
+            "vm: a\nguest_memfds: [{name: g, size: 1.5}]\n",
+            ("guest_memfds[0].size", "not a size: 1.5 (try 4096, 0x1000, 2M, 1G)"),
+        ),
+        (
+            "vm: a\nshared_memory: [{name: s, size: 4M}]\n"
+            "memslots: [{slot: '3', guest_phys_addr: 0, memory_size: 4M, shared: {shared_memory: s}}]\n",
+            ("memslots[0].slot", "must be a valid integer; got '3'"),
+        ),
+        (
+            "vm: a\nshared_memory: [{name: s, size: 4M}]\n"
+            "memslots: [{slot: 1, guest_phys_addr: 0, memory_size: 4M, flags: [yes], shared: {shared_memory: s}}]\n",
+            ("memslots[0].flags[0]", "must be one of 'log_dirty_pages', 'readonly'; got true"),
+        ),
+    ],
+    ids=["duplicate_key", "broken_yaml", "bool_as_size", "float_as_size", "string_as_slot_id", "unknown_flag"],
+)
+def test_a_layout_value_is_taken_only_as_written(text, problem):
+    """YAML keeps the last of two equal keys and reads ``true`` where pydantic would see 1:
+    both would apply something the file does not say."""
+    with pytest.raises(LayoutError) as caught:
+        parse(text, "f.yaml")
+    assert caught.value.problems == [problem]

@@ -26,7 +26,7 @@ from ..api.schemas import MAX_BATCH_OPS
 from ..client import Client
 from ..client.errors import Conflict, MemslotdError
 from .layout import Layout, LayoutError, MemslotSpec
-from .sizes import format_size
+from .sizes import format_size, format_size_approx
 
 __all__ = ["Plan", "Action", "plan", "execute", "check"]
 
@@ -314,20 +314,53 @@ def _local_slot_rules(p: Plan, layout: Layout, caps: Any, file: str) -> None:
         raise LayoutError(file, problems)
 
 
+def _local_limit_rules(p: Plan, layout: Layout, limits: Any, file: str, *, slots: bool, objects: bool) -> None:
+    """The daemon's limits, for the steps a dry run cannot send: the slot count per VM and the
+    byte quota an object must fit (``GET /v1/limits``)."""
+    problems: list[tuple[str, str]] = []
+    if slots:
+        unchanged = sum(1 for a in p.actions if a.kind == "memslot" and a.action == "unchanged")
+        total = len(p.kept) + unchanged + len(p.create_slots)
+        if total > limits.max_slots_per_vm:
+            problems.append(
+                ("memslots", f"the VM would have {total} memslots; the daemon allows {limits.max_slots_per_vm} per VM")
+            )
+    if objects:
+        quota = min(limits.max_bytes_per_vm, limits.max_bytes_total)
+        for key, entries, created in (
+            ("guest_memfds", layout.guest_memfds, p.create_gmems),
+            ("shared_memory", layout.shared_memory, p.create_shms),
+        ):
+            for i, entry in enumerate(entries):
+                if entry in created and entry.size > quota:
+                    rule = f"{format_size(entry.size)} exceeds the daemon's byte quota of {format_size_approx(quota)}"
+                    problems.append((f"{key}[{i}].size", rule + " per VM"))
+    if problems:
+        raise LayoutError(file, problems)
+
+
 def check(client: Client, p: Plan, layout: Layout, file: str) -> None:
     """Check the whole plan before anything changes: the host rules here, then the daemon's dry
-    run of every step it can check. Raises ``LayoutError`` or the daemon's error."""
+    run of every step it can check, then here the limits of the steps it could not. Raises
+    ``LayoutError`` or the daemon's error."""
     _local_slot_rules(p, layout, client.capabilities(), file)
     p.checked_here.append("slot rules without kernel objects (alignment, bounds, overlaps, reserved GPAs)")
     supported = dry_run_endpoints(client)
+    unchecked: set[str] = set()
     for step in _steps(client, p, dry_run=True):
         if STEP_PATHS[step.kind] not in supported:
             p.checked_here.append(f"{step.label} (the daemon takes no dry run there yet)")
+            unchecked.add(step.kind)
         elif step.blocked:
             p.checked_here.append(f"{step.label} ({step.blocked})")
+            unchecked.add(step.kind)
         else:
             step.run()
             p.checked_by_daemon.append(step.label)
+    objects = bool(unchecked & {"create_guest_memfd", "create_shared_memory"})
+    if "batch" in unchecked or objects:
+        _local_limit_rules(p, layout, client.limits(), file, slots="batch" in unchecked, objects=objects)
+        p.checked_here.append("the daemon's limits (slots per VM, byte quota per object)")
 
 
 # -- steps -----------------------------------------------------------------------------------
@@ -445,10 +478,11 @@ def _steps(client: Client, p: Plan, *, dry_run: bool) -> list[_Step]:
                 client.batch(state["vm_id"], undo)
 
         end = min(start + BATCH, n_ops)
+        whole = "" if n_ops <= BATCH else f", ops {start}..{end - 1} of {n_ops}"  # 0-based, as the daemon counts
         steps.append(
             _Step(
                 "batch",
-                f"memslot batch of {end - start} ops ({start + 1}..{end})",
+                f"memslot batch of {end - start} ops{whole}",
                 run_batch,
                 undo_batch,
                 batch_blocked,

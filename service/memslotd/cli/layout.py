@@ -32,9 +32,24 @@ _SIZE_SCHEMA = {
 
 
 def _bytes(value: Any) -> Any:
+    """A size or address: an integer or a string the CLI takes. YAML's ``true``/``yes`` and
+    ``1.5`` are refused (pydantic alone would take ``true`` as 1)."""
     if isinstance(value, str):
         return parse_size(value)  # ValueError -> a validation error with the key's path
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"not a size: {_shown(value)} (try 4096, 0x1000, 2M, 1G)")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A value as the layout's author would recognise it: 'text', and true, null, 1.5 as YAML
+    spells them (Python would say True, None)."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 Bytes = Annotated[int, BeforeValidator(_bytes), Field(ge=0, le=MAX_JSON_INT), WithJsonSchema(_SIZE_SCHEMA)]
@@ -43,7 +58,8 @@ Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a slot id of ``true`` or ``"3"`` is refused, as the API refuses it
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GuestMemfdSpec(_Strict):
@@ -86,6 +102,7 @@ class Layout(_Strict):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         title="memslotd layout",
         json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
     )
@@ -112,54 +129,64 @@ def key_path(loc: tuple[int | str, ...]) -> str:
 
 
 def _rule(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
+    kind = error["type"]
+    if kind == "extra_forbidden":
         return "unknown key (see docs/cli.md for the layout format)"
-    if error["type"] == "missing":
+    if kind == "missing":
         return "required key is missing"
-    msg = str(error["msg"])
-    return msg.removeprefix("Value error, ")
+    if kind == "value_error":  # our own messages (sizes) already say what was given
+        return str(error["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        rule = f"must be one of {allowed.replace(' or ', ', ')}"
+    else:
+        rule = str(error["msg"]).replace("Input should be", "must be")
+    return f"{rule}; got {_shown(error['input'])}"
 
 
-def _structure(layout: Layout) -> list[tuple[str, str]]:
+def _entries(data: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
+    value = data.get(key)
+    return [(i, e) for i, e in enumerate(value) if isinstance(e, dict)] if isinstance(value, list) else []
+
+
+def _structure(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Rules between entries: unique names and ids, references to declared objects, the
-    slot rules that need no host facts (the plan checks the rest against the daemon)."""
+    slot rules that need no host facts (the plan checks the rest against the daemon).
+
+    Read from the parsed YAML, not the model, so that they are reported together with the
+    model's own errors: a layout's every broken rule is listed in one run."""
     problems: list[tuple[str, str]] = []
-    groups: list[tuple[str, list[Any]]] = [
-        ("guest_memfds", layout.guest_memfds),
-        ("shared_memory", layout.shared_memory),
-    ]
-    for key, entries in groups:
-        seen: set[str] = set()
-        for i, entry in enumerate(entries):
-            if entry.name in seen:
-                problems.append((f"{key}[{i}].name", f"{entry.name!r} is declared twice"))
-            seen.add(entry.name)
-    gmems = {g.name for g in layout.guest_memfds}
-    shms = {m.name for m in layout.shared_memory}
+    declared: dict[str, set[Any]] = {}
+    for key in ("guest_memfds", "shared_memory"):
+        seen = declared.setdefault(key, set())
+        for i, entry in _entries(data, key):
+            name = entry.get("name")
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                problems.append((f"{key}[{i}].name", f"{_shown(name)} is declared twice"))
+            seen.add(name)
     slots: set[int] = set()
-    for i, s in enumerate(layout.memslots):
+    for i, s in _entries(data, "memslots"):
         where = f"memslots[{i}]"
-        if s.slot in slots:
-            problems.append((f"{where}.slot", f"slot {s.slot} is declared twice"))
-        slots.add(s.slot)
-        if s.shared is None and s.private is None:
+        slot, shared, private = s.get("slot"), s.get("shared"), s.get("private")
+        if isinstance(slot, int) and not isinstance(slot, bool):
+            if slot in slots:
+                problems.append((f"{where}.slot", f"slot {slot} is declared twice"))
+            slots.add(slot)
+        if shared is None and private is None:
             problems.append((where, "a memslot needs a shared part, a private part, or both"))
-        if s.private is not None and s.flags:
+        if private is not None and s.get("flags"):
             problems.append((f"{where}.flags", "flags cannot be combined with a private (guest_memfd) part"))
-        if s.private is not None and s.private.guest_memfd not in gmems:
-            problems.append(
-                (
-                    f"{where}.private.guest_memfd",
-                    f"{s.private.guest_memfd!r} is not declared in guest_memfds ({_names(gmems)})",
+        for part, ref, key in (
+            ("private", "guest_memfd", "guest_memfds"),
+            ("shared", "shared_memory", "shared_memory"),
+        ):
+            name = s[part].get(ref) if isinstance(s.get(part), dict) else None
+            if isinstance(name, str) and name not in declared[key]:
+                problems.append(
+                    (f"{where}.{part}.{ref}", f"{_shown(name)} is not declared in {key} ({_names(declared[key])})")
                 )
-            )
-        if s.shared is not None and s.shared.shared_memory not in shms:
-            problems.append(
-                (
-                    f"{where}.shared.shared_memory",
-                    f"{s.shared.shared_memory!r} is not declared in shared_memory ({_names(shms)})",
-                )
-            )
     return problems
 
 
@@ -167,18 +194,48 @@ def _names(names: set[str]) -> str:
     return "declared: " + ", ".join(sorted(names)) if names else "none is declared"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (YAML
+    says keys are unique; PyYAML keeps the last one, so ``vm: a`` then ``vm: b`` would apply b)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, str | int) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {_shown(key)} is given twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
+    """(``line 3, column 1``, ``not valid YAML: expected ...``), without PyYAML's excerpt of the file."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return where, f"not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
 def parse(text: str, file: str = "<layout>") -> Layout:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise LayoutError(file, [("", f"not valid YAML: {exc}".replace("\n", " "))]) from None
+        raise LayoutError(file, [_yaml_problem(exc)]) from None
     if not isinstance(data, dict):
         raise LayoutError(file, [("", "the layout is a mapping with keys vm, guest_memfds, shared_memory, memslots")])
+    problems = []
     try:
         layout = Layout.model_validate(data)
     except ValidationError as exc:
-        raise LayoutError(file, [(key_path(e["loc"]), _rule(e)) for e in exc.errors()]) from None
-    problems = _structure(layout)
+        problems = [(key_path(e["loc"]), _rule(e)) for e in exc.errors()]
+    problems += _structure(data)
     if problems:
         raise LayoutError(file, problems)
     return layout

@@ -192,7 +192,7 @@ def apply_layout(state: State, file: str, dry_run: bool, prune: bool, yes: bool)
 
     The plan is printed first (+ create, ~ change, - delete, = unchanged, ! kept: not in the
     layout, --prune deletes it). Nothing is deleted without --prune; --prune asks on a
-    terminal unless --yes. A failure undoes what this apply did. Format: docs/cli.md.
+    terminal and needs --yes elsewhere. A failure undoes what this apply did. Format: docs/cli.md.
 
     \b
     Example:
@@ -201,12 +201,19 @@ def apply_layout(state: State, file: str, dry_run: bool, prune: bool, yes: bool)
     """
     layout = load_layout(file)
     p = apply_mod.plan(state.client, layout, prune=prune)
+    if not state.json:  # first, so that a check that fails is read against what was planned
+        _print_plan(p)
     apply_mod.check(state.client, p, layout, file)
-    if not state.json:
-        _print_plan(p, dry_run)
+    if dry_run and not state.json:
+        _print_checks(p)
     deletes = p.counts()["delete"]
-    if not dry_run and not p.empty and deletes and not yes and sys.stdin.isatty():
-        click.confirm(f"Delete {deletes} slot(s)/object(s) not in {file}?", abort=True, err=True)
+    if not dry_run and deletes and not yes:  # terraform's rule: a deletion is confirmed, or refused
+        if not sys.stdin.isatty():
+            raise click.UsageError(
+                f"--prune would delete {deletes} slot(s)/object(s) and there is no terminal to ask: add --yes"
+            )
+        if not click.confirm(f"Delete {deletes} slot(s)/object(s) not in {file}?", err=True):
+            raise click.Abort("nothing changed")
     vm_id = p.vm.id if p.vm else None
     if not dry_run and not p.empty:
         vm_id = apply_mod.execute(state.client, p)
@@ -227,16 +234,17 @@ def apply_layout(state: State, file: str, dry_run: bool, prune: bool, yes: bool)
         click.echo("Dry run: nothing changed." if dry_run else f"Applied to VM {vm_id}.")
 
 
-def _print_plan(p: apply_mod.Plan, dry_run: bool) -> None:
+def _print_plan(p: apply_mod.Plan) -> None:
     width = max(len(f"{a.kind} {a.name}") for a in p.actions)
     click.echo(f"Plan for VM {p.vm_name}:")
     for a in p.actions:
         line = f"  {SYMBOLS[a.action]} {f'{a.kind} {a.name}':<{width}}  {a.action:<9}"
         line += f"  {a.detail}" if a.detail else ""
         line += f" ({a.id})" if a.id and a.kind != "memslot" else ""
-        line += f"  (was {a.was})" if a.was else ""
         line += "  not in the layout: --prune deletes it" if a.action == "keep" else ""
         click.echo(line.rstrip())
+        if a.was:  # on a line of its own under the new value, so that both read at 100 columns
+            click.echo(f"    {'':<{width}}  {'was':<9}  {a.was}")
     counts = p.counts()
     click.echo(
         f"Plan: {counts['create']} to create, {counts['change']} to change, {counts['delete']} to delete, "
@@ -244,8 +252,10 @@ def _print_plan(p: apply_mod.Plan, dry_run: bool) -> None:
     )
     if p.empty:
         click.echo("Nothing to do: the VM matches the layout.")
-    if dry_run:
-        for label in p.checked_by_daemon:
-            click.echo(f"  checked by the daemon (dry run): {label}")
-        for label in p.checked_here:
-            click.echo(f"  checked by memslotctl: {label}")
+
+
+def _print_checks(p: apply_mod.Plan) -> None:
+    for label in p.checked_by_daemon:
+        click.echo(f"  checked by the daemon (dry run): {label}")
+    for label in p.checked_here:
+        click.echo(f"  checked by memslotctl: {label}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_size", "format_size", "SIZE_PATTERN"]
+__all__ = ["parse_size", "format_size", "format_size_approx", "SIZE_PATTERN"]
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 #: what a size or address written as a string may look like (also the layout schema's pattern)
@@ -30,3 +30,14 @@ def format_size(n: int) -> str:
         if n >= scale and n % scale == 0:
             return f"{n // scale}{unit}"
     return str(n)
+
+
+def format_size_approx(n: int) -> str:
+    """``21.2G`` for a size that is no whole unit (a quota derived from MemTotal); whole ones as ``format_size``."""
+    exact = format_size(n)
+    if exact != str(n) or n < 1 << 10:
+        return exact
+    for unit, scale in (("P", 1 << 50), ("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return exact

@@ -58,6 +58,10 @@ class Operations:
     def capabilities(self) -> Any:
         return self._execute(Call("GET", "/v1/capabilities", model=s.Capabilities))
 
+    def limits(self) -> Any:
+        """The limits in force (slots per VM, byte quotas, body sizes, timeouts) and the committed bytes."""
+        return self._execute(Call("GET", "/v1/limits", model=s.LimitsRead))
+
     def health(self) -> Any:
         return self._execute(Call("GET", "/v1/healthz", model=s.Health))
 

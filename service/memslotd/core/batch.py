@@ -78,7 +78,8 @@ class BatchService:
                     done.append(self._plan_one(vm, op))
                 except DomainError as exc:
                     self._undo_tables(vm, done)
-                    raise BatchFailed(f"op {index} ({op.op}): {exc.detail}", exc, index) from exc
+                    which = op.op if op.slot_id is None else f"{op.op} slot {op.slot_id}"
+                    raise BatchFailed(f"op {index} ({which}): {exc.detail}", exc, index) from exc
             if dry_run:
                 self._undo_tables(vm, done)
                 return [self._result(step) for step in done]
