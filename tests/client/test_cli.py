@@ -20,7 +20,8 @@ from tests.helpers import Daemon, patience, start_daemon
 MEMSLOTCTL = str(Path(sys.executable).parent / "memslotctl")
 #: what a Python value looks like when it leaks into human output
 REPR = re.compile(
-    r"\b(True|False|None)\b|\{'|\['|\(\)|<[\w.]+ object at|\w+(Read|List|Range|Part)\(|(?<![-\w])\d{7,}\b"
+    r"\b(True|False|None)\b|\{'|\['|\[\d+(, \d+)*\]|\(\)|<[\w.]+ object at|\w+(Read|List|Range|Part)\("
+    r"|(?<![-\w])\d{7,}\b"
 )
 
 
@@ -73,7 +74,13 @@ def test_exit_codes_distinguish_the_failure_and_every_error_has_its_code(daemon)
     assert ctl(daemon, "vm", "create", "--type", "snp").returncode == 7  # capability missing
     assert ctl(daemon, "slot", "put", "x", "1", "--gpa", "0", "--size", "1X", "--shm", "s").returncode == 2  # usage
     missing_size = ctl(daemon, "slot", "put", "x", "1", "--gpa", "0", "--shm", "s")
-    assert missing_size.returncode == 2 and "Missing option '--size'" in missing_size.stderr
+    assert missing_size.returncode == 2 and "error: USAGE: Missing option '--size'" in missing_size.stderr
+    stale = ctl(daemon, "slot", "put", "x", "0", "--gpa", "0", "--size", "4M", "--shm", "s", "--if-match", "bogus")
+    assert stale.returncode == 4 and stale.stderr.startswith("error: PRECONDITION_FAILED: ")  # a lost race: conflict
+    ctl(daemon, "gmem", "create", "x", "4M", "--name", "g")
+    ctl(daemon, "slot", "put", "x", "2", "--gpa", "1G", "--size", "4M", "--gmem", "g")
+    bound = ctl(daemon, "gmem", "delete", "x", "g")
+    assert bound.returncode == 4 and REPR.search(bound.stderr) is None and " is bound to slots 2\n" in bound.stderr
     named = ctl(daemon, "vm", "show", "nope")
     assert named.returncode == 3 and named.stderr == "error: VM_NOT_FOUND: no VM named 'nope'\n"
     err = ctl(daemon, "--json", "vm", "show", "nope")
@@ -86,6 +93,13 @@ def test_exit_codes_distinguish_the_failure_and_every_error_has_its_code(daemon)
     )
     assert unreachable.returncode == 5
     assert unreachable.stderr.startswith("error: UNREACHABLE: cannot reach memslotd at unix socket /nonexistent.sock")
+    as_json = subprocess.run(
+        [MEMSLOTCTL, "--socket", "/nonexistent.sock", "--json", "vm", "list"],
+        capture_output=True,
+        text=True,
+        timeout=patience(60),
+    )
+    assert json.loads(as_json.stderr).keys() == {"error", "detail"}, "no HTTP status or problem: nothing answered"
 
 
 # -- every command's human output -------------------------------------------------------------
@@ -144,6 +158,15 @@ def test_human_output_has_no_python_repr_and_hex_addresses(demo, args):
     leaked = REPR.search(r.stdout)
     assert leaked is None, f"{leaked.group(0)!r} in:\n{r.stdout}"
     assert not re.search(r"\b\d+\.\d{3,}\b", r.stdout), "times are ISO 8601, not epoch floats"
+
+
+def test_output_says_what_happened_and_nothing_else(demo):
+    dirty = ctl(demo, "slot", "dirty-log", "demo", "1").stdout
+    assert dirty == "slot 1: 0 of 4096 pages dirty\n", "no empty table after the count"
+    dry = ctl(demo, "slot", "put", "demo", "2", "--gpa", "8G", "--size", "2M", "--shm", "low", "--dry-run").stdout
+    assert dry.startswith("Dry run: the daemon accepts memslot 2; nothing changed.")
+    wide = ctl(demo, "vm", "list").stdout
+    assert max(len(line) for line in wide.splitlines()) <= 120, wide
 
 
 def test_show_is_key_value_and_times_are_iso_8601(demo):

@@ -3,7 +3,7 @@
 Tables and key/value lines for people (hex GPAs, sizes in units, ISO 8601 times), ``--json``
 for scripts. Sizes as ``4096``, ``0x1000``, ``2M``, ``1G``. VMs and memory objects may be named
 instead of id'd. Errors print as ``error: CODE: detail``. Exit codes: 0 ok, 1 other error,
-2 usage, 3 not found, 4 conflict, 5 server or host error / unreachable, 6 invalid request
+2 usage, 3 not found, 4 conflict (a failed If-Match too), 5 server or host error / unreachable, 6 invalid request
 (a layout file included), 7 capability missing, 8 unauthorized, 9 quota, 10 cursor gone.
 """
 
@@ -38,7 +38,7 @@ EXIT_CODES: dict[type[E.MemslotdError], int] = {
 SHELLS = ("bash", "zsh", "fish")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.option(
     "--socket",
     metavar="PATH",
@@ -117,15 +117,37 @@ def _fail(code: int, message: str | list[str], as_json: dict[str, object] | None
     raise SystemExit(code)
 
 
+def _error_json(exc: E.MemslotdError) -> dict[str, object]:
+    """The error for scripts: an HTTP status and the problem document only when the daemon
+    answered (an unreachable daemon has neither)."""
+    out: dict[str, object] = {"error": exc.code, "detail": exc.detail}
+    if exc.status:
+        out["status"] = exc.status
+    if exc.problem:
+        out["problem"] = exc.problem
+    return out
+
+
 def main() -> None:
     json_mode = "--json" in sys.argv[1 : sys.argv.index("--")] if "--" in sys.argv else "--json" in sys.argv[1:]
     try:
         status = app.main(prog_name="memslotctl", standalone_mode=False)
-    except click.exceptions.Abort:
-        _fail(1, "aborted", {"error": "ABORTED"} if json_mode else None)
-    except click.ClickException as exc:  # usage: click's own message and exit 2
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort as exc:  # Ctrl-C, or "no" to a question (which says what happened)
+        detail = str(exc) or "stopped at your request"
+        _fail(1, f"ABORTED: {detail}", {"error": "ABORTED", "detail": detail} if json_mode else None)
+    except click.UsageError as exc:  # the usage line and the hint, then the error as every other
+        if exc.ctx is not None and not json_mode:
+            click.echo(exc.ctx.get_usage(), err=True)
+            click.echo(f"Try '{exc.ctx.command_path} --help' for help.\n", err=True)
+        detail = exc.format_message()
+        _fail(exc.exit_code, f"USAGE: {detail}", {"error": "USAGE", "detail": detail} if json_mode else None)
+    except click.ClickException as exc:  # e.g. a file option that cannot be opened
+        detail = exc.format_message()
+        _fail(
+            exc.exit_code,
+            f"INVALID_ARGUMENT: {detail}",
+            {"error": "INVALID_ARGUMENT", "detail": detail} if json_mode else None,
+        )
     except LayoutError as exc:
         lines = [f"LAYOUT_INVALID: {exc.file}: {path or '(top level)'}: {rule}" for path, rule in exc.problems]
         _fail(
@@ -140,9 +162,7 @@ def main() -> None:
         _fail(
             code,
             str(exc),
-            {"error": exc.code, "status": exc.status, "detail": exc.detail, "problem": exc.problem}
-            if json_mode
-            else None,
+            _error_json(exc) if json_mode else None,
         )
     except BrokenPipeError:
         sys.stderr.close()

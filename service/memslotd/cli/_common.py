@@ -82,13 +82,13 @@ def resolve_object(state: State, vm_id: str, ref: str, kind: str) -> str:
     )
 
 
-def emit(state: State, value: Any, columns: list[str]) -> None:
-    """A list as a table (or JSON)."""
+def emit(state: State, value: Any, columns: list[str], empty: str = "No resources found.") -> None:
+    """A list as a table (or JSON); ``empty`` is said when there is no row ("" says nothing)."""
     data = output.plain(value)
     if state.json:
         output.print_json(data)
-    else:
-        click.echo(output.table(data, columns))
+    elif data or empty:
+        click.echo(output.table(data, columns, empty))
 
 
 def emit_show(state: State, value: Any) -> None:

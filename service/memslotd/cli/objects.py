@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -369,7 +370,10 @@ def slot_put(
         parts.update(shared_memory_id=resolve_object(state, vm_id, shm_ref, "shm"), shared_offset=shm_offset)
     if gmem_ref:
         parts.update(guest_memfd_id=resolve_object(state, vm_id, gmem_ref, "gmem"), private_offset=gmem_offset)
-    emit_show(state, state.client.put_memslot(vm_id, slot_id, gpa, size, **parts))
+    answer = state.client.put_memslot(vm_id, slot_id, gpa, size, **parts)
+    if dry_run and not state.json:
+        click.echo(f"Dry run: the daemon accepts memslot {slot_id}; nothing changed. It would be:")
+    emit_show(state, answer)
 
 
 @slot.command("list")
@@ -454,7 +458,7 @@ def slot_dirty_log(state: State, vm: str, slot_id: int) -> None:
         emit_show(state, log)
         return
     click.echo(f"slot {log.slot}: {log.dirty_pages} of {log.pages} pages dirty")
-    emit(state, log.ranges, ["guest_phys_addr", "size"])
+    emit(state, log.ranges, ["guest_phys_addr", "size"], empty="")  # the count line said "0 ... dirty"
 
 
 @slot.command("batch")
@@ -492,7 +496,8 @@ def slot_batch(state: State, vm: str, file: Any, dry_run: bool) -> None:
                 except ValueError as exc:
                     raise click.UsageError(f"op {ops.index(op)}: {key}: {exc}") from None
     done_ops = 0
-    with Progress(console=Console(stderr=True), disable=state.json, transient=True) as progress:
+    quiet = state.json or len(ops) <= MAX_BATCH_OPS or not sys.stderr.isatty()  # one call: nothing to show
+    with Progress(console=Console(stderr=True), disable=quiet, transient=True) as progress:
         task = progress.add_task("memslots", total=len(ops))
         for start in range(0, len(ops), MAX_BATCH_OPS):
             chunk = ops[start : start + MAX_BATCH_OPS]

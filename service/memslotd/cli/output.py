@@ -60,11 +60,20 @@ def cell(key: str, value: Any) -> str:
     return str(value)
 
 
+#: table headers shorter than their wire names, so that a VM list fits 120 columns
+HEADERS = {
+    "guest_memfds": "GMEMS",
+    "shared_memory_regions": "SHMS",
+    "guest_memfd_bytes": "GMEM_BYTES",
+    "shared_memory_bytes": "SHM_BYTES",
+}
+
+
 def table(rows: list[dict[str, Any]], columns: list[str], empty: str = "No resources found.") -> str:
     """Columns aligned with two spaces, headers in capitals (kubectl get / virsh list)."""
     if not rows:
         return empty
-    cells = [[c.upper() for c in columns]] + [[cell(c, row.get(c)) for c in columns] for row in rows]
+    cells = [[HEADERS.get(c, c.upper()) for c in columns]] + [[cell(c, row.get(c)) for c in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 

@@ -98,6 +98,8 @@ _BY_STATUS: dict[int, type[MemslotdError]] = {
     403: Unauthorized,
     404: NotFound,
     409: Conflict,
+    412: Conflict,  # If-Match named a generation the object no longer has: a lost race, as 409
+    428: BadRequest,
     410: CursorGone,
     429: QuotaExceeded,
     507: QuotaExceeded,

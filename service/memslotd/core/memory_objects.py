@@ -21,6 +21,12 @@ GMEM_FLAG_BITS = {"mmap": GUEST_MEMFD_FLAG_MMAP, "init_shared": GUEST_MEMFD_FLAG
 HUGEPAGE_SIZES = {"2M": 2 << 20, "1G": 1 << 30}
 
 
+def _listed(items: list[Any], shown: int = 16) -> str:
+    """``1, 2, 3`` for a problem's detail (the problem's own field carries the list)."""
+    text = ", ".join(map(str, items[:shown]))
+    return text + (f", … ({len(items)} in all)" if len(items) > shown else "")
+
+
 class MemoryObjectService:
     def __init__(self, registry: Registry):
         self.reg = registry
@@ -64,7 +70,8 @@ class MemoryObjectService:
         if bits & ~vm.guest_memfd_flags:  # GC1: the flags a VM of this type accepts
             supported = [n for n, b in GMEM_FLAG_BITS.items() if b & vm.guest_memfd_flags]
             raise CapabilityMissing(
-                f"guest_memfd flags {sorted(flags)} are not all supported by {vm.type} VMs here",
+                f"guest_memfd flags {_listed(sorted(flags))} are not all supported by {vm.type} VMs here "
+                f"(supported: {_listed(supported) or 'none'})",
                 required=sorted(flags),
                 supported=supported,
                 vm_type=vm.type,
@@ -174,7 +181,7 @@ class MemoryObjectService:
             if len(gmem.bindings):
                 slots = sorted(s for s, _ in gmem.bindings)
                 raise Conflict(
-                    f"guest_memfd {gmem.id} is bound to slots {slots[:16]}", code="GMEM_BOUND", slots=slots[:64]
+                    f"guest_memfd {gmem.id} is bound to slots {_listed(slots)}", code="GMEM_BOUND", slots=slots[:64]
                 )
             if dry_run:
                 return
@@ -259,7 +266,7 @@ class MemoryObjectService:
             shm = self.reg.shm(vm, shm_id)
             if shm.users:
                 raise Conflict(
-                    f"shared memory {shm.id} backs slots {sorted(shm.users)[:16]}",
+                    f"shared memory {shm.id} backs slots {_listed(sorted(shm.users))}",
                     code="SHARED_MEMORY_IN_USE",
                     slots=sorted(shm.users)[:64],
                 )
