@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from .logs import configure_logging
-from .settings import Settings
+from .settings import Settings, command_line
 from .systemd import inherited_sockets
 
 __all__ = ["main", "bind_unix_socket", "serve"]
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     _export_config_path(args)
     try:
-        settings = Settings(_cli_parse_args=args, _cli_prog_name="memslotd")  # type: ignore[call-arg]
+        settings = Settings(_cli_settings_source=command_line()(args=args))  # type: ignore[call-arg]
         if settings.token_file:
             from .api.auth import TokenStore
 

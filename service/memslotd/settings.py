@@ -10,11 +10,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from .core import MAX_BATCH_OPS
 
-__all__ = ["Settings", "default_socket_path"]
+__all__ = ["Settings", "default_socket_path", "command_line"]
 
 
 def default_socket_path() -> Path:
@@ -74,7 +80,7 @@ class Settings(BaseSettings):
         None,
         ge=0,
         description="memory left to the host: populating is refused "
-        "when MemAvailable would fall below it (default: 10%% of MemTotal, "
+        "when MemAvailable would fall below it (default: 10% of MemTotal, "
         "at least 1 GiB, at most half)",
     )
     max_pending_per_vm: int = Field(64, ge=1, le=100_000, description="queued mutations per VM before 429")
@@ -164,3 +170,66 @@ def _config_from_init(init: PydanticBaseSettingsSource) -> str | None:
     data: Any = init()
     value = data.get("config") if isinstance(data, dict) else None
     return str(value) if value else None
+
+
+# -- the command line ------------------------------------------------------------------------
+#: what an option takes, for --help (pydantic-settings would print Python types: {Path,null})
+_METAVARS = {
+    "socket_mode": "MODE",
+    "socket_group": "GROUP",
+    "tcp": "HOST:PORT",
+    "allowed_origins": "ORIGIN",
+    "log_level": "{debug,info,warning,error}",
+    "log_format": "{json,text}",
+}
+#: defaults pydantic-settings cannot print as people write them
+_DEFAULTS = {
+    "socket": "/run/memslotd/memslotd.sock as root, else $XDG_RUNTIME_DIR/memslotd/memslotd.sock",
+    "socket_mode": "0660",
+    "allowed_origins": "none",
+}
+
+
+def _metavar(name: str, annotation: Any) -> str:
+    if name in _METAVARS:
+        return _METAVARS[name]
+    text = str(annotation)
+    if "Path" in text:
+        return "PATH"
+    if "bytes" in name:
+        return "BYTES"
+    if name.endswith("_s"):
+        return "SECONDS"
+    if name.endswith("_ms"):
+        return "MS"
+    return "N"
+
+
+def _default(name: str, field: Any) -> str | None:
+    if name in _DEFAULTS:
+        return _DEFAULTS[name]
+    if field.default is None or field.default_factory is not None:
+        return None  # absent, or said by the description ("default: the daemon total")
+    if isinstance(field.default, bool):
+        return "on" if field.default else "off"
+    return f"{field.default:g}" if isinstance(field.default, float) else str(field.default)
+
+
+def command_line() -> CliSettingsSource[Settings]:
+    """``memslotd``'s argument parser, its --help written for people: ``--socket PATH``,
+    ``--tcp HOST:PORT``, ``--max-vms N (default: 64)``, each default said once."""
+    source: CliSettingsSource[Settings] = CliSettingsSource(Settings, cli_prog_name="memslotd", cli_hide_none_type=True)
+    fields = Settings.model_fields
+    for action in source.root_parser._actions:  # argparse has no public way to revise an action
+        name = action.dest
+        if name not in fields or not action.option_strings:
+            continue
+        field = fields[name]
+        if action.metavar is not None:
+            action.metavar = _metavar(name, field.annotation)
+        description = (field.description or "").replace("%", "%%")  # argparse formats help with %
+        default = _default(name, field)
+        if default is not None and "(default" not in description:
+            description += f" (default: {default})"
+        action.help = description
+    return source

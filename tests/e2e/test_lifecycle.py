@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -175,6 +176,11 @@ def test_help_documents_every_option():
 
     for name in Settings.model_fields:
         assert f"--{name.replace('_', '-')}" in r.stdout, name
+    python = re.search(
+        r"\{?\w*,?null\}?|list\[|\{Path|default factory|%%|\bFalse\b|\(default: [^)]*\) \(default", r.stdout
+    )
+    assert python is None, f"{python.group(0) if python else ''!r}: help speaks Python, not options"
+    assert "--socket-mode MODE" in r.stdout and "(default: 0660)" in r.stdout and "--tcp HOST:PORT" in r.stdout
 
 
 def test_probes_past_max_probes_per_second_are_429(short_tmp):
