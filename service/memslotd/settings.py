@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -215,10 +216,12 @@ def _default(name: str, field: Any) -> str | None:
     return f"{field.default:g}" if isinstance(field.default, float) else str(field.default)
 
 
-def command_line() -> CliSettingsSource[Settings]:
+def command_line() -> CliSettingsSource[argparse.ArgumentParser]:
     """``memslotd``'s argument parser, its --help written for people: ``--socket PATH``,
     ``--tcp HOST:PORT``, ``--max-vms N (default: 64)``, each default said once."""
-    source: CliSettingsSource[Settings] = CliSettingsSource(Settings, cli_prog_name="memslotd", cli_hide_none_type=True)
+    source: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
+        Settings, cli_prog_name="memslotd", cli_hide_none_type=True
+    )
     fields = Settings.model_fields
     for action in source.root_parser._actions:  # argparse has no public way to revise an action
         name = action.dest

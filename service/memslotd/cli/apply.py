@@ -327,10 +327,11 @@ def _local_limit_rules(p: Plan, layout: Layout, limits: Any, file: str, *, slots
             )
     if objects:
         quota = min(limits.max_bytes_per_vm, limits.max_bytes_total)
-        for key, entries, created in (
+        declared: tuple[tuple[str, list[Any], list[Any]], ...] = (
             ("guest_memfds", layout.guest_memfds, p.create_gmems),
             ("shared_memory", layout.shared_memory, p.create_shms),
-        ):
+        )
+        for key, entries, created in declared:
             for i, entry in enumerate(entries):
                 if entry in created and entry.size > quota:
                     rule = f"{format_size(entry.size)} exceeds the daemon's byte quota of {format_size_approx(quota)}"

@@ -61,7 +61,8 @@ class _Base(Operations):
         if isinstance(exc, TimeoutError):
             where, timeout = self.endpoint.where, self.endpoint.timeout
             return TransportError(f"no answer from memslotd at {where} within {timeout:g} s", code="TIMEOUT")
-        return TransportError(f"cannot reach memslotd at {self.endpoint.where}: {exc}", code="UNREACHABLE")
+        hint = "; is memslotd running?" if isinstance(exc, FileNotFoundError | ConnectionRefusedError) else ""
+        return TransportError(f"cannot reach memslotd at {self.endpoint.where}: {exc}{hint}", code="UNREACHABLE")
 
 
 def _query_value(value: Any) -> str:
