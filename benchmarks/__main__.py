@@ -25,6 +25,7 @@ def main() -> None:
         "client.overhead_vs_raw_socket": lambda: client.overhead(1000),
         "client.paired_call_by_call": lambda: client.paired(3000),
         "client.idle_wakeup": lambda: client.idle_wakeup(2000),
+        "client.create_phases": lambda: client.create_phases(3000),
         "memslots.raw_batch_floor_1000": lambda: memslots.raw_batch_floor(1000),
         "memslots.batch_1000": lambda: memslots.batches(1000),
         "memslots.existing_100": lambda: memslots.single_requests(2000, existing=100),

@@ -268,6 +268,97 @@ def idle_wakeup(n: int = 2000, spins_us: tuple[int, ...] = (0, 10, 25, 50, 100),
     return out
 
 
+class _StampedSocket:
+    """A socket that notes when the request left and when its answer's first and last bytes
+    came: wrapped around a client's connection, it splits a call into before-send, wait and
+    after-answer without touching the client's code."""
+
+    def __init__(self, sock: Any, stamps: dict[str, float]):
+        self._sock, self._stamps = sock, stamps
+
+    def sendall(self, data: bytes) -> None:
+        self._stamps["sent"] = time.perf_counter()
+        self._stamps.pop("first", None)
+        self._sock.sendall(data)
+
+    def recv(self, n: int) -> bytes:
+        data = self._sock.recv(n)
+        now = time.perf_counter()
+        self._stamps.setdefault("first", now)
+        self._stamps["last"] = now
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def create_phases(n: int = 3000, cpu: int = 0) -> dict[str, Any]:
+    """A memslot create through the raw client and ``Client``, alternating call by call, split
+    into before the request is sent, waiting for the first byte, reading the rest, and after
+    the last byte (parsing and validating the answer): p50 of each, µs."""
+    with daemon(cpu=cpu) as (setup, proc):
+        path = _socket_path(proc)
+        vm = setup.post("/v1/vms", json={}).json()["id"]
+        shm = setup.post(f"/v1/vms/{vm}/shared-memory", json={"size": 8 * MiB}).json()["id"]
+        _pin_self(1 - cpu)
+        stamps: dict[str, float] = {}
+        raw, c = RawHTTP(path), Client(path)
+        raw.sock = _StampedSocket(raw.sock, stamps)  # type: ignore[assignment]
+        connect = c.endpoint.connect
+        c.endpoint.connect = lambda: _StampedSocket(connect(), stamps)  # type: ignore[method-assign,assignment,return-value]
+        body = json.dumps(
+            {"guest_phys_addr": 1 << 32, "memory_size": 2 * MiB, "shared": {"shared_memory_id": shm, "offset": 0}}
+        ).encode()
+        calls = {
+            "raw": (
+                lambda: raw.request("PUT", f"/v1/vms/{vm}/memslots/1", body),
+                lambda: raw.request("DELETE", f"/v1/vms/{vm}/memslots/1"),
+            ),
+            "client": (
+                lambda: c.put_memslot(vm, 2, (1 << 32) + 2 * MiB, 2 * MiB, shared_memory_id=shm, shared_offset=2 * MiB),
+                lambda: c.delete_memslot(vm, 2),
+            ),
+        }
+        phases: dict[str, dict[str, list[float]]] = {k: {p: [] for p in PHASES} for k in calls}
+        try:
+            for i in range(n + 100):  # the first 100 warm up
+                for k in ("raw", "client") if i % 2 else ("client", "raw"):
+                    create, delete = calls[k]
+                    t0 = time.perf_counter()
+                    create()
+                    t1 = time.perf_counter()
+                    if i >= 100:
+                        for name, value in zip(
+                            PHASES,
+                            (
+                                stamps["sent"] - t0,
+                                stamps["first"] - stamps["sent"],
+                                stamps["last"] - stamps["first"],
+                                t1 - stamps["last"],
+                                t1 - t0,
+                            ),
+                            strict=True,
+                        ):
+                            phases[k][name].append(value)
+                    delete()
+        finally:
+            raw.close()
+            c.close()
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    out: dict[str, Any] = {"n": n, "load_1min": round(os.getloadavg()[0], 1)}
+    for k, by_phase in phases.items():
+        out[k] = {f"{p}_p50_us": round(statistics.median(v) * 1e6, 1) for p, v in by_phase.items()}
+    out["client_adds_us"] = {p: round(out["client"][f"{p}_p50_us"] - out["raw"][f"{p}_p50_us"], 1) for p in PHASES}
+    print("\nmemslot create, phase by phase, p50 µs:  " + "  ".join(PHASES))
+    for k in ("raw", "client"):
+        print(f"  {k:<8}" + "".join(f"{out[k][p + '_p50_us']:>12.1f}" for p in PHASES))
+    print("  client adds" + "".join(f"{out['client_adds_us'][p]:>+12.1f}" for p in PHASES)[3:])
+    return out
+
+
+PHASES = ("before_send", "wait_first_byte", "rest_of_answer", "after_answer", "total")
+
+
 def paired(n: int = 3000, cpu: int = 0) -> dict[str, Any]:
     """Raw socket, raw asyncio, ``Client`` and ``AsyncClient`` alternating call by call in one
     event loop (the order rotates), so that every client meets the same machine at the same
