@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     config: Path | None = Field(None, description="TOML file with any of these options (env: MEMSLOTD_CONFIG)")
     socket: Path = Field(default_factory=default_socket_path, description="Unix socket path for the API")
-    socket_mode: int = Field(0o660, ge=0, le=0o777, description="permission bits of the API socket")
+    socket_mode: int = Field(0o660, ge=0, le=0o777, description="permission bits of the API socket, in octal")
     socket_group: str | None = Field(None, description="group owning the socket (default: the daemon's)")
     readonly_socket: Path | None = Field(None, description="optional second socket: GETs and event subscriptions only")
     tcp: str | None = Field(
@@ -143,6 +143,19 @@ class Settings(BaseSettings):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         return self
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, v: Any) -> Any:
+        """``0660``, ``660`` and ``0o660`` on the command line, in the environment or as a TOML
+        string are octal, as chmod reads them (read as decimal, 0440 would be 0o670:
+        group-writable); a TOML integer is taken as written (``0o660``)."""
+        if isinstance(v, str):
+            try:
+                return int(v.strip().removeprefix("0o").removeprefix("0O") or "0", 8)
+            except ValueError:
+                raise ValueError(f"not an octal mode: {v!r} (e.g. 0660)") from None
+        return v
 
     @field_validator("socket", "readonly_socket")
     @classmethod

@@ -22,6 +22,16 @@ def test_the_socket_is_0660_in_a_0750_directory(daemon):
     assert stat.S_IMODE(daemon.socket_path.parent.stat().st_mode) == 0o750
 
 
+@pytest.mark.parametrize("written", ["0640", "640", "0o640"])
+def test_socket_mode_is_read_as_octal_as_chmod_reads_it(short_tmp, written):
+    """Read as decimal, 0440 was 0o670: group-writable, the opposite of what was asked."""
+    d = start_daemon(short_tmp, "--socket-mode", written)
+    try:
+        assert stat.S_IMODE(d.socket_path.stat().st_mode) == 0o640
+    finally:
+        d.stop()
+
+
 def test_walkthrough_and_vm_delete_releases_fds(daemon):
     pid = daemon.proc.pid
     with daemon.client() as c:
