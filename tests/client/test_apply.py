@@ -235,8 +235,20 @@ def test_layout_rules_name_the_key_path_and_are_reported_in_one_run():
             "memslots: [{slot: 1, guest_phys_addr: 0, memory_size: 4M, flags: [yes], shared: {shared_memory: s}}]\n",
             ("memslots[0].flags[0]", "must be one of 'log_dirty_pages', 'readonly'; got true"),
         ),
+        (
+            "vm: a\n? [1]\n: 2\n",
+            ("line 2, column 3", "not valid YAML: found unhashable key (while constructing a mapping)"),
+        ),
     ],
-    ids=["duplicate_key", "broken_yaml", "bool_as_size", "float_as_size", "string_as_slot_id", "unknown_flag"],
+    ids=[
+        "duplicate_key",
+        "broken_yaml",
+        "bool_as_size",
+        "float_as_size",
+        "string_as_slot_id",
+        "unknown_flag",
+        "list_as_key",
+    ],
 )
 def test_a_layout_value_is_taken_only_as_written(text, problem):
     """YAML keeps the last of two equal keys and reads ``true`` where pydantic would see 1:
@@ -244,3 +256,8 @@ def test_a_layout_value_is_taken_only_as_written(text, problem):
     with pytest.raises(LayoutError) as caught:
         parse(text, "f.yaml")
     assert caught.value.problems == [problem]
+
+
+def test_a_merge_key_is_not_a_duplicate_and_its_keys_may_be_overridden():
+    layout = parse("vm: a\nguest_memfds:\n  - &g {name: g, size: 4K}\n  - <<: *g\n    name: h\n")
+    assert [(g.name, g.size) for g in layout.guest_memfds] == [("g", 4096), ("h", 4096)]

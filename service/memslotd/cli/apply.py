@@ -327,6 +327,7 @@ def _local_limit_rules(p: Plan, layout: Layout, limits: Any, file: str, *, slots
             )
     if objects:
         quota = min(limits.max_bytes_per_vm, limits.max_bytes_total)
+        whose = "per VM" if quota == limits.max_bytes_per_vm else "of the whole daemon"
         declared: tuple[tuple[str, list[Any], list[Any]], ...] = (
             ("guest_memfds", layout.guest_memfds, p.create_gmems),
             ("shared_memory", layout.shared_memory, p.create_shms),
@@ -335,7 +336,7 @@ def _local_limit_rules(p: Plan, layout: Layout, limits: Any, file: str, *, slots
             for i, entry in enumerate(entries):
                 if entry in created and entry.size > quota:
                     rule = f"{format_size(entry.size)} exceeds the daemon's byte quota of {format_size_approx(quota)}"
-                    problems.append((f"{key}[{i}].size", rule + " per VM"))
+                    problems.append((f"{key}[{i}].size", f"{rule} {whose}"))
     if problems:
         raise LayoutError(file, problems)
 
@@ -359,8 +360,10 @@ def check(client: Client, p: Plan, layout: Layout, file: str) -> None:
             step.run()
             p.checked_by_daemon.append(step.label)
     objects = bool(unchecked & {"create_guest_memfd", "create_shared_memory"})
-    if "batch" in unchecked or objects:
-        _local_limit_rules(p, layout, client.limits(), file, slots="batch" in unchecked, objects=objects)
+    # batches dry-run one by one against the VM as it is: together they may still exceed the count
+    slots = "batch" in unchecked or len(p.delete_slots) + len(p.create_slots) > BATCH
+    if slots or objects:
+        _local_limit_rules(p, layout, client.limits(), file, slots=slots, objects=objects)
         p.checked_here.append("the daemon's limits (slots per VM, byte quota per object)")
 
 

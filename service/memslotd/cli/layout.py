@@ -202,8 +202,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: merged keys may be overridden
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, str | int) and key in seen:
+        if not isinstance(key, str | int):  # a list or mapping as a key: construct_mapping refuses it
+            continue
+        if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {_shown(key)} is given twice", key_node.start_mark
             )

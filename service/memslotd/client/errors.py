@@ -5,10 +5,10 @@
     MemslotdError            status, code, problem (the RFC 9457 body)
      ├── TransportError      the daemon could not be reached (code UNREACHABLE) or did
      │                       not answer within the client's timeout (code TIMEOUT)
-     ├── BadRequest          400 / 413 / 415 / 422: the request breaks a rule
+     ├── BadRequest          400 / 413 / 415 / 422 / 428: the request breaks a rule
      ├── Unauthorized        401 / 403
      ├── NotFound            404
-     ├── Conflict            409
+     ├── Conflict            409, and 412: an If-Match the object no longer matches
      ├── CursorGone          410 / WebSocket 4410: re-list, then resubscribe
      ├── QuotaExceeded       429 / 507
      ├── CapabilityMissing   501
